@@ -1,0 +1,78 @@
+//! Master <-> agent protocol: JSON text frames on one websocket per agent at
+//! `/api/v1/agents/connect`. The agent decides nothing: it reports what it has and what runs, and
+//! obeys. Every task message carries its allocation id, so a message about a stale allocation
+//! can be recognised and refused.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotKind {
+    Cpu,
+    Cuda,
+}
+
+/// One schedulable unit on an agent. Several slots may share a GPU (`--slots-per-gpu`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotSpec {
+    /// Unique within the agent, e.g. `cpu0`, `gpu1`, `gpu1.2`.
+    pub id: String,
+    pub kind: SlotKind,
+    /// Human-readable device name (GPU model, or "CPU").
+    pub device: String,
+    /// For CUDA slots, the index (or UUID) that goes into `CUDA_VISIBLE_DEVICES`.
+    #[serde(default)]
+    pub device_index: Option<String>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// First frame after connecting. `running` lists allocations still alive from before a
+    /// reconnect, so the master can reattach them.
+    Hello { agent_id: String, hostname: String, version: String, slots: Vec<SlotSpec>, running: Vec<String> },
+    Heartbeat,
+    TaskStarted { allocation_id: String, pid: u32 },
+    TaskLogs { allocation_id: String, lines: Vec<LogLine> },
+    /// The process ended (or never started: `error` says why).
+    TaskExited { allocation_id: String, exit_code: Option<i32>, signal: Option<i32>, error: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MasterMessage {
+    Welcome { heartbeat_interval_ms: u64 },
+    StartTask(TaskSpec),
+    /// Stop a task: SIGTERM to its process group, then SIGKILL after `grace_ms`
+    /// (`grace_ms = 0` kills at once).
+    KillTask { allocation_id: String, grace_ms: u64 },
+    /// The master refuses this agent (e.g. a duplicate id); the agent should exit.
+    Reject { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub allocation_id: String,
+    pub experiment_id: i64,
+    pub trial_id: i64,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub slot_ids: Vec<String>,
+    /// Where to fetch the experiment's context tarball (gzip), relative to the master URL;
+    /// authenticated with the task's token. `None` when the experiment has no context.
+    pub context_path: Option<String>,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch, taken when the agent read the line.
+    pub ts_ms: i64,
+    /// `stdout`, `stderr` or `agent`.
+    pub stream: String,
+    pub line: String,
+}

@@ -1,0 +1,23 @@
+//! The wire types of drover: REST request and response bodies (with their OpenAPI schemas) and
+//! the messages between master and agent over the agent websocket.
+//!
+//! Clients (the CLI, the SDK, the agent) depend on this crate and not on the master, so a type
+//! that crosses the wire is defined once and only here.
+
+pub mod agent;
+pub mod rest;
+
+/// Environment variables the agent sets for every task; the SDK reads them.
+pub mod env {
+    pub const MASTER: &str = "DROVER_MASTER";
+    pub const EXPERIMENT_ID: &str = "DROVER_EXPERIMENT_ID";
+    pub const TRIAL_ID: &str = "DROVER_TRIAL_ID";
+    pub const ALLOCATION_ID: &str = "DROVER_ALLOCATION_ID";
+    pub const TRIAL_TOKEN: &str = "DROVER_TRIAL_TOKEN";
+    pub const HPARAMS: &str = "DROVER_HPARAMS";
+    pub const TRIAL_SEED: &str = "DROVER_TRIAL_SEED";
+    pub const CHECKPOINT_DIR: &str = "DROVER_CHECKPOINT_DIR";
+    pub const LATEST_CHECKPOINT: &str = "DROVER_LATEST_CHECKPOINT";
+    pub const SEARCHER_METRIC: &str = "DROVER_SEARCHER_METRIC";
+    pub const SLOT_IDS: &str = "DROVER_SLOT_IDS";
+}

@@ -1,0 +1,212 @@
+//! REST bodies of `/api/v1`. Times are milliseconds since the Unix epoch.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+pub use crate::agent::LogLine;
+
+/// Every error the API returns: an HTTP 4xx/5xx status with this body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// Short machine-readable kind: `bad_request`, `not_found`, `conflict`, `unauthorized`,
+    /// `payload_too_large`, `internal`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Where: a field path, a line/column in a config, or a parameter name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<ErrorLocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorLocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateExperimentRequest {
+    /// The experiment configuration as YAML text.
+    pub config: String,
+    /// The context directory as a base64-encoded gzip tarball.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Start at once (default) or create paused.
+    #[serde(default = "yes")]
+    pub activate: bool,
+    /// File name of the config, used in error messages.
+    #[serde(default)]
+    pub config_file: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Experiment {
+    pub id: i64,
+    pub name: String,
+    pub description: Option<String>,
+    pub state: String,
+    pub searcher: String,
+    pub metric: String,
+    pub smaller_is_better: bool,
+    /// The validated configuration as JSON.
+    #[schema(value_type = Object)]
+    pub config: Value,
+    pub created_at: i64,
+    pub ended_at: Option<i64>,
+    /// Trials by state, e.g. {"COMPLETED": 3, "RUNNING": 1}.
+    pub trial_counts: BTreeMap<String, i64>,
+    /// Trials the searcher plans in total, if known up front.
+    pub planned_trials: Option<i64>,
+    pub best_trial_id: Option<i64>,
+    /// Best value of the searcher metric over all validations of all trials.
+    pub best_metric: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Trial {
+    pub id: i64,
+    pub experiment_id: i64,
+    pub state: String,
+    #[schema(value_type = Object)]
+    pub hparams: Value,
+    pub restarts: i64,
+    pub created_at: i64,
+    pub ended_at: Option<i64>,
+    /// Best value of the searcher metric among this trial's validations.
+    pub best_metric: Option<f64>,
+    pub latest_checkpoint: Option<String>,
+    pub summaries: Vec<MetricSummary>,
+    /// The current allocation and the agent it runs on, if any.
+    pub allocation_id: Option<String>,
+    pub agent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricSummary {
+    /// `training` or `validation`.
+    pub group: String,
+    pub name: String,
+    pub count: i64,
+    pub last: f64,
+    pub last_step: i64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// A batch of metric points from a trial. Reports are idempotent by (trial, group, metric,
+/// step): sending the same batch twice stores it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportMetricsRequest {
+    pub points: Vec<MetricPoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricPoint {
+    /// `training` or `validation`.
+    pub group: String,
+    pub step: i64,
+    /// Metric name to value. Values must be finite numbers; the SDK sends a non-finite value as
+    /// the string "NaN", "inf" or "-inf" so that the master can say which one it refused.
+    #[schema(value_type = Object)]
+    pub metrics: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportMetricsResponse {
+    /// Points newly stored (duplicates of earlier reports are not counted).
+    pub stored: usize,
+    /// The trial has been asked to stop (by the searcher or a user).
+    pub stop_requested: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrialSignals {
+    pub stop_requested: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricSeries {
+    pub group: String,
+    pub name: String,
+    /// Points stored in total; `points` holds at most the requested number.
+    pub total_points: i64,
+    /// [step, value] pairs in step order.
+    pub points: Vec<(i64, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrialLogs {
+    pub lines: Vec<LogEntry>,
+    /// Pass as `after` to get the next page.
+    pub next_after: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogEntry {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub stream: String,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterCheckpointRequest {
+    pub uuid: String,
+    pub step: i64,
+    /// Relative file paths and their sizes in bytes.
+    pub resources: BTreeMap<String, u64>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Checkpoint {
+    pub uuid: String,
+    pub trial_id: i64,
+    pub experiment_id: i64,
+    pub step: i64,
+    pub size: i64,
+    pub resources: BTreeMap<String, u64>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    pub id: String,
+    pub hostname: String,
+    pub version: String,
+    pub connected: bool,
+    pub connected_at: i64,
+    pub last_heartbeat: i64,
+    pub slots: Vec<Slot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Slot {
+    pub id: String,
+    /// `cpu` or `cuda`.
+    pub kind: String,
+    pub device: String,
+    /// The allocation using this slot, if any.
+    pub allocation_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    pub version: String,
+    pub master_id: String,
+}

@@ -1,0 +1,17 @@
+//! Pure types shared by every part of drover: the experiment configuration (parsed from YAML with
+//! errors that name line, column and field), hyperparameter spaces and their sampling, a seedable
+//! and serialisable random generator, and the state machines of experiments, trials and
+//! allocations.
+//!
+//! Nothing here does IO: every function is deterministic in its inputs, which is what lets the
+//! searchers and the master's bookkeeping be tested and replayed.
+
+pub mod config;
+pub mod hparams;
+pub mod rng;
+pub mod state;
+
+pub use config::{ConfigError, ExperimentConfig};
+pub use hparams::{Hyperparameter, HyperparameterSpace};
+pub use rng::SplitMix64;
+pub use state::{AllocationState, ExperimentState, TransitionError, TrialState};
