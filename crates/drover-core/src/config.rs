@@ -446,7 +446,7 @@ environment:
         let text = GOOD.replace("minval: -4, maxval: -1", "minval: -1, maxval: -4");
         let e = ExperimentConfig::parse(&text, None).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("hyperparameters.lr.minval"));
-        assert_eq!((e.line, e.column), (Some(4), Some(20)), "{e}");
+        assert_eq!((e.line, e.column), (Some(4), Some(19)), "{e}");
 
         let text = GOOD.replace("  max_trials: 4\n", "");
         let e = ExperimentConfig::parse(&text, None).unwrap_err();

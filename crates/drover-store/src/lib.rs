@@ -1,1 +1,82 @@
+//! The metadata store: one [`Store`] trait and one SQL implementation that runs on SQLite (the
+//! embedded default, a file in WAL mode) and PostgreSQL (`--db postgres://...`), with
+//! migrations for both and one test suite run against both (`tests/store_suite.rs`).
+//!
+//! Metrics are narrow rows `(trial, group, name, step, value)` keyed so that a repeated report
+//! is ignored, inserted in multi-row batches, with per-metric summaries (count, last, min, max)
+//! maintained in the same transaction from exactly the rows that were new. Nothing is stored
+//! as a JSON blob that would have to be re-parsed per point.
+//!
+//! Architecture invariant: the store knows rows, not policy. It does not decide state
+//! transitions, searcher behaviour or scheduling; it persists what the master decided.
 
+mod sql;
+pub mod types;
+
+pub use sql::{SqlStore, Dialect};
+pub use types::*;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Experiments.
+    async fn create_experiment(&self, new: NewExperiment) -> StoreResult<i64>;
+    async fn get_experiment(&self, id: i64) -> StoreResult<ExperimentRow>;
+    async fn list_experiments(&self) -> StoreResult<Vec<ExperimentRow>>;
+    async fn set_experiment_state(&self, id: i64, state: &str, ended_at: Option<i64>) -> StoreResult<()>;
+    /// Deletes the experiment and everything under it.
+    async fn delete_experiment(&self, id: i64) -> StoreResult<()>;
+    async fn get_context(&self, experiment_id: i64) -> StoreResult<Option<Vec<u8>>>;
+    async fn save_searcher_snapshot(&self, experiment_id: i64, snapshot: &str) -> StoreResult<()>;
+    async fn load_searcher_snapshot(&self, experiment_id: i64) -> StoreResult<Option<String>>;
+    /// Trials per state for every experiment, as (experiment_id, state, count).
+    async fn trial_counts(&self) -> StoreResult<Vec<(i64, String, i64)>>;
+
+    // Trials.
+    async fn create_trial(&self, new: NewTrial) -> StoreResult<i64>;
+    async fn get_trial(&self, id: i64) -> StoreResult<TrialRow>;
+    async fn list_trials(&self, experiment_id: i64) -> StoreResult<Vec<TrialRow>>;
+    async fn update_trial(&self, id: i64, update: TrialUpdate) -> StoreResult<()>;
+
+    // Allocations: one attempt at running a trial; the token authenticates its reports.
+    async fn create_allocation(&self, new: NewAllocation) -> StoreResult<()>;
+    async fn get_allocation(&self, id: &str) -> StoreResult<AllocationRow>;
+    async fn update_allocation(&self, id: &str, update: AllocationUpdate) -> StoreResult<()>;
+    /// Allocations not yet terminated, e.g. to fail or reattach them after a restart.
+    async fn live_allocations(&self) -> StoreResult<Vec<AllocationRow>>;
+
+    // Metrics.
+    /// Stores the points that are new and returns how many were; updates summaries from them.
+    async fn add_metrics(&self, trial_id: i64, points: &[MetricRow]) -> StoreResult<usize>;
+    async fn metric_summaries(&self, trial_id: i64) -> StoreResult<Vec<MetricSummaryRow>>;
+    /// Summaries of one metric for every trial of an experiment.
+    async fn experiment_metric_summaries(&self, experiment_id: i64, group: &str, name: &str) -> StoreResult<Vec<MetricSummaryRow>>;
+    /// The series of one metric, reduced in the database to at most about `max_points * 2`
+    /// points (min and max of equal step buckets) when it is longer; the caller refines it.
+    async fn metric_series(&self, trial_id: i64, group: &str, name: &str, max_points: usize) -> StoreResult<SeriesRows>;
+
+    // Logs.
+    async fn append_logs(&self, trial_id: i64, allocation_id: &str, lines: &[LogRow]) -> StoreResult<()>;
+    /// Lines of a trial with id greater than `after`, oldest first.
+    async fn read_logs(&self, trial_id: i64, after: i64, limit: i64) -> StoreResult<Vec<LogRow>>;
+
+    // Checkpoints.
+    async fn add_checkpoint(&self, checkpoint: CheckpointRow) -> StoreResult<()>;
+    async fn get_checkpoint(&self, uuid: &str) -> StoreResult<CheckpointRow>;
+    async fn list_checkpoints(&self, trial_id: i64) -> StoreResult<Vec<CheckpointRow>>;
+}
