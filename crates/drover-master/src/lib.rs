@@ -1,1 +1,83 @@
+//! The drover master as a library: the control plane ([`cluster`]), the REST API ([`api`]),
+//! the agent gateway ([`gateway`]), and [`start`] which serves them on a given listener, so
+//! tests run a whole master in-process on `127.0.0.1:0`.
+//!
+//! Architecture invariant: the master decides, the store remembers, agents obey. The master
+//! never runs user code and never touches a trial's files except to delete checkpoints that
+//! its own records point at; searching is delegated to `drover-search`, persistence to
+//! `drover-store`.
 
+pub mod api;
+pub mod cluster;
+mod context;
+pub mod error;
+pub mod gateway;
+mod lttb;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use cluster::{Master, MasterConfig};
+use drover_store::SqlStore;
+pub use error::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A master serving on a socket.
+pub struct RunningMaster {
+    pub addr: SocketAddr,
+    pub master: Arc<Master>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningMaster {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting work, closes agent connections and waits for the server to end.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.master.shutdown.cancel();
+        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] drover_store::StoreError),
+    #[error("cannot restore state from the database: {}", .0.body.message)]
+    Recover(Error),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the store named in `config`, restores unfinished work, and serves on `listener`
+/// until `master.shutdown` is cancelled.
+pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<RunningMaster, StartError> {
+    let store = Arc::new(SqlStore::open(&config.db_url).await?);
+    let master = Master::open(config, store).await.map_err(StartError::Recover)?;
+    let addr = listener.local_addr()?;
+    let app = api::router(master.clone());
+    let ticker = master.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    if let Err(e) = ticker.tick().await {
+                        tracing::error!("housekeeping: {}", e.body.message);
+                    }
+                }
+                _ = ticker.shutdown.cancelled() => break,
+            }
+        }
+    });
+    let shutdown = master.shutdown.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    });
+    tracing::info!("master listening on http://{addr}");
+    Ok(RunningMaster { addr, master, task })
+}

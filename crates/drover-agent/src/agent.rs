@@ -1,0 +1,637 @@
+//! The agent's websocket session with the master.
+//!
+//! Tasks outlive connections: when the websocket drops, tasks keep running, their messages are
+//! buffered in a bounded outbox, and the agent reconnects with backoff and announces the
+//! allocations it still holds in its `Hello` so that the master can reattach them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_api::agent::{AgentMessage, LogLine, MasterMessage, SlotSpec, TaskSpec};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::{RunnerConfig, TaskHandle, spawn_task};
+
+pub const CONNECT_PATH: &str = "/api/v1/agents/connect";
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A master that accepts the socket but never answers the `Hello` is as good as down.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// With no frame at all from the master for this many heartbeat intervals (but at least
+/// [`MIN_SILENCE_LIMIT`]) the connection is considered dead. Each heartbeat goes with a ping,
+/// so a live master always answers something; without this, a master that vanished without
+/// closing TCP would only be noticed when the kernel gives up on the socket, many minutes later.
+const SILENCE_HEARTBEATS: u32 = 3;
+const MIN_SILENCE_LIMIT: Duration = Duration::from_secs(10);
+/// Grace between SIGTERM and SIGKILL when the agent itself shuts down.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long past [`SHUTDOWN_GRACE`] to wait for the tasks' exit reports before giving up.
+const SHUTDOWN_REPORT_SLACK: Duration = Duration::from_secs(2);
+/// Task messages kept while disconnected.
+pub const OUTBOX_CAPACITY: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `http://host:port` (or with a path prefix); the websocket URL is derived from it.
+    pub master_url: String,
+    pub agent_id: String,
+    /// Tasks run in `<work_root>/<allocation_id>/`; created if missing.
+    pub work_root: PathBuf,
+    /// The slots, already discovered (see [`crate::slots::discover`]).
+    pub slots: Vec<SlotSpec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid master URL {url:?}: expected http://host:port")]
+    InvalidMasterUrl { url: String },
+    #[error("the master rejected this agent: {reason}")]
+    Rejected { reason: String },
+    #[error("cannot create the work root {path}: {source}")]
+    WorkRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The websocket URL for a master URL: `http://h:p/prefix` -> `ws://h:p/prefix/api/v1/agents/connect`.
+pub fn connect_url(master_url: &str) -> Result<String, AgentError> {
+    let invalid = || AgentError::InvalidMasterUrl {
+        url: master_url.to_owned(),
+    };
+    let (scheme, rest) = if let Some(rest) = master_url.strip_prefix("http://") {
+        ("ws", rest)
+    } else if let Some(rest) = master_url.strip_prefix("https://") {
+        ("wss", rest)
+    } else {
+        return Err(invalid());
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(invalid());
+    }
+    Ok(format!("{scheme}://{rest}{CONNECT_PATH}"))
+}
+
+/// Runs the agent until `shutdown` is cancelled (then kills all tasks and returns `Ok`) or the
+/// master rejects it (then kills all tasks and returns the error). Connection failures are not
+/// errors: the agent keeps retrying, with its tasks running.
+pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let ws_url = connect_url(&config.master_url)?;
+    tokio::fs::create_dir_all(&config.work_root)
+        .await
+        .map_err(|source| AgentError::WorkRoot {
+            path: config.work_root.clone(),
+            source,
+        })?;
+    let (task_tx, task_rx) = mpsc::unbounded_channel();
+    let mut agent = Agent {
+        runner: Arc::new(RunnerConfig {
+            master_url: config.master_url.clone(),
+            work_root: config.work_root.clone(),
+            slots: config.slots.clone(),
+        }),
+        hostname: hostname(),
+        config,
+        ws_url,
+        tasks: HashMap::new(),
+        outbox: Outbox::new(OUTBOX_CAPACITY),
+        task_tx,
+        task_rx,
+        shutdown,
+    };
+    agent.run().await
+}
+
+/// The name this machine reports: `/etc/hostname`, else `$HOSTNAME`, else `localhost`.
+pub fn hostname() -> String {
+    let from_file = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned());
+    let from_env = std::env::var("HOSTNAME")
+        .ok()
+        .map(|name| name.trim().to_owned());
+    from_file
+        .into_iter()
+        .chain(from_env)
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+enum SessionEnd {
+    Shutdown,
+    Rejected(String),
+    Lost { welcomed: bool, reason: String },
+}
+
+struct Agent {
+    config: AgentConfig,
+    ws_url: String,
+    hostname: String,
+    runner: Arc<RunnerConfig>,
+    /// Tasks whose `TaskExited` has not yet come out of `task_rx`.
+    tasks: HashMap<String, TaskHandle>,
+    outbox: Outbox,
+    /// Cloned into every task; the agent holds one, so `task_rx` never reports closed.
+    task_tx: mpsc::UnboundedSender<AgentMessage>,
+    task_rx: mpsc::UnboundedReceiver<AgentMessage>,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    async fn run(&mut self) -> Result<(), AgentError> {
+        let mut backoff = INITIAL_BACKOFF;
+        while !self.shutdown.is_cancelled() {
+            match self.connect().await {
+                Some(Ok(socket)) => match self.session(socket).await {
+                    SessionEnd::Shutdown => return Ok(()),
+                    SessionEnd::Rejected(reason) => {
+                        tracing::error!(%reason, "the master rejected this agent");
+                        self.stop_all_tasks().await;
+                        return Err(AgentError::Rejected { reason });
+                    }
+                    SessionEnd::Lost { welcomed, reason } => {
+                        tracing::warn!(%reason, tasks = self.tasks.len(), "lost the master; reconnecting");
+                        if welcomed {
+                            backoff = INITIAL_BACKOFF;
+                        }
+                    }
+                },
+                Some(Err(reason)) => {
+                    tracing::warn!(url = %self.ws_url, %reason, "cannot connect to the master")
+                }
+                None => break, // shutdown while connecting
+            }
+            if !self.wait_buffering(backoff).await {
+                break;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.stop_all_tasks().await;
+        Ok(())
+    }
+
+    /// Takes a message from a task: forgets tasks that exited, and queues the message.
+    fn absorb(&mut self, message: AgentMessage) {
+        if let AgentMessage::TaskExited { allocation_id, .. } = &message {
+            self.tasks.remove(allocation_id);
+        }
+        self.outbox.push(message);
+    }
+
+    /// Connects, buffering task messages meanwhile. `None` on shutdown.
+    async fn connect(&mut self) -> Option<Result<Socket, String>> {
+        let connecting = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async(self.ws_url.clone()),
+        );
+        tokio::pin!(connecting);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                result = &mut connecting => return Some(match result {
+                    Ok(Ok((socket, _response))) => Ok(socket),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+                }),
+                Some(message) = self.task_rx.recv() => self.absorb(message),
+            }
+        }
+    }
+
+    /// Waits `duration`, buffering task messages meanwhile. False on shutdown.
+    async fn wait_buffering(&mut self, duration: Duration) -> bool {
+        let deadline = Instant::now() + duration;
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return false,
+                () = tokio::time::sleep_until(deadline) => return true,
+                Some(message) = self.task_rx.recv() => self.absorb(message),
+            }
+        }
+    }
+
+    /// Allocations the master should consider alive here: running tasks, and tasks whose exit
+    /// report still sits in the outbox (it follows right after the `Hello`).
+    fn running_allocations(&self) -> Vec<String> {
+        let mut running: BTreeSet<String> = self.tasks.keys().cloned().collect();
+        running.extend(self.outbox.exited_allocations());
+        running.into_iter().collect()
+    }
+
+    async fn session(&mut self, mut socket: Socket) -> SessionEnd {
+        let hello = AgentMessage::Hello {
+            agent_id: self.config.agent_id.clone(),
+            hostname: self.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            slots: self.config.slots.clone(),
+            running: self.running_allocations(),
+        };
+        if let Err(reason) = send(&mut socket, &hello).await {
+            return SessionEnd::Lost {
+                welcomed: false,
+                reason,
+            };
+        }
+        tracing::info!(url = %self.ws_url, "connected to the master");
+
+        let mut welcomed = false;
+        let mut last_frame_at = Instant::now();
+        let mut silence_limit = WELCOME_TIMEOUT;
+        // Replaced by the master's interval on Welcome; until then only the silence check runs.
+        let mut heartbeat = tokio::time::interval(WELCOME_TIMEOUT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        let lost = |welcomed: bool, reason: String| SessionEnd::Lost { welcomed, reason };
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    self.shut_down_connected(socket, welcomed).await;
+                    return SessionEnd::Shutdown;
+                }
+                frame = socket.next() => {
+                    last_frame_at = Instant::now();
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Close(close))) => {
+                            return lost(welcomed, format!("the master closed the connection ({close:?})"));
+                        }
+                        // Pings are answered by tungstenite itself; pongs only prove liveness.
+                        Some(Ok(_)) => continue,
+                        Some(Err(error)) => return lost(welcomed, error.to_string()),
+                        None => return lost(welcomed, "the connection ended".to_owned()),
+                    };
+                    let message = match serde_json::from_str::<MasterMessage>(&text) {
+                        Ok(message) => message,
+                        Err(error) => {
+                            // A newer master may send what this agent does not know; skipping it
+                            // beats dropping the connection in a loop.
+                            tracing::warn!(%error, frame = %text, "ignoring an unreadable message from the master");
+                            continue;
+                        }
+                    };
+                    match message {
+                        MasterMessage::Welcome { heartbeat_interval_ms } => {
+                            let interval = Duration::from_millis(heartbeat_interval_ms.max(1));
+                            heartbeat = tokio::time::interval(interval);
+                            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            silence_limit = (interval * SILENCE_HEARTBEATS).max(MIN_SILENCE_LIMIT);
+                            welcomed = true;
+                            tracing::info!(?interval, "welcomed by the master");
+                            if let Err(reason) = self.flush_outbox(&mut socket).await {
+                                return lost(welcomed, reason);
+                            }
+                        }
+                        MasterMessage::StartTask(spec) => self.start_task(spec),
+                        MasterMessage::KillTask { allocation_id, grace_ms } => {
+                            self.kill_task(&allocation_id, Duration::from_millis(grace_ms));
+                            // An unknown allocation is answered from here, not by a task.
+                            if welcomed && let Err(reason) = self.flush_outbox(&mut socket).await {
+                                return lost(welcomed, reason);
+                            }
+                        }
+                        MasterMessage::Reject { reason } => {
+                            let _ = socket.close(None).await;
+                            return SessionEnd::Rejected(reason);
+                        }
+                    }
+                }
+                Some(message) = self.task_rx.recv() => {
+                    self.absorb(message);
+                    if welcomed && let Err(reason) = self.flush_outbox(&mut socket).await {
+                        return lost(welcomed, reason);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_frame_at.elapsed() > silence_limit {
+                        let what = if welcomed { "nothing from the master" } else { "no Welcome" };
+                        return lost(welcomed, format!("{what} for {silence_limit:?}"));
+                    }
+                    if welcomed {
+                        if let Err(reason) = send(&mut socket, &AgentMessage::Heartbeat).await {
+                            return lost(welcomed, reason);
+                        }
+                        if let Err(error) = socket.send(Message::Ping(Default::default())).await {
+                            return lost(welcomed, error.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_task(&mut self, spec: TaskSpec) {
+        if self.tasks.contains_key(&spec.allocation_id) {
+            // A repeated StartTask (e.g. resent around a reconnect) must not start a second
+            // process for the same allocation.
+            tracing::warn!(allocation_id = %spec.allocation_id, "ignoring StartTask for an allocation already running");
+            return;
+        }
+        tracing::info!(allocation_id = %spec.allocation_id, argv = ?spec.argv, "starting task");
+        let handle = spawn_task(self.runner.clone(), spec, self.task_tx.clone());
+        self.tasks.insert(handle.allocation_id().to_owned(), handle);
+    }
+
+    fn kill_task(&mut self, allocation_id: &str, grace: Duration) {
+        match self.tasks.get(allocation_id) {
+            Some(handle) => {
+                tracing::info!(%allocation_id, ?grace, "killing task");
+                handle.kill(grace);
+            }
+            None => {
+                // The master believes it runs here but it does not (e.g. the agent restarted):
+                // saying so lets the master release the allocation instead of waiting forever.
+                tracing::warn!(%allocation_id, "KillTask for an allocation not running here");
+                self.outbox.push(AgentMessage::TaskExited {
+                    allocation_id: allocation_id.to_owned(),
+                    exit_code: None,
+                    signal: None,
+                    error: Some("no such task on this agent".to_owned()),
+                });
+            }
+        }
+    }
+
+    /// Sends everything queued, oldest first. A message that fails to send goes back to the
+    /// front of the queue.
+    async fn flush_outbox(&mut self, socket: &mut Socket) -> Result<(), String> {
+        self.outbox.add_drop_notices();
+        while let Some(message) = self.outbox.pop() {
+            if let Err(reason) = send(socket, &message).await {
+                self.outbox.push_front(message);
+                return Err(reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown while connected: kill every task and forward their exit reports to the master
+    /// before closing.
+    async fn shut_down_connected(&mut self, mut socket: Socket, welcomed: bool) {
+        let mut connected = welcomed;
+        self.kill_all(SHUTDOWN_GRACE);
+        let deadline = Instant::now() + SHUTDOWN_GRACE + SHUTDOWN_REPORT_SLACK;
+        if connected && self.flush_outbox(&mut socket).await.is_err() {
+            connected = false;
+        }
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                Some(message) = self.task_rx.recv() => {
+                    self.absorb(message);
+                    if connected && self.flush_outbox(&mut socket).await.is_err() {
+                        connected = false;
+                    }
+                }
+            }
+        }
+        self.warn_unreported();
+        let _ = socket.close(None).await;
+    }
+
+    /// Kills every task and waits for their exit reports (without a connection to send them).
+    async fn stop_all_tasks(&mut self) {
+        self.kill_all(SHUTDOWN_GRACE);
+        let deadline = Instant::now() + SHUTDOWN_GRACE + SHUTDOWN_REPORT_SLACK;
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                Some(message) = self.task_rx.recv() => self.absorb(message),
+            }
+        }
+        self.warn_unreported();
+    }
+
+    fn kill_all(&self, grace: Duration) {
+        if !self.tasks.is_empty() {
+            tracing::info!(
+                tasks = self.tasks.len(),
+                ?grace,
+                "shutting down: killing all tasks"
+            );
+        }
+        for handle in self.tasks.values() {
+            handle.kill(grace);
+        }
+    }
+
+    fn warn_unreported(&self) {
+        for allocation_id in self.tasks.keys() {
+            tracing::warn!(%allocation_id, "task did not report its exit before the agent stopped");
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), String> {
+    let text = serde_json::to_string(message)
+        .map_err(|error| format!("cannot encode {message:?}: {error}"))?;
+    socket
+        .send(Message::text(text))
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// Task messages waiting for a connection. Bounded: when full, the oldest log batch goes first
+/// (its lost line count is reported later as an `agent` log line), then the oldest other
+/// non-exit message; a `TaskExited` is never dropped, since without it the master would never
+/// learn how the task ended (and there is only one per task, so they cannot pile up).
+#[derive(Debug)]
+struct Outbox {
+    queue: VecDeque<AgentMessage>,
+    capacity: usize,
+    dropped_lines: BTreeMap<String, usize>,
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
+        Outbox {
+            queue: VecDeque::new(),
+            capacity,
+            dropped_lines: BTreeMap::new(),
+        }
+    }
+
+    fn push(&mut self, message: AgentMessage) {
+        if self.queue.len() >= self.capacity {
+            self.drop_one();
+        }
+        self.queue.push_back(message);
+    }
+
+    fn drop_one(&mut self) {
+        let oldest_logs = self
+            .queue
+            .iter()
+            .position(|m| matches!(m, AgentMessage::TaskLogs { .. }));
+        let victim = oldest_logs.or_else(|| {
+            self.queue
+                .iter()
+                .position(|m| !matches!(m, AgentMessage::TaskExited { .. }))
+        });
+        match victim.and_then(|index| self.queue.remove(index)) {
+            Some(AgentMessage::TaskLogs {
+                allocation_id,
+                lines,
+            }) => {
+                *self.dropped_lines.entry(allocation_id).or_default() += lines.len();
+            }
+            Some(other) => tracing::warn!(message = ?other, "outbox full: dropped a message"),
+            None => {} // only exit reports queued: keep them all, over capacity
+        }
+    }
+
+    fn push_front(&mut self, message: AgentMessage) {
+        self.queue.push_front(message);
+    }
+
+    fn pop(&mut self) -> Option<AgentMessage> {
+        self.queue.pop_front()
+    }
+
+    /// Puts, at the front, one `agent` log line per allocation that lost lines, so the user
+    /// sees the gap in the task's log. They go before everything else and so before the
+    /// task's `TaskExited`.
+    fn add_drop_notices(&mut self) {
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        for (allocation_id, count) in std::mem::take(&mut self.dropped_lines).into_iter().rev() {
+            self.queue.push_front(AgentMessage::TaskLogs {
+                allocation_id,
+                lines: vec![LogLine {
+                    ts_ms,
+                    stream: "agent".to_owned(),
+                    line: format!("{count} log lines were dropped while the agent was disconnected from the master"),
+                }],
+            });
+        }
+    }
+
+    fn exited_allocations(&self) -> impl Iterator<Item = String> + '_ {
+        self.queue.iter().filter_map(|message| match message {
+            AgentMessage::TaskExited { allocation_id, .. } => Some(allocation_id.clone()),
+            _ => None,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(allocation_id: &str, lines: usize) -> AgentMessage {
+        AgentMessage::TaskLogs {
+            allocation_id: allocation_id.to_owned(),
+            lines: (0..lines)
+                .map(|i| LogLine {
+                    ts_ms: i as i64,
+                    stream: "stdout".to_owned(),
+                    line: i.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn exited(allocation_id: &str) -> AgentMessage {
+        AgentMessage::TaskExited {
+            allocation_id: allocation_id.to_owned(),
+            exit_code: Some(0),
+            signal: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn connect_url_is_derived_from_master_url() {
+        assert_eq!(
+            connect_url("http://m:8080").expect("url"),
+            "ws://m:8080/api/v1/agents/connect"
+        );
+        assert_eq!(
+            connect_url("http://m:8080/").expect("url"),
+            "ws://m:8080/api/v1/agents/connect"
+        );
+        assert_eq!(
+            connect_url("https://m/drover").expect("url"),
+            "wss://m/drover/api/v1/agents/connect"
+        );
+        assert!(connect_url("m:8080").is_err());
+        assert!(connect_url("http://").is_err());
+    }
+
+    #[test]
+    fn hostname_is_never_empty() {
+        assert!(!hostname().is_empty());
+    }
+
+    #[test]
+    fn full_outbox_drops_oldest_logs_first_and_reports_the_gap() {
+        let mut outbox = Outbox::new(3);
+        outbox.push(logs("a", 2));
+        outbox.push(exited("b"));
+        outbox.push(logs("a", 5));
+        outbox.push(logs("a", 1)); // drops the 2-line batch
+        outbox.push(exited("a")); // drops the 5-line batch
+        assert_eq!(outbox.len(), 3);
+        outbox.add_drop_notices();
+        let drained: Vec<AgentMessage> = std::iter::from_fn(|| outbox.pop()).collect();
+        match &drained[0] {
+            AgentMessage::TaskLogs {
+                allocation_id,
+                lines,
+            } => {
+                assert_eq!(allocation_id, "a");
+                assert_eq!(lines[0].stream, "agent");
+                assert!(
+                    lines[0].line.starts_with("7 log lines were dropped"),
+                    "{}",
+                    lines[0].line
+                );
+            }
+            other => panic!("expected the drop notice first, got {other:?}"),
+        }
+        assert_eq!(drained[1..], [exited("b"), logs("a", 1), exited("a")]);
+    }
+
+    #[test]
+    fn outbox_never_drops_exit_reports() {
+        let mut outbox = Outbox::new(2);
+        for allocation in ["a", "b", "c", "d"] {
+            outbox.push(exited(allocation));
+        }
+        assert_eq!(outbox.len(), 4);
+        let exits: Vec<String> = outbox.exited_allocations().collect();
+        assert_eq!(exits, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn outbox_drops_other_messages_before_exit_reports() {
+        let mut outbox = Outbox::new(2);
+        outbox.push(AgentMessage::TaskStarted {
+            allocation_id: "a".to_owned(),
+            pid: 1,
+        });
+        outbox.push(exited("b"));
+        outbox.push(exited("a"));
+        let drained: Vec<AgentMessage> = std::iter::from_fn(|| outbox.pop()).collect();
+        assert_eq!(drained, [exited("b"), exited("a")]);
+    }
+}

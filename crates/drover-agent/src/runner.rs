@@ -1,0 +1,751 @@
+//! Running one task: a process in its own process group, in a fresh working directory, with
+//! its output relayed as timestamped log batches.
+//!
+//! The runner knows nothing of the websocket: everything it reports goes into an
+//! `UnboundedSender<AgentMessage>`, in order — `TaskStarted`, `TaskLogs`*, then exactly one
+//! `TaskExited` as its last message (also when the task never started, with `error` set).
+//!
+//! The process group is the task: signals go to the whole group, so a launcher's children (data
+//! loader workers, `torchrun` ranks) stop with it. The task is over when its leader has exited
+//! *and* its group is empty: members still alive then keep what remains of a kill's grace (or,
+//! after a natural exit, get SIGTERM and a short grace), then SIGKILL, so that `TaskExited`
+//! never announces a task while a process of it still holds a GPU.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drover_api::agent::{AgentMessage, LogLine, SlotKind, SlotSpec, TaskSpec};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::context::{self, ContextError};
+
+/// A log batch is sent this long after its first line at the latest...
+const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// ...or as soon as it has this many lines.
+const LOG_BATCH_LINES: usize = 500;
+/// A process printing without newlines must not grow one line without bound.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// After a natural exit, how long processes the task left behind get between SIGTERM and
+/// SIGKILL.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(3);
+/// How often to look whether the task's process group is empty, once its leader has exited.
+const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long after SIGKILL to keep waiting for processes to disappear.
+const UNKILLABLE_WAIT: Duration = Duration::from_secs(2);
+/// After the process group is gone, how long to wait for its pipes to drain. A process that
+/// escaped the group (`setsid`) can hold them open forever; its output after this is lost.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every task on this agent shares.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// `http://host:port`, for fetching contexts and as the tasks' default `DROVER_MASTER`.
+    pub master_url: String,
+    /// Each task runs in `<work_root>/<allocation_id>/`.
+    pub work_root: PathBuf,
+    /// This agent's slots, to map a task's slot ids to devices.
+    pub slots: Vec<SlotSpec>,
+}
+
+/// Why a task could not start; sent as the `error` of its `TaskExited`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid allocation id {0:?}: it must be a single path component")]
+    InvalidAllocationId(String),
+    #[error("the task has an empty argv")]
+    EmptyArgv,
+    #[error("slot {0:?} does not exist on this agent")]
+    UnknownSlot(String),
+    #[error("cannot prepare the working directory {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error("context extraction failed: {0}")]
+    ExtractionPanicked(String),
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("killed before the process started")]
+    KilledBeforeStart,
+}
+
+/// A running (or finished) task. Dropping the handle does not stop the task.
+#[derive(Debug)]
+pub struct TaskHandle {
+    allocation_id: String,
+    /// The shortest grace period asked for so far; `None` until the first kill request.
+    kill_request: watch::Sender<Option<Duration>>,
+    supervisor: JoinHandle<()>,
+}
+
+impl TaskHandle {
+    pub fn allocation_id(&self) -> &str {
+        &self.allocation_id
+    }
+
+    /// Asks the task to stop: SIGTERM to its process group, then SIGKILL once `grace` has
+    /// passed (at once for a zero grace). A later request with a shorter grace shortens the
+    /// wait; a longer one does not extend it. Killing a finished task does nothing.
+    pub fn kill(&self, grace: Duration) {
+        self.kill_request.send_modify(|current| {
+            *current = Some(current.map_or(grace, |earlier| earlier.min(grace)));
+        });
+    }
+
+    /// True once the task's `TaskExited` has been sent.
+    pub fn is_finished(&self) -> bool {
+        self.supervisor.is_finished()
+    }
+
+    /// Waits until the task's `TaskExited` has been sent.
+    pub async fn wait(self) {
+        if let Err(error) = self.supervisor.await {
+            tracing::error!(allocation_id = %self.allocation_id, %error, "task supervisor failed");
+        }
+    }
+}
+
+/// Starts a task in the background and returns at once; see the module doc for the messages it
+/// sends on `outgoing`.
+pub fn spawn_task(
+    config: Arc<RunnerConfig>,
+    spec: TaskSpec,
+    outgoing: mpsc::UnboundedSender<AgentMessage>,
+) -> TaskHandle {
+    let (kill_request, kill_requests) = watch::channel(None);
+    let allocation_id = spec.allocation_id.clone();
+    let supervisor = tokio::spawn(supervise(config, spec, outgoing, kill_requests));
+    TaskHandle {
+        allocation_id,
+        kill_request,
+        supervisor,
+    }
+}
+
+async fn supervise(
+    config: Arc<RunnerConfig>,
+    spec: TaskSpec,
+    outgoing: mpsc::UnboundedSender<AgentMessage>,
+    mut kill_requests: watch::Receiver<Option<Duration>>,
+) {
+    let allocation_id = spec.allocation_id.clone();
+    let exited = match start(&config, &spec, &outgoing, &mut kill_requests).await {
+        Ok(running) => run_to_exit(running, &allocation_id, &outgoing, kill_requests).await,
+        Err(error) => {
+            tracing::warn!(%allocation_id, %error, "task did not start");
+            AgentMessage::TaskExited {
+                allocation_id,
+                exit_code: None,
+                signal: None,
+                error: Some(error.to_string()),
+            }
+        }
+    };
+    // The receiver is gone only when the agent itself is shutting down; nothing to report to.
+    let _ = outgoing.send(exited);
+}
+
+struct RunningTask {
+    child: Child,
+    process_group: Pid,
+    log_batcher: JoinHandle<()>,
+}
+
+async fn start(
+    config: &RunnerConfig,
+    spec: &TaskSpec,
+    outgoing: &mpsc::UnboundedSender<AgentMessage>,
+    kill_requests: &mut watch::Receiver<Option<Duration>>,
+) -> Result<RunningTask, StartError> {
+    let allocation_id = &spec.allocation_id;
+    // The id names a directory under work_root, so it must not be able to climb out of it.
+    if allocation_id.is_empty()
+        || allocation_id == "."
+        || allocation_id == ".."
+        || allocation_id.contains('/')
+        || allocation_id.contains('\0')
+    {
+        return Err(StartError::InvalidAllocationId(allocation_id.clone()));
+    }
+    let (program, args) = spec.argv.split_first().ok_or(StartError::EmptyArgv)?;
+    let environment = task_environment(spec, &config.slots, &config.master_url)?;
+
+    let work_dir = config.work_root.join(allocation_id);
+    let work_dir_error = |source| StartError::WorkDir {
+        path: work_dir.clone(),
+        source,
+    };
+    // Fresh: leftovers from an earlier run under the same id must not leak into this one.
+    match tokio::fs::remove_dir_all(&work_dir).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(work_dir_error(error)),
+    }
+    tokio::fs::create_dir_all(&work_dir)
+        .await
+        .map_err(work_dir_error)?;
+
+    if let Some(context_path) = &spec.context_path {
+        // A kill may arrive while a large context downloads; it must not wait for it.
+        tokio::select! {
+            prepared = prepare_context(&config.master_url, context_path, &spec.token, &work_dir) => prepared?,
+            () = kill_requested(kill_requests) => return Err(StartError::KilledBeforeStart),
+        }
+    }
+    if kill_requests.borrow().is_some() {
+        return Err(StartError::KilledBeforeStart);
+    }
+
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(&work_dir)
+        .envs(&environment)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let spawn_error = |source| StartError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let mut child = command.spawn().map_err(spawn_error)?;
+    let pid = child.id().ok_or_else(|| {
+        spawn_error(std::io::Error::other(
+            "the process exited before its pid was read",
+        ))
+    })?;
+    let process_group = Pid::from_raw(pid as i32);
+    tracing::info!(%allocation_id, pid, "task started");
+    let _ = outgoing.send(AgentMessage::TaskStarted {
+        allocation_id: allocation_id.clone(),
+        pid,
+    });
+
+    let (lines_tx, lines_rx) = mpsc::channel(4 * LOG_BATCH_LINES);
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|stdout| tokio::spawn(read_lines(stdout, "stdout", lines_tx.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(read_lines(stderr, "stderr", lines_tx.clone()))),
+    ];
+    drop(lines_tx);
+    let log_batcher = tokio::spawn(batch_logs(
+        allocation_id.clone(),
+        lines_rx,
+        readers.into_iter().flatten().collect(),
+        outgoing.clone(),
+    ));
+    Ok(RunningTask {
+        child,
+        process_group,
+        log_batcher,
+    })
+}
+
+async fn prepare_context(
+    master_url: &str,
+    context_path: &str,
+    token: &str,
+    work_dir: &Path,
+) -> Result<(), StartError> {
+    let tarball = context::fetch_context(master_url, context_path, token).await?;
+    let destination = work_dir.to_path_buf();
+    // Decompressing and writing files blocks; keep it off the runtime's worker threads.
+    tokio::task::spawn_blocking(move || context::extract_context(&tarball, &destination))
+        .await
+        .map_err(|error| StartError::ExtractionPanicked(error.to_string()))??;
+    Ok(())
+}
+
+/// Resolves once a kill has been requested (at once if one already was). Never resolves if
+/// the handle is dropped without a request: the task then simply runs to its end.
+async fn kill_requested(kill_requests: &mut watch::Receiver<Option<Duration>>) {
+    if kill_requests.wait_for(Option::is_some).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// SIGTERM-then-SIGKILL escalation for one process group.
+struct Escalation<'a> {
+    allocation_id: &'a str,
+    group: Pid,
+    term_sent: bool,
+    /// When SIGKILL was sent, if it was.
+    killed_at: Option<Instant>,
+    kill_deadline: Option<Instant>,
+}
+
+impl Escalation<'_> {
+    fn request(&mut self, grace: Duration) {
+        if grace.is_zero() {
+            self.kill_now();
+            return;
+        }
+        if self.killed_at.is_some() {
+            return;
+        }
+        if !self.term_sent {
+            signal_group(self.allocation_id, self.group, Signal::SIGTERM);
+            self.term_sent = true;
+        }
+        let deadline = Instant::now() + grace;
+        self.kill_deadline = Some(
+            self.kill_deadline
+                .map_or(deadline, |earlier| earlier.min(deadline)),
+        );
+    }
+
+    fn kill_now(&mut self) {
+        signal_group(self.allocation_id, self.group, Signal::SIGKILL);
+        self.killed_at.get_or_insert_with(Instant::now);
+        self.kill_deadline = None;
+    }
+}
+
+async fn run_to_exit(
+    mut running: RunningTask,
+    allocation_id: &str,
+    outgoing: &mpsc::UnboundedSender<AgentMessage>,
+    mut kill_requests: watch::Receiver<Option<Duration>>,
+) -> AgentMessage {
+    let group = running.process_group;
+    let mut escalation = Escalation {
+        allocation_id,
+        group,
+        term_sent: false,
+        killed_at: None,
+        kill_deadline: None,
+    };
+    let mut kill_channel_open = true;
+    let status = loop {
+        tokio::select! {
+            status = running.child.wait() => break status,
+            changed = kill_requests.changed(), if kill_channel_open => {
+                if changed.is_err() {
+                    kill_channel_open = false;
+                    continue;
+                }
+                if let Some(grace) = *kill_requests.borrow_and_update() {
+                    escalation.request(grace);
+                }
+            }
+            () = sleep_until_some(escalation.kill_deadline) => escalation.kill_now(),
+        }
+    };
+
+    // The leader is gone, but its group may not be: a launcher often dies of SIGTERM before
+    // the workers it started have finished shutting down, and they keep what remains of the
+    // grace. After a natural exit, leftovers are asked to stop and get LEFTOVER_GRACE. The group
+    // id cannot be reused while any member exists, so signals reach only the task's processes.
+    if escalation.killed_at.is_none() && !escalation.term_sent && group_has_live_members(group) {
+        tracing::info!(%allocation_id, "the task left processes behind; stopping them");
+        escalation.request(LEFTOVER_GRACE);
+    }
+    while group_has_live_members(group) {
+        if escalation
+            .killed_at
+            .is_some_and(|at| at.elapsed() > UNKILLABLE_WAIT)
+        {
+            // Stuck in the kernel (uninterruptible sleep); nothing more the agent can do.
+            tracing::warn!(%allocation_id, "processes of the task survive SIGKILL; reporting the exit anyway");
+            break;
+        }
+        tokio::select! {
+            changed = kill_requests.changed(), if kill_channel_open => {
+                if changed.is_err() {
+                    kill_channel_open = false;
+                } else if let Some(grace) = *kill_requests.borrow_and_update() {
+                    escalation.request(grace);
+                }
+            }
+            () = sleep_until_some(escalation.kill_deadline) => escalation.kill_now(),
+            () = tokio::time::sleep(GROUP_POLL_INTERVAL) => {}
+        }
+    }
+
+    if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, &mut running.log_batcher)
+        .await
+        .is_err()
+    {
+        tracing::warn!(%allocation_id, "task output still open after exit; dropping the rest");
+        running.log_batcher.abort();
+        // The batcher was cut off mid-way; what it had not flushed is lost, and that is said.
+        let _ = outgoing.send(AgentMessage::TaskLogs {
+            allocation_id: allocation_id.to_owned(),
+            lines: vec![LogLine {
+                ts_ms: now_ms(),
+                stream: "agent".to_owned(),
+                line: "output was still open after the task exited (a process outside its \
+                       process group?); the rest is not collected"
+                    .to_owned(),
+            }],
+        });
+    }
+    let (exit_code, signal, error) = match status {
+        Ok(status) => (status.code(), status.signal(), None),
+        Err(error) => (
+            None,
+            None,
+            Some(format!("cannot wait for the process: {error}")),
+        ),
+    };
+    tracing::info!(%allocation_id, ?exit_code, ?signal, "task exited");
+    AgentMessage::TaskExited {
+        allocation_id: allocation_id.to_owned(),
+        exit_code,
+        signal,
+        error,
+    }
+}
+
+/// Whether any process other than a zombie is in process group `group`. Zombies are skipped:
+/// they are dead, only not yet reaped (and where init does not reap, never will be), yet they
+/// keep `killpg(group, 0)` succeeding. Without `/proc`, falls back to that check.
+fn group_has_live_members(group: Pid) -> bool {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return killpg(group, None).is_ok();
+    };
+    let group = group.as_raw();
+    processes.flatten().any(|process| {
+        let is_pid = process
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
+        // Processes vanish between listing and reading; an unreadable one is simply not counted.
+        is_pid
+            && std::fs::read_to_string(process.path().join("stat"))
+                .is_ok_and(|stat| stat_is_live_member(&stat, group))
+    })
+}
+
+/// Parses `/proc/<pid>/stat`: `pid (comm) state ppid pgrp ...`, where comm may contain spaces
+/// and parentheses, hence the split at the last `)`.
+fn stat_is_live_member(stat: &str, group: i32) -> bool {
+    let Some((_, after_comm)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = after_comm.split_whitespace();
+    let state = fields.next();
+    let process_group = fields.nth(1).and_then(|field| field.parse::<i32>().ok());
+    process_group == Some(group) && !matches!(state, Some("Z" | "X" | "x"))
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn signal_group(allocation_id: &str, group: Pid, signal: Signal) {
+    tracing::info!(%allocation_id, %group, ?signal, "signalling task process group");
+    match killpg(group, signal) {
+        // Already gone: the exit is about to be seen by wait().
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(error) => tracing::warn!(%allocation_id, %error, ?signal, "cannot signal task"),
+    }
+}
+
+/// The environment added to the agent's own for a task: `spec.env`, then what only the agent
+/// knows — which devices its slots are (`CUDA_VISIBLE_DEVICES`, set only on an agent that has
+/// CUDA slots, so a CPU-only machine leaves the variable alone), the slot ids, and how this
+/// agent reaches the master (`DROVER_MASTER`, unless the master set it).
+pub fn task_environment(
+    spec: &TaskSpec,
+    agent_slots: &[SlotSpec],
+    master_url: &str,
+) -> Result<BTreeMap<String, String>, StartError> {
+    let slots_by_id: HashMap<&str, &SlotSpec> = agent_slots
+        .iter()
+        .map(|slot| (slot.id.as_str(), slot))
+        .collect();
+    let mut device_indices: Vec<&str> = Vec::new();
+    for slot_id in &spec.slot_ids {
+        let slot = slots_by_id
+            .get(slot_id.as_str())
+            .ok_or_else(|| StartError::UnknownSlot(slot_id.clone()))?;
+        if slot.kind == SlotKind::Cuda
+            && let Some(index) = slot.device_index.as_deref()
+            && !device_indices.contains(&index)
+        {
+            device_indices.push(index);
+        }
+    }
+
+    let mut environment = spec.env.clone();
+    environment
+        .entry(drover_api::env::MASTER.to_owned())
+        .or_insert_with(|| master_url.trim_end_matches('/').to_owned());
+    environment.insert(
+        drover_api::env::SLOT_IDS.to_owned(),
+        spec.slot_ids.join(","),
+    );
+    if agent_slots.iter().any(|slot| slot.kind == SlotKind::Cuda) {
+        // The agent owns the mapping from slots to devices; a task on only CPU slots gets an
+        // empty list so it cannot grab a GPU another task was given.
+        environment.insert("CUDA_VISIBLE_DEVICES".to_owned(), device_indices.join(","));
+        // Device indices come from nvidia-smi, which numbers by PCI bus; CUDA by default
+        // numbers fastest first, which can differ.
+        environment
+            .entry("CUDA_DEVICE_ORDER".to_owned())
+            .or_insert_with(|| "PCI_BUS_ID".to_owned());
+    }
+    Ok(environment)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+/// Reads `reader` line by line (lossily as UTF-8, without the line ending) into `lines`, cutting
+/// lines longer than [`MAX_LINE_BYTES`] into several.
+async fn read_lines(
+    reader: impl AsyncRead + Unpin,
+    stream: &'static str,
+    lines: mpsc::Sender<LogLine>,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut current: Vec<u8> = Vec::new();
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok(available) => available,
+            Err(error) => {
+                tracing::warn!(%error, stream, "cannot read task output");
+                break;
+            }
+        };
+        if available.is_empty() {
+            break;
+        }
+        let room = MAX_LINE_BYTES - current.len();
+        let window = &available[..available.len().min(room)];
+        let (taken, line_complete) = match window.iter().position(|&byte| byte == b'\n') {
+            Some(newline) => {
+                current.extend_from_slice(&window[..newline]);
+                (newline + 1, true)
+            }
+            None => {
+                current.extend_from_slice(window);
+                (window.len(), current.len() >= MAX_LINE_BYTES)
+            }
+        };
+        reader.consume(taken);
+        if line_complete && send_line(&lines, stream, &mut current).await.is_err() {
+            return;
+        }
+    }
+    if !current.is_empty() {
+        let _ = send_line(&lines, stream, &mut current).await;
+    }
+}
+
+async fn send_line(
+    lines: &mpsc::Sender<LogLine>,
+    stream: &'static str,
+    current: &mut Vec<u8>,
+) -> Result<(), mpsc::error::SendError<LogLine>> {
+    if current.last() == Some(&b'\r') {
+        current.pop();
+    }
+    let line = String::from_utf8_lossy(current).into_owned();
+    current.clear();
+    lines
+        .send(LogLine {
+            ts_ms: now_ms(),
+            stream: stream.to_owned(),
+            line,
+        })
+        .await
+}
+
+/// Collects lines into `TaskLogs` batches until every reader is done, then sends the rest.
+async fn batch_logs(
+    allocation_id: String,
+    mut lines: mpsc::Receiver<LogLine>,
+    readers: Vec<JoinHandle<()>>,
+    outgoing: mpsc::UnboundedSender<AgentMessage>,
+) {
+    // Aborting the batcher (output held open past the task's exit) must stop the readers too.
+    struct AbortOnDrop(Vec<JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.iter().for_each(JoinHandle::abort);
+        }
+    }
+    let _readers = AbortOnDrop(readers);
+
+    let flush = |batch: &mut Vec<LogLine>| {
+        if !batch.is_empty() {
+            let _ = outgoing.send(AgentMessage::TaskLogs {
+                allocation_id: allocation_id.clone(),
+                lines: std::mem::take(batch),
+            });
+        }
+    };
+    let mut batch: Vec<LogLine> = Vec::new();
+    let mut flush_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(line) => {
+                    if batch.is_empty() {
+                        flush_at = Some(Instant::now() + LOG_FLUSH_INTERVAL);
+                    }
+                    batch.push(line);
+                    if batch.len() >= LOG_BATCH_LINES {
+                        flush(&mut batch);
+                        flush_at = None;
+                    }
+                }
+                None => break,
+            },
+            () = sleep_until_some(flush_at) => {
+                flush(&mut batch);
+                flush_at = None;
+            }
+        }
+    }
+    flush(&mut batch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(id: &str, kind: SlotKind, device_index: Option<&str>) -> SlotSpec {
+        SlotSpec {
+            id: id.to_owned(),
+            kind,
+            device: "test".to_owned(),
+            device_index: device_index.map(str::to_owned),
+            memory_mb: None,
+        }
+    }
+
+    fn spec(slot_ids: &[&str]) -> TaskSpec {
+        TaskSpec {
+            allocation_id: "alloc-1".to_owned(),
+            experiment_id: 1,
+            trial_id: 2,
+            argv: vec!["true".to_owned()],
+            env: BTreeMap::from([("DROVER_TRIAL_ID".to_owned(), "2".to_owned())]),
+            slot_ids: slot_ids.iter().map(|s| (*s).to_owned()).collect(),
+            context_path: None,
+            token: "t".to_owned(),
+        }
+    }
+
+    fn gpu_agent() -> Vec<SlotSpec> {
+        vec![
+            slot("gpu0.0", SlotKind::Cuda, Some("0")),
+            slot("gpu0.1", SlotKind::Cuda, Some("0")),
+            slot("gpu1.0", SlotKind::Cuda, Some("1")),
+            slot("cpu0", SlotKind::Cpu, None),
+        ]
+    }
+
+    #[test]
+    fn cuda_devices_are_deduplicated_in_slot_order() {
+        let env = task_environment(
+            &spec(&["gpu1.0", "gpu0.1", "gpu0.0"]),
+            &gpu_agent(),
+            "http://m:8080/",
+        )
+        .expect("environment");
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], "1,0");
+        assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
+        assert_eq!(env["DROVER_SLOT_IDS"], "gpu1.0,gpu0.1,gpu0.0");
+        assert_eq!(env["DROVER_MASTER"], "http://m:8080");
+        assert_eq!(env["DROVER_TRIAL_ID"], "2");
+    }
+
+    #[test]
+    fn cpu_task_on_gpu_agent_sees_no_gpu() {
+        let env =
+            task_environment(&spec(&["cpu0"]), &gpu_agent(), "http://m").expect("environment");
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], "");
+    }
+
+    #[test]
+    fn cpu_only_agent_leaves_cuda_variables_alone() {
+        let cpu_agent = vec![slot("cpu0", SlotKind::Cpu, None)];
+        let env = task_environment(&spec(&["cpu0"]), &cpu_agent, "http://m").expect("environment");
+        assert!(!env.contains_key("CUDA_VISIBLE_DEVICES"));
+        assert!(!env.contains_key("CUDA_DEVICE_ORDER"));
+        assert_eq!(env["DROVER_SLOT_IDS"], "cpu0");
+    }
+
+    #[test]
+    fn master_given_drover_master_wins() {
+        let mut task = spec(&[]);
+        task.env
+            .insert("DROVER_MASTER".to_owned(), "http://public:1".to_owned());
+        let env = task_environment(&task, &gpu_agent(), "http://m").expect("environment");
+        assert_eq!(env["DROVER_MASTER"], "http://public:1");
+    }
+
+    #[test]
+    fn unknown_slot_is_refused() {
+        let result = task_environment(&spec(&["gpu7"]), &gpu_agent(), "http://m");
+        assert!(matches!(result, Err(StartError::UnknownSlot(id)) if id == "gpu7"));
+    }
+
+    #[test]
+    fn parses_proc_stat_group_and_state() {
+        let stat = "4242 (python (worker) 1) S 4200 4100 4100 0 -1 4194560 2 0 0 0";
+        assert!(stat_is_live_member(stat, 4100));
+        assert!(!stat_is_live_member(stat, 4200));
+        let zombie = "4242 (sleep) Z 1 4100 4100 0 -1 4194560 2 0 0 0";
+        assert!(!stat_is_live_member(zombie, 4100));
+    }
+
+    #[test]
+    fn own_group_is_live_and_unused_group_is_not() {
+        let own_group = nix::unistd::getpgrp();
+        assert!(group_has_live_members(own_group));
+        // pid_max is at most 2^22 on Linux, so no group can have this id.
+        assert!(!group_has_live_members(Pid::from_raw(i32::MAX)));
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_split_and_partial_last_line_kept() {
+        let mut input = vec![b'a'; MAX_LINE_BYTES + 10];
+        input.extend_from_slice(b"\r\nsecond\nno newline at end");
+        let (tx, mut rx) = mpsc::channel(16);
+        read_lines(&input[..], "stdout", tx).await;
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            lines.push(line.line);
+        }
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[1], "a".repeat(10));
+        assert_eq!(lines[2], "second");
+        assert_eq!(lines[3], "no newline at end");
+    }
+}

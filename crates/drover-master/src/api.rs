@@ -1,0 +1,468 @@
+//! The REST API under `/api/v1`, its OpenAPI document, and Prometheus `/metrics`.
+//!
+//! Bodies and parameters are parsed by hand rather than with axum's rejecting extractors so that
+//! every bad request gets the same JSON error shape naming what was wrong.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use drover_api::rest::*;
+use drover_core::ExperimentConfig;
+use drover_store::{CheckpointRow, ExperimentRow, MetricGroup, MetricRow, MetricSummaryRow, TrialRow};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use utoipa::OpenApi;
+
+use crate::cluster::{now_ms, ExperimentCommand, Master};
+use crate::error::{Error, Result};
+use crate::lttb::lttb;
+
+/// Most points one metrics report may carry.
+const MAX_POINTS_PER_REPORT: usize = 200_000;
+const MAX_METRIC_NAME: usize = 256;
+
+pub fn router(master: Arc<Master>) -> Router {
+    let context_body = master.config.max_context_bytes / 3 * 4 + 1024 * 1024;
+    Router::new()
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .route(
+            "/api/v1/experiments",
+            get(list_experiments).post(create_experiment).layer(DefaultBodyLimit::max(context_body)),
+        )
+        .route("/api/v1/experiments/{id}", get(get_experiment).delete(delete_experiment))
+        .route("/api/v1/experiments/{id}/{command}", post(experiment_command))
+        .route("/api/v1/experiments/{id}/trials", get(list_trials))
+        .route("/api/v1/experiments/{id}/context", get(get_context))
+        .route("/api/v1/trials/{id}", get(get_trial))
+        .route(
+            "/api/v1/trials/{id}/metrics",
+            get(get_metrics).post(report_metrics).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
+        )
+        .route("/api/v1/trials/{id}/signals", get(get_signals))
+        .route("/api/v1/trials/{id}/logs", get(get_logs))
+        .route("/api/v1/trials/{id}/checkpoints", get(list_checkpoints).post(register_checkpoint))
+        .route("/api/v1/checkpoints/{uuid}", get(get_checkpoint))
+        .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/agents/connect", get(crate::gateway::connect))
+        .route("/metrics", get(prometheus))
+        .fallback(|| async { Error::not_found("no such endpoint") })
+        .with_state(master)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "drover", description = "drover master REST API"),
+    paths(
+        info, create_experiment, list_experiments, get_experiment, delete_experiment, experiment_command, list_trials,
+        get_context, get_trial, get_metrics, report_metrics, get_signals, get_logs, list_checkpoints,
+        register_checkpoint, get_checkpoint, list_agents
+    ),
+    components(schemas(
+        ApiError, ErrorLocation, CreateExperimentRequest, Experiment, Trial, MetricSummary, ReportMetricsRequest,
+        MetricPoint, ReportMetricsResponse, TrialSignals, MetricSeries, TrialLogs, LogEntry, RegisterCheckpointRequest,
+        Checkpoint, Agent, Slot, ClusterInfo
+    ))
+)]
+pub struct ApiDoc;
+
+fn parse_id(raw: &str, what: &str) -> Result<i64> {
+    raw.parse::<i64>().map_err(|_| Error::bad_field(what, format!("`{raw}` is not a valid {what}")))
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        let mut err = Error::bad_request(format!("invalid JSON body: {e}"));
+        err.body.location = Some(ErrorLocation { field: None, line: Some(e.line()), column: Some(e.column()) });
+        err
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn query_num<T: std::str::FromStr>(q: &HashMap<String, String>, name: &str, default: T) -> Result<T> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(raw) => raw.parse().map_err(|_| Error::bad_field(name, format!("`{raw}` is not a valid value for `{name}`"))),
+    }
+}
+
+fn best_of(summaries: &[MetricSummaryRow], smaller_is_better: bool) -> Option<(i64, f64)> {
+    let pick = |s: &MetricSummaryRow| if smaller_is_better { s.min } else { s.max };
+    summaries
+        .iter()
+        .map(|s| (s.trial_id, pick(s)))
+        .reduce(|a, b| if (smaller_is_better && b.1 < a.1) || (!smaller_is_better && b.1 > a.1) { b } else { a })
+}
+
+async fn experiment_view(master: &Master, row: ExperimentRow, counts: &[(i64, String, i64)]) -> Result<Experiment> {
+    let config: ExperimentConfig = serde_json::from_str(&row.config_json).map_err(|e| Error::internal(e.to_string()))?;
+    let summaries = master.store.experiment_metric_summaries(row.id, "validation", &config.searcher.metric).await?;
+    let best = best_of(&summaries, config.searcher.smaller_is_better);
+    let trial_counts: BTreeMap<String, i64> =
+        counts.iter().filter(|(e, _, _)| *e == row.id).map(|(_, s, n)| (s.clone(), *n)).collect();
+    Ok(Experiment {
+        id: row.id,
+        name: row.name,
+        description: row.description,
+        state: row.state,
+        searcher: config.searcher.name.clone(),
+        metric: config.searcher.metric.clone(),
+        smaller_is_better: config.searcher.smaller_is_better,
+        planned_trials: config.planned_trials().map(|n| n as i64),
+        config: serde_json::to_value(&config).unwrap_or(Value::Null),
+        created_at: row.created_at,
+        ended_at: row.ended_at,
+        trial_counts,
+        best_trial_id: best.map(|b| b.0),
+        best_metric: best.map(|b| b.1),
+    })
+}
+
+async fn trial_view(master: &Master, row: TrialRow, config: &ExperimentConfig, placements: &HashMap<i64, (String, Option<String>)>) -> Result<Trial> {
+    let summaries = master.store.metric_summaries(row.id).await?;
+    let searcher_metric: Vec<MetricSummaryRow> =
+        summaries.iter().filter(|s| s.group == "validation" && s.name == config.searcher.metric).cloned().collect();
+    let best = best_of(&searcher_metric, config.searcher.smaller_is_better).map(|b| b.1);
+    let placement = placements.get(&row.id);
+    Ok(Trial {
+        id: row.id,
+        experiment_id: row.experiment_id,
+        state: row.state,
+        hparams: serde_json::from_str(&row.hparams_json).unwrap_or(Value::Null),
+        restarts: row.restarts,
+        created_at: row.created_at,
+        ended_at: row.ended_at,
+        best_metric: best,
+        latest_checkpoint: row.latest_checkpoint,
+        summaries: summaries
+            .into_iter()
+            .map(|s| MetricSummary { group: s.group, name: s.name, count: s.count, last: s.last, last_step: s.last_step, min: s.min, max: s.max })
+            .collect(),
+        allocation_id: placement.map(|p| p.0.clone()),
+        agent_id: placement.and_then(|p| p.1.clone()),
+    })
+}
+
+async fn experiment_config(master: &Master, id: i64) -> Result<ExperimentConfig> {
+    let row = master.store.get_experiment(id).await?;
+    serde_json::from_str(&row.config_json).map_err(|e| Error::internal(e.to_string()))
+}
+
+#[utoipa::path(get, path = "/api/v1/info", responses((status = 200, body = ClusterInfo)))]
+async fn info() -> Json<ClusterInfo> {
+    Json(ClusterInfo { version: env!("CARGO_PKG_VERSION").into(), master_id: "drover".into() })
+}
+
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], ApiDoc::openapi().to_pretty_json().unwrap_or_default()).into_response()
+}
+
+/// Create an experiment from a YAML config and an optional context tarball.
+#[utoipa::path(post, path = "/api/v1/experiments", request_body = CreateExperimentRequest,
+    responses((status = 201, body = Experiment), (status = 400, body = ApiError), (status = 413, body = ApiError)))]
+async fn create_experiment(State(master): State<Arc<Master>>, body: Bytes) -> Result<(StatusCode, Json<Experiment>)> {
+    let req: CreateExperimentRequest = parse_json(&body)?;
+    let context = match &req.context {
+        None => None,
+        Some(b64) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| Error::bad_field("context", format!("not valid base64: {e}")))?,
+        ),
+    };
+    let id = master.create_experiment(&req.config, req.config_file.as_deref(), context, req.activate).await?;
+    let row = master.store.get_experiment(id).await?;
+    let counts = master.store.trial_counts().await?;
+    Ok((StatusCode::CREATED, Json(experiment_view(&master, row, &counts).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/experiments", responses((status = 200, body = [Experiment])))]
+async fn list_experiments(State(master): State<Arc<Master>>) -> Result<Json<Vec<Experiment>>> {
+    let counts = master.store.trial_counts().await?;
+    let mut out = Vec::new();
+    for row in master.store.list_experiments().await? {
+        out.push(experiment_view(&master, row, &counts).await?);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/api/v1/experiments/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = Experiment), (status = 404, body = ApiError)))]
+async fn get_experiment(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Experiment>> {
+    let id = parse_id(&id, "experiment id")?;
+    let row = master.store.get_experiment(id).await?;
+    let counts = master.store.trial_counts().await?;
+    Ok(Json(experiment_view(&master, row, &counts).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/experiments/{id}", params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn delete_experiment(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<StatusCode> {
+    let id = parse_id(&id, "experiment id")?;
+    master.delete_experiment(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pause, activate, cancel or kill an experiment.
+#[utoipa::path(post, path = "/api/v1/experiments/{id}/{command}",
+    params(("id" = i64, Path), ("command" = String, Path, description = "pause | activate | cancel | kill")),
+    responses((status = 200, body = Experiment), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn experiment_command(State(master): State<Arc<Master>>, Path((id, command)): Path<(String, String)>) -> Result<Json<Experiment>> {
+    let id = parse_id(&id, "experiment id")?;
+    let command = match command.as_str() {
+        "pause" => ExperimentCommand::Pause,
+        "activate" => ExperimentCommand::Activate,
+        "cancel" => ExperimentCommand::Cancel,
+        "kill" => ExperimentCommand::Kill,
+        other => return Err(Error::not_found(format!("no experiment command `{other}`; use pause, activate, cancel or kill"))),
+    };
+    master.command(id, command).await?;
+    let row = master.store.get_experiment(id).await?;
+    let counts = master.store.trial_counts().await?;
+    Ok(Json(experiment_view(&master, row, &counts).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/experiments/{id}/trials", params(("id" = i64, Path)),
+    responses((status = 200, body = [Trial]), (status = 404, body = ApiError)))]
+async fn list_trials(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Vec<Trial>>> {
+    let id = parse_id(&id, "experiment id")?;
+    let config = experiment_config(&master, id).await?;
+    let placements = master.live_placements().await;
+    let mut out = Vec::new();
+    for row in master.store.list_trials(id).await? {
+        out.push(trial_view(&master, row, &config, &placements).await?);
+    }
+    Ok(Json(out))
+}
+
+/// The experiment's context tarball, for the agent starting one of its tasks.
+#[utoipa::path(get, path = "/api/v1/experiments/{id}/context", params(("id" = i64, Path)),
+    responses((status = 200, content_type = "application/gzip"), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_context(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response> {
+    let id = parse_id(&id, "experiment id")?;
+    master.authenticate_experiment(bearer(&headers), id)?;
+    match master.store.get_context(id).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response()),
+        None => Err(Error::not_found(format!("experiment {id} has no context"))),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/trials/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = Trial), (status = 404, body = ApiError)))]
+async fn get_trial(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Trial>> {
+    let id = parse_id(&id, "trial id")?;
+    let row = master.store.get_trial(id).await?;
+    let config = experiment_config(&master, row.experiment_id).await?;
+    let placements = master.live_placements().await;
+    Ok(Json(trial_view(&master, row, &config, &placements).await?))
+}
+
+/// One metric's time series, downsampled on the server to at most `max_points` points.
+#[utoipa::path(get, path = "/api/v1/trials/{id}/metrics",
+    params(("id" = i64, Path), ("name" = String, Query), ("group" = Option<String>, Query, description = "training (default) or validation"),
+        ("max_points" = Option<usize>, Query, description = "default 500")),
+    responses((status = 200, body = MetricSeries), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_metrics(State(master): State<Arc<Master>>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Result<Json<MetricSeries>> {
+    let id = parse_id(&id, "trial id")?;
+    master.store.get_trial(id).await?;
+    let name = q.get("name").ok_or_else(|| Error::bad_field("name", "query parameter `name` (the metric) is required"))?;
+    let group = q.get("group").map_or("training", String::as_str);
+    if MetricGroup::parse(group).is_none() {
+        return Err(Error::bad_field("group", format!("unknown metric group `{group}`; use training or validation")));
+    }
+    let max_points: usize = query_num(&q, "max_points", 500)?;
+    if !(2..=100_000).contains(&max_points) {
+        return Err(Error::bad_field("max_points", "must be between 2 and 100000"));
+    }
+    let rows = master.store.metric_series(id, group, name, max_points).await?;
+    Ok(Json(MetricSeries { group: group.into(), name: name.clone(), total_points: rows.total_points, points: lttb(&rows.points, max_points) }))
+}
+
+/// Report training or validation metrics. Idempotent by (trial, group, metric, step).
+#[utoipa::path(post, path = "/api/v1/trials/{id}/metrics", params(("id" = i64, Path)), request_body = ReportMetricsRequest,
+    responses((status = 200, body = ReportMetricsResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Json<ReportMetricsResponse>> {
+    let id = parse_id(&id, "trial id")?;
+    let auth = master.authenticate(bearer(&headers), id)?;
+    let req: ReportMetricsRequest = parse_json(&body)?;
+    let n: usize = req.points.iter().map(|p| p.metrics.len()).sum();
+    if n > MAX_POINTS_PER_REPORT {
+        return Err(Error::too_large(format!("{n} points in one report; send at most {MAX_POINTS_PER_REPORT}")));
+    }
+    let config = experiment_config(&master, auth.experiment_id).await?;
+    let ts = now_ms();
+    let mut rows = Vec::with_capacity(n);
+    let mut searcher_values = Vec::new();
+    // Check everything before storing anything: a bad report changes nothing.
+    for (i, p) in req.points.iter().enumerate() {
+        let group = MetricGroup::parse(&p.group)
+            .ok_or_else(|| Error::bad_field(format!("points[{i}].group"), format!("unknown metric group `{}`; use training or validation", p.group)))?;
+        if p.step < 0 {
+            return Err(Error::bad_field(format!("points[{i}].step"), format!("step {} is negative", p.step)));
+        }
+        for (name, value) in &p.metrics {
+            let field = format!("points[{i}].metrics.{name}");
+            if name.is_empty() || name.len() > MAX_METRIC_NAME || name.chars().any(char::is_control) {
+                return Err(Error::bad_field(field, format!("metric names must be 1 to {MAX_METRIC_NAME} printable characters")));
+            }
+            let value = match value {
+                Value::Number(num) => num.as_f64().filter(|v| v.is_finite()),
+                _ => None,
+            }
+            .ok_or_else(|| Error::bad_field(field.clone(), format!("metric `{name}` at step {} is {value}, not a finite number", p.step)))?;
+            if group == MetricGroup::Validation && *name == config.searcher.metric {
+                searcher_values.push(value);
+            }
+            rows.push(MetricRow { group, name: name.clone(), step: p.step, value, ts_ms: ts });
+        }
+    }
+    let stored = master.store.add_metrics(id, &rows).await?;
+    master.counters.metric_points.fetch_add(stored as u64, Ordering::Relaxed);
+    if stored > 0 {
+        for v in searcher_values {
+            master.validation_reported(auth.experiment_id, id, v).await?;
+        }
+    }
+    let stop_requested = master.store.get_trial(id).await?.stop_requested;
+    Ok(Json(ReportMetricsResponse { stored, stop_requested }))
+}
+
+#[utoipa::path(get, path = "/api/v1/trials/{id}/signals", params(("id" = i64, Path)),
+    responses((status = 200, body = TrialSignals), (status = 401, body = ApiError)))]
+async fn get_signals(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<TrialSignals>> {
+    let id = parse_id(&id, "trial id")?;
+    master.authenticate(bearer(&headers), id)?;
+    Ok(Json(TrialSignals { stop_requested: master.store.get_trial(id).await?.stop_requested }))
+}
+
+/// A page of a trial's logs. With `follow=true` the call waits (up to `timeout_ms`) for new
+/// lines when there are none yet.
+#[utoipa::path(get, path = "/api/v1/trials/{id}/logs",
+    params(("id" = i64, Path), ("after" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("follow" = Option<bool>, Query),
+        ("timeout_ms" = Option<u64>, Query)),
+    responses((status = 200, body = TrialLogs), (status = 404, body = ApiError)))]
+async fn get_logs(State(master): State<Arc<Master>>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Result<Json<TrialLogs>> {
+    let id = parse_id(&id, "trial id")?;
+    let after: i64 = query_num(&q, "after", 0)?;
+    let limit: i64 = query_num(&q, "limit", 1000)?;
+    if !(1..=10_000).contains(&limit) {
+        return Err(Error::bad_field("limit", "must be between 1 and 10000"));
+    }
+    let follow: bool = query_num(&q, "follow", false)?;
+    let timeout = Duration::from_millis(query_num::<u64>(&q, "timeout_ms", 30_000)?.min(120_000));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut changes = master.changes.subscribe();
+    loop {
+        let lines = master.store.read_logs(id, after, limit).await?;
+        if !lines.is_empty() || !follow {
+            if lines.is_empty() {
+                master.store.get_trial(id).await?;
+            }
+            let next_after = lines.last().map_or(after, |l| l.id);
+            let lines = lines.into_iter().map(|l| LogEntry { id: l.id, ts_ms: l.ts_ms, stream: l.stream, line: l.line }).collect();
+            return Ok(Json(TrialLogs { lines, next_after }));
+        }
+        let trial = master.store.get_trial(id).await?;
+        let finished = trial.state.parse::<drover_core::TrialState>().is_ok_and(|s| s.is_terminal());
+        if finished || tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            return Ok(Json(TrialLogs { lines: Vec::new(), next_after: after }));
+        }
+    }
+}
+
+fn checkpoint_view(c: CheckpointRow) -> Checkpoint {
+    Checkpoint {
+        uuid: c.uuid,
+        trial_id: c.trial_id,
+        experiment_id: c.experiment_id,
+        step: c.step,
+        size: c.size,
+        resources: serde_json::from_str(&c.resources_json).unwrap_or_default(),
+        metadata: serde_json::from_str(&c.metadata_json).unwrap_or(Value::Null),
+        created_at: c.created_at,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/trials/{id}/checkpoints", params(("id" = i64, Path)),
+    responses((status = 200, body = [Checkpoint])))]
+async fn list_checkpoints(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Vec<Checkpoint>>> {
+    let id = parse_id(&id, "trial id")?;
+    master.store.get_trial(id).await?;
+    Ok(Json(master.store.list_checkpoints(id).await?.into_iter().map(checkpoint_view).collect()))
+}
+
+/// Register a checkpoint whose files are already in the experiment's checkpoint storage.
+#[utoipa::path(post, path = "/api/v1/trials/{id}/checkpoints", params(("id" = i64, Path)), request_body = RegisterCheckpointRequest,
+    responses((status = 200, body = Checkpoint), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn register_checkpoint(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Json<Checkpoint>> {
+    let id = parse_id(&id, "trial id")?;
+    let auth = master.authenticate(bearer(&headers), id)?;
+    let req: RegisterCheckpointRequest = parse_json(&body)?;
+    if req.uuid.is_empty() || req.uuid.len() > 64 || !req.uuid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(Error::bad_field("uuid", "must be 1 to 64 letters, digits or dashes"));
+    }
+    for path in req.resources.keys() {
+        let p = std::path::Path::new(path);
+        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(Error::bad_field(format!("resources.{path}"), "checkpoint file paths must be relative and stay inside the checkpoint"));
+        }
+    }
+    let row = CheckpointRow {
+        uuid: req.uuid.clone(),
+        trial_id: id,
+        experiment_id: auth.experiment_id,
+        step: req.step,
+        size: req.resources.values().sum::<u64>() as i64,
+        resources_json: serde_json::to_string(&req.resources).unwrap_or_default(),
+        metadata_json: req.metadata.to_string(),
+        created_at: now_ms(),
+    };
+    master.store.add_checkpoint(row.clone()).await?;
+    master.checkpoint_registered(auth.experiment_id, id, &req.uuid).await?;
+    Ok(Json(checkpoint_view(row)))
+}
+
+#[utoipa::path(get, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path)),
+    responses((status = 200, body = Checkpoint), (status = 404, body = ApiError)))]
+async fn get_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>) -> Result<Json<Checkpoint>> {
+    Ok(Json(checkpoint_view(master.store.get_checkpoint(&uuid).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = [Agent])))]
+async fn list_agents(State(master): State<Arc<Master>>) -> Json<Vec<Agent>> {
+    Json(master.agents().await)
+}
+
+/// Prometheus text exposition.
+async fn prometheus(State(master): State<Arc<Master>>) -> Response {
+    let (slots, used, agents, queued) = master.gauges().await;
+    let c = &master.counters;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    metric("drover_experiments_created_total", "counter", "Experiments created since start.", c.experiments_created.load(Ordering::Relaxed));
+    metric("drover_trials_started_total", "counter", "Trial allocations started since start.", c.trials_started.load(Ordering::Relaxed));
+    metric("drover_trials_finished_total", "counter", "Trials that reached a terminal state.", c.trials_finished.load(Ordering::Relaxed));
+    metric("drover_metric_points_total", "counter", "Metric points stored.", c.metric_points.load(Ordering::Relaxed));
+    metric("drover_log_lines_total", "counter", "Task log lines stored.", c.log_lines.load(Ordering::Relaxed));
+    metric("drover_agents_connected", "gauge", "Agents connected now.", agents as u64);
+    metric("drover_slots", "gauge", "Slots on connected agents.", slots as u64);
+    metric("drover_slots_used", "gauge", "Slots in use.", used as u64);
+    metric("drover_trials_queued", "gauge", "Trials waiting for slots.", queued as u64);
+    metric("drover_uptime_seconds", "gauge", "Seconds since the master started.", master.started.elapsed().as_secs());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

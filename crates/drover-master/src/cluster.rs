@@ -1,0 +1,932 @@
+//! The master's control plane: experiments and their searchers, trials, allocations, agents and
+//! the scheduler that places queued trials on free slots.
+//!
+//! All control-plane changes go through one async mutex over [`Inner`] and are written to the
+//! store before anyone is told about them, so the store stays the one truth a restarted master
+//! resumes from. Metric ingestion does not take that lock: it authenticates against a separate
+//! token map and writes straight to the store.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use drover_api::agent::{AgentMessage, MasterMessage, SlotSpec, TaskSpec};
+use drover_api::env;
+use drover_core::state::{AllocationState, ExperimentState, TrialState};
+use drover_core::ExperimentConfig;
+use drover_search::{Action, RequestId, Searcher};
+use drover_store::{
+    AllocationUpdate, LogRow, NewAllocation, NewExperiment, NewTrial, Store, TrialRow, TrialUpdate,
+};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Grace given to a task between SIGTERM and SIGKILL when it is stopped politely.
+const STOP_GRACE_MS: u64 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// `sqlite:///path`, `sqlite::memory:` or `postgres://...`.
+    pub db_url: String,
+    /// Default root for checkpoint storage of experiments that name no path.
+    pub checkpoint_root: PathBuf,
+    /// Largest accepted context tarball, compressed.
+    pub max_context_bytes: usize,
+    /// Largest accepted context once unpacked.
+    pub max_context_unpacked_bytes: u64,
+    /// How long a disconnected agent's tasks are kept before they count as lost.
+    pub agent_reconnect_wait: Duration,
+}
+
+impl MasterConfig {
+    pub fn new(db_url: impl Into<String>, checkpoint_root: impl Into<PathBuf>) -> MasterConfig {
+        MasterConfig {
+            db_url: db_url.into(),
+            checkpoint_root: checkpoint_root.into(),
+            max_context_bytes: 96 * 1024 * 1024,
+            max_context_unpacked_bytes: 512 * 1024 * 1024,
+            agent_reconnect_wait: Duration::from_secs(25),
+        }
+    }
+}
+
+/// What a trial token grants: reports for one trial through one live allocation.
+#[derive(Debug, Clone)]
+pub struct TrialAuth {
+    pub allocation_id: String,
+    pub trial_id: i64,
+    pub experiment_id: i64,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub experiments_created: AtomicU64,
+    pub trials_started: AtomicU64,
+    pub trials_finished: AtomicU64,
+    pub metric_points: AtomicU64,
+    pub log_lines: AtomicU64,
+}
+
+pub struct Master {
+    pub store: Arc<dyn Store>,
+    pub config: MasterConfig,
+    pub counters: Counters,
+    pub started: Instant,
+    inner: Mutex<Inner>,
+    auth: RwLock<HashMap<String, TrialAuth>>,
+    /// Bumped whenever log lines or trial states change, so followers can wait for news.
+    pub changes: watch::Sender<u64>,
+    /// Cancelled when the master shuts down; long-lived connections watch it.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Default)]
+struct Inner {
+    agents: BTreeMap<String, AgentEntry>,
+    experiments: HashMap<i64, ExperimentRuntime>,
+    allocations: HashMap<String, LiveAllocation>,
+    /// Trials waiting for slots, oldest first.
+    queue: VecDeque<i64>,
+    next_connection: u64,
+}
+
+struct AgentEntry {
+    hostname: String,
+    version: String,
+    slots: Vec<SlotSpec>,
+    /// Slot id to the allocation using it.
+    used: HashMap<String, String>,
+    sender: Option<mpsc::UnboundedSender<MasterMessage>>,
+    connection: u64,
+    connected_at: i64,
+    last_heartbeat: i64,
+    disconnected_at: Option<Instant>,
+}
+
+struct ExperimentRuntime {
+    config: ExperimentConfig,
+    state: ExperimentState,
+    searcher: Searcher,
+    trials: HashMap<i64, TrialRuntime>,
+    by_request: HashMap<RequestId, i64>,
+}
+
+struct TrialRuntime {
+    request_id: RequestId,
+    state: TrialState,
+    restarts: u32,
+    allocation: Option<String>,
+    hparams: Value,
+    seed: i64,
+    latest_checkpoint: Option<String>,
+}
+
+struct LiveAllocation {
+    trial_id: i64,
+    experiment_id: i64,
+    agent_id: Option<String>,
+    slot_ids: Vec<String>,
+    state: AllocationState,
+    /// Set after a master restart: the agent must report this task alive by then.
+    reattach_deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentCommand {
+    Pause,
+    Activate,
+    Cancel,
+    Kill,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn random_token() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+impl Master {
+    /// Opens the store and restores every unfinished experiment from it.
+    pub async fn open(config: MasterConfig, store: Arc<dyn Store>) -> Result<Arc<Master>> {
+        let (changes, _) = watch::channel(0);
+        let master = Arc::new(Master {
+            store,
+            config,
+            counters: Counters::default(),
+            started: Instant::now(),
+            inner: Mutex::new(Inner::default()),
+            auth: RwLock::new(HashMap::new()),
+            changes,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        });
+        master.recover().await?;
+        Ok(master)
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Rebuilds the in-memory state of unfinished experiments from the store. Trials that were
+    /// running wait for their agent to reattach them; the rest are queued again.
+    async fn recover(&self) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let live_allocations = self.store.live_allocations().await?;
+        let reattach_by = Instant::now() + self.config.agent_reconnect_wait;
+        for row in self.store.list_experiments().await? {
+            let state: ExperimentState = row.state.parse().map_err(Error::internal)?;
+            if state.is_terminal() {
+                continue;
+            }
+            let config: ExperimentConfig =
+                serde_json::from_str(&row.config_json).map_err(|e| Error::internal(format!("experiment {}: {e}", row.id)))?;
+            let searcher = match self.store.load_searcher_snapshot(row.id).await? {
+                Some(snapshot) => Searcher::restore(&snapshot).map_err(|e| Error::internal(e.to_string()))?,
+                None => return Err(Error::internal(format!("experiment {} has no searcher snapshot", row.id))),
+            };
+            let mut runtime =
+                ExperimentRuntime { config, state, searcher, trials: HashMap::new(), by_request: HashMap::new() };
+            for t in self.store.list_trials(row.id).await? {
+                let mut trial = trial_runtime(&t)?;
+                if trial.state.has_process() {
+                    match live_allocations.iter().find(|a| a.trial_id == t.id) {
+                        Some(a) => {
+                            trial.allocation = Some(a.id.clone());
+                            inner.allocations.insert(
+                                a.id.clone(),
+                                LiveAllocation {
+                                    trial_id: t.id,
+                                    experiment_id: row.id,
+                                    agent_id: a.agent_id.clone(),
+                                    slot_ids: a.slot_ids.clone(),
+                                    state: a.state.parse().unwrap_or(AllocationState::Assigned),
+                                    reattach_deadline: Some(reattach_by),
+                                },
+                            );
+                            self.auth.write().unwrap().insert(
+                                a.token.clone(),
+                                TrialAuth { allocation_id: a.id.clone(), trial_id: t.id, experiment_id: row.id },
+                            );
+                        }
+                        None => {
+                            // The process cannot be found again; run the trial anew.
+                            trial.state = TrialState::Queued;
+                            self.store.update_trial(t.id, TrialUpdate { state: Some("QUEUED".into()), ..Default::default() }).await?;
+                        }
+                    }
+                }
+                if trial.state == TrialState::Queued {
+                    inner.queue.push_back(t.id);
+                }
+                runtime.by_request.insert(trial.request_id, t.id);
+                runtime.trials.insert(t.id, trial);
+            }
+            inner.experiments.insert(row.id, runtime);
+        }
+        // Allocations of finished experiments, or never placed, are over.
+        for a in live_allocations {
+            if !inner.allocations.contains_key(&a.id) {
+                self.store
+                    .update_allocation(&a.id, AllocationUpdate { state: Some("TERMINATED".into()), ended_at: Some(now_ms()), error: Some("master restarted".into()), ..Default::default() })
+                    .await?;
+            }
+        }
+        let ids: Vec<i64> = inner.experiments.keys().copied().collect();
+        for id in ids {
+            self.settle_if_done(&mut inner, id).await?;
+        }
+        Ok(())
+    }
+
+    // ----- experiments -------------------------------------------------------------------
+
+    /// Validates and stores a new experiment and starts its search.
+    pub async fn create_experiment(
+        &self,
+        config_text: &str,
+        config_file: Option<&str>,
+        context: Option<Vec<u8>>,
+        activate: bool,
+    ) -> Result<i64> {
+        let mut config = ExperimentConfig::parse(config_text, config_file)?;
+        if let Some(bytes) = &context {
+            if bytes.len() > self.config.max_context_bytes {
+                return Err(Error::too_large(format!(
+                    "the context is {} bytes, more than the limit of {} bytes",
+                    bytes.len(),
+                    self.config.max_context_bytes
+                )));
+            }
+            crate::context::validate(bytes, self.config.max_context_unpacked_bytes)?;
+        }
+        let seed = *config.searcher.seed.get_or_insert_with(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 1);
+        let mut searcher = Searcher::new(&config, seed).map_err(|e| Error::bad_field("searcher", e.to_string()))?;
+
+        let mut inner = self.inner.lock().await;
+        let need = config.resources.slots_per_trial as usize;
+        let connected: Vec<&AgentEntry> = inner.agents.values().filter(|a| a.sender.is_some()).collect();
+        if !connected.is_empty() && !connected.iter().any(|a| a.slots.len() >= need) {
+            let largest = connected.iter().map(|a| a.slots.len()).max().unwrap_or(0);
+            return Err(Error::bad_field(
+                "resources.slots_per_trial",
+                format!("a trial needs {need} slots but the largest agent has {largest}; it could never be scheduled"),
+            ));
+        }
+        let state = if activate { ExperimentState::Active } else { ExperimentState::Paused };
+        let id = self
+            .store
+            .create_experiment(NewExperiment {
+                name: config.name.clone(),
+                description: config.description.clone(),
+                state: state.as_str().into(),
+                config_json: serde_json::to_string(&config).map_err(|e| Error::internal(e.to_string()))?,
+                config_yaml: config_text.to_string(),
+                context,
+                created_at: now_ms(),
+            })
+            .await?;
+        self.counters.experiments_created.fetch_add(1, Ordering::Relaxed);
+        let actions = searcher.initial_trials();
+        inner.experiments.insert(
+            id,
+            ExperimentRuntime { config, state, searcher, trials: HashMap::new(), by_request: HashMap::new() },
+        );
+        self.apply_actions(&mut inner, id, actions).await?;
+        self.schedule(&mut inner).await?;
+        self.bump();
+        Ok(id)
+    }
+
+    /// Carries out searcher actions, then saves the searcher so a restart resumes from here.
+    async fn apply_actions(&self, inner: &mut Inner, exp_id: i64, actions: Vec<Action>) -> Result<()> {
+        let mut pending: VecDeque<Action> = actions.into();
+        while let Some(action) = pending.pop_front() {
+            let Some(exp) = inner.experiments.get_mut(&exp_id) else { return Ok(()) };
+            match action {
+                Action::Create { request_id, hparams, seed } => {
+                    if exp.state.is_stopping() || exp.state.is_terminal() {
+                        continue;
+                    }
+                    let trial_state = if exp.state == ExperimentState::Paused { TrialState::Paused } else { TrialState::Queued };
+                    let hparams = Value::Object(hparams);
+                    let trial_id = self
+                        .store
+                        .create_trial(NewTrial {
+                            experiment_id: exp_id,
+                            request_id: request_id as i64,
+                            state: trial_state.as_str().into(),
+                            hparams_json: hparams.to_string(),
+                            seed: seed as i64,
+                            created_at: now_ms(),
+                        })
+                        .await?;
+                    exp.trials.insert(
+                        trial_id,
+                        TrialRuntime { request_id, state: trial_state, restarts: 0, allocation: None, hparams, seed: seed as i64, latest_checkpoint: None },
+                    );
+                    exp.by_request.insert(request_id, trial_id);
+                    pending.extend(exp.searcher.trial_created(request_id));
+                    if trial_state == TrialState::Queued {
+                        inner.queue.push_back(trial_id);
+                    }
+                }
+                Action::Stop { request_id } => {
+                    if let Some(&trial_id) = exp.by_request.get(&request_id) {
+                        self.stop_trial(inner, exp_id, trial_id, TrialState::StoppingCompleted).await?;
+                    }
+                }
+                Action::Shutdown { failure } => {
+                    if exp.state == ExperimentState::Active || exp.state == ExperimentState::Paused {
+                        let to = if failure { ExperimentState::StoppingError } else { ExperimentState::StoppingCompleted };
+                        self.set_experiment_state(inner, exp_id, to).await?;
+                    }
+                }
+            }
+        }
+        if let Some(exp) = inner.experiments.get(&exp_id) {
+            self.store.save_searcher_snapshot(exp_id, &exp.searcher.snapshot()).await?;
+        }
+        self.settle_if_done(inner, exp_id).await
+    }
+
+    async fn set_experiment_state(&self, inner: &mut Inner, exp_id: i64, to: ExperimentState) -> Result<()> {
+        let exp = inner.experiments.get_mut(&exp_id).ok_or_else(|| Error::not_found(format!("experiment {exp_id}")))?;
+        let to = exp.state.transition(to).map_err(|e| Error::conflict(e.to_string()))?;
+        let ended = to.is_terminal().then(now_ms);
+        self.store.set_experiment_state(exp_id, to.as_str(), ended).await?;
+        exp.state = to;
+        if to.is_terminal() {
+            inner.experiments.remove(&exp_id);
+        }
+        self.bump();
+        Ok(())
+    }
+
+    /// Ends a stopping experiment once none of its trials can run any more.
+    async fn settle_if_done(&self, inner: &mut Inner, exp_id: i64) -> Result<()> {
+        let Some(exp) = inner.experiments.get(&exp_id) else { return Ok(()) };
+        let Some(to) = exp.state.settles_to() else { return Ok(()) };
+        if exp.trials.values().any(|t| t.state.has_process()) {
+            return Ok(());
+        }
+        // Trials that never got to run end with the experiment.
+        let waiting: Vec<i64> = exp.trials.iter().filter(|(_, t)| !t.state.is_terminal()).map(|(id, _)| *id).collect();
+        for trial_id in waiting {
+            self.set_trial_state(inner, exp_id, trial_id, TrialState::Canceled).await?;
+        }
+        self.set_experiment_state(inner, exp_id, to).await
+    }
+
+    async fn set_trial_state(&self, inner: &mut Inner, exp_id: i64, trial_id: i64, to: TrialState) -> Result<()> {
+        let trial = inner
+            .experiments
+            .get_mut(&exp_id)
+            .and_then(|e| e.trials.get_mut(&trial_id))
+            .ok_or_else(|| Error::not_found(format!("trial {trial_id}")))?;
+        let to = trial.state.transition(to).map_err(|e| Error::conflict(e.to_string()))?;
+        let ended = to.is_terminal().then(now_ms);
+        self.store
+            .update_trial(trial_id, TrialUpdate { state: Some(to.as_str().into()), ended_at: ended, ..Default::default() })
+            .await?;
+        trial.state = to;
+        if to.is_terminal() {
+            self.counters.trials_finished.fetch_add(1, Ordering::Relaxed);
+        }
+        if to != TrialState::Queued {
+            inner.queue.retain(|t| *t != trial_id);
+        }
+        self.bump();
+        Ok(())
+    }
+
+    /// Moves a trial towards a stop: a waiting trial ends at once, a running one is asked to
+    /// stop (its SDK sees `should_stop`) and, unless `to` is a graceful completion, signalled.
+    async fn stop_trial(&self, inner: &mut Inner, exp_id: i64, trial_id: i64, to: TrialState) -> Result<()> {
+        let Some(trial) = inner.experiments.get(&exp_id).and_then(|e| e.trials.get(&trial_id)) else { return Ok(()) };
+        let (state, allocation) = (trial.state, trial.allocation.clone());
+        if state.is_terminal() {
+            return Ok(());
+        }
+        self.store.update_trial(trial_id, TrialUpdate { stop_requested: Some(true), ..Default::default() }).await?;
+        if !state.has_process() {
+            let end = match to {
+                TrialState::StoppingPaused => TrialState::Paused,
+                TrialState::StoppingCompleted => TrialState::Completed,
+                _ => TrialState::Canceled,
+            };
+            if state != end && state.can_become(end) {
+                self.set_trial_state(inner, exp_id, trial_id, end).await?;
+                if end.is_terminal() {
+                    let request_id = inner.experiments[&exp_id].trials[&trial_id].request_id;
+                    let actions = inner.experiments.get_mut(&exp_id).unwrap().searcher.trial_exited(request_id);
+                    Box::pin(self.apply_actions(inner, exp_id, actions)).await?;
+                }
+            }
+            return Ok(());
+        }
+        if state != to && state.can_become(to) {
+            self.set_trial_state(inner, exp_id, trial_id, to).await?;
+        }
+        let grace = match to {
+            TrialState::StoppingKilled => Some(0),
+            TrialState::StoppingCanceled | TrialState::StoppingPaused => Some(STOP_GRACE_MS),
+            // The searcher's stop is a request: the trial finishes its step and exits itself.
+            _ => None,
+        };
+        if let (Some(grace_ms), Some(allocation_id)) = (grace, allocation) {
+            self.send_kill(inner, &allocation_id, grace_ms);
+        }
+        Ok(())
+    }
+
+    fn send_kill(&self, inner: &mut Inner, allocation_id: &str, grace_ms: u64) {
+        let Some(alloc) = inner.allocations.get_mut(allocation_id) else { return };
+        if let Some(sender) = alloc.agent_id.as_ref().and_then(|a| inner.agents.get(a)).and_then(|a| a.sender.as_ref()) {
+            let _ = sender.send(MasterMessage::KillTask { allocation_id: allocation_id.to_string(), grace_ms });
+        }
+        if alloc.state.can_become(AllocationState::Terminating) {
+            alloc.state = AllocationState::Terminating;
+        }
+    }
+
+    pub async fn command(&self, exp_id: i64, command: ExperimentCommand) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let Some(exp) = inner.experiments.get(&exp_id) else {
+            let row = self.store.get_experiment(exp_id).await?;
+            return Err(Error::conflict(format!("experiment {exp_id} is {} and can no longer change", row.state)));
+        };
+        let current = exp.state;
+        let trial_ids: Vec<i64> = exp.trials.keys().copied().collect();
+        let (exp_to, trial_to) = match command {
+            ExperimentCommand::Pause => (ExperimentState::Paused, TrialState::StoppingPaused),
+            ExperimentCommand::Activate => (ExperimentState::Active, TrialState::Queued),
+            ExperimentCommand::Cancel => (ExperimentState::StoppingCanceled, TrialState::StoppingCanceled),
+            ExperimentCommand::Kill => (ExperimentState::StoppingKilled, TrialState::StoppingKilled),
+        };
+        if current == exp_to {
+            return Ok(());
+        }
+        self.set_experiment_state(&mut inner, exp_id, exp_to).await?;
+        let mut trial_ids = trial_ids;
+        trial_ids.sort_unstable();
+        for trial_id in trial_ids {
+            if command == ExperimentCommand::Activate {
+                let state = inner.experiments[&exp_id].trials[&trial_id].state;
+                if state == TrialState::Paused {
+                    self.store.update_trial(trial_id, TrialUpdate { stop_requested: Some(false), ..Default::default() }).await?;
+                    self.set_trial_state(&mut inner, exp_id, trial_id, TrialState::Queued).await?;
+                    inner.queue.push_back(trial_id);
+                }
+            } else if inner.experiments.contains_key(&exp_id) {
+                self.stop_trial(&mut inner, exp_id, trial_id, trial_to).await?;
+            }
+        }
+        self.settle_if_done(&mut inner, exp_id).await?;
+        self.schedule(&mut inner).await?;
+        Ok(())
+    }
+
+    /// Deletes a finished experiment with its trials, metrics, logs and checkpoint files.
+    pub async fn delete_experiment(&self, exp_id: i64) -> Result<()> {
+        let inner = self.inner.lock().await;
+        if inner.experiments.contains_key(&exp_id) {
+            return Err(Error::conflict(format!("experiment {exp_id} is still running; cancel or kill it first")));
+        }
+        let row = self.store.get_experiment(exp_id).await?;
+        let config: Option<ExperimentConfig> = serde_json::from_str(&row.config_json).ok();
+        let mut checkpoint_dirs = Vec::new();
+        for t in self.store.list_trials(exp_id).await? {
+            for c in self.store.list_checkpoints(t.id).await? {
+                if let Some(config) = &config {
+                    checkpoint_dirs.push(self.checkpoint_dir(config).join(&c.uuid));
+                }
+            }
+        }
+        // Files first, rows second: a failure leaves rows pointing at what is left, never
+        // files that nothing points at. A file already gone is not an error.
+        for dir in checkpoint_dirs {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::internal(format!("cannot delete checkpoint {}: {e}", dir.display()))),
+            }
+        }
+        self.store.delete_experiment(exp_id).await?;
+        drop(inner);
+        self.bump();
+        Ok(())
+    }
+
+    /// Where an experiment's checkpoints live on the agents' file system.
+    pub fn checkpoint_dir(&self, config: &ExperimentConfig) -> PathBuf {
+        let storage = &config.checkpoint_storage;
+        let root = storage.path.as_ref().map_or_else(|| self.config.checkpoint_root.clone(), PathBuf::from);
+        match &storage.storage_path {
+            Some(sub) => root.join(sub),
+            None => root,
+        }
+    }
+
+    // ----- scheduling --------------------------------------------------------------------
+
+    /// Places queued trials on free slots, oldest first; a trial that does not fit yet lets
+    /// later, smaller ones go ahead of it.
+    async fn schedule(&self, inner: &mut Inner) -> Result<()> {
+        let mut waiting = VecDeque::new();
+        while let Some(trial_id) = inner.queue.pop_front() {
+            let Some((exp_id, exp)) = inner.experiments.iter().find(|(_, e)| e.trials.contains_key(&trial_id)) else { continue };
+            let exp_id = *exp_id;
+            if exp.state != ExperimentState::Active || exp.trials[&trial_id].state != TrialState::Queued {
+                continue;
+            }
+            let need = exp.config.resources.slots_per_trial as usize;
+            let placement = inner.agents.iter().find_map(|(agent_id, a)| {
+                if a.sender.is_none() {
+                    return None;
+                }
+                let free: Vec<String> = a.slots.iter().filter(|s| !a.used.contains_key(&s.id)).map(|s| s.id.clone()).collect();
+                (free.len() >= need).then(|| (agent_id.clone(), free.into_iter().take(need).collect::<Vec<_>>()))
+            });
+            match placement {
+                Some((agent_id, slot_ids)) => self.start_allocation(inner, exp_id, trial_id, agent_id, slot_ids).await?,
+                None => waiting.push_back(trial_id),
+            }
+        }
+        inner.queue = waiting;
+        Ok(())
+    }
+
+    async fn start_allocation(&self, inner: &mut Inner, exp_id: i64, trial_id: i64, agent_id: String, slot_ids: Vec<String>) -> Result<()> {
+        let allocation_id = uuid::Uuid::new_v4().to_string();
+        let token = random_token();
+        self.store
+            .create_allocation(NewAllocation {
+                id: allocation_id.clone(),
+                trial_id,
+                token: token.clone(),
+                state: AllocationState::Assigned.as_str().into(),
+                agent_id: Some(agent_id.clone()),
+                slot_ids: slot_ids.clone(),
+                created_at: now_ms(),
+            })
+            .await?;
+        self.set_trial_state(inner, exp_id, trial_id, TrialState::Running).await?;
+        let exp = &inner.experiments[&exp_id];
+        let trial = &exp.trials[&trial_id];
+        let mut task_env: BTreeMap<String, String> = exp.config.environment.clone();
+        task_env.insert(env::EXPERIMENT_ID.into(), exp_id.to_string());
+        task_env.insert(env::TRIAL_ID.into(), trial_id.to_string());
+        task_env.insert(env::ALLOCATION_ID.into(), allocation_id.clone());
+        task_env.insert(env::TRIAL_TOKEN.into(), token.clone());
+        task_env.insert(env::HPARAMS.into(), trial.hparams.to_string());
+        task_env.insert(env::TRIAL_SEED.into(), trial.seed.to_string());
+        task_env.insert(env::CHECKPOINT_DIR.into(), self.checkpoint_dir(&exp.config).display().to_string());
+        task_env.insert(env::SEARCHER_METRIC.into(), exp.config.searcher.metric.clone());
+        if let Some(uuid) = &trial.latest_checkpoint {
+            task_env.insert(env::LATEST_CHECKPOINT.into(), uuid.clone());
+        }
+        let spec = TaskSpec {
+            allocation_id: allocation_id.clone(),
+            experiment_id: exp_id,
+            trial_id,
+            argv: exp.config.entrypoint.argv(),
+            env: task_env,
+            slot_ids: slot_ids.clone(),
+            context_path: Some(format!("/api/v1/experiments/{exp_id}/context")),
+            token: token.clone(),
+        };
+        self.auth.write().unwrap().insert(token, TrialAuth { allocation_id: allocation_id.clone(), trial_id, experiment_id: exp_id });
+        let agent = inner.agents.get_mut(&agent_id).expect("placement chose a known agent");
+        for s in &slot_ids {
+            agent.used.insert(s.clone(), allocation_id.clone());
+        }
+        let sent = agent.sender.as_ref().is_some_and(|s| s.send(MasterMessage::StartTask(spec)).is_ok());
+        inner.experiments.get_mut(&exp_id).unwrap().trials.get_mut(&trial_id).unwrap().allocation = Some(allocation_id.clone());
+        inner.allocations.insert(
+            allocation_id.clone(),
+            LiveAllocation { trial_id, experiment_id: exp_id, agent_id: Some(agent_id), slot_ids, state: AllocationState::Assigned, reattach_deadline: None },
+        );
+        self.counters.trials_started.fetch_add(1, Ordering::Relaxed);
+        if !sent {
+            Box::pin(self.allocation_ended(inner, &allocation_id, None, Some("the agent went away before the task started".into()))).await?;
+        }
+        Ok(())
+    }
+
+    /// An allocation is over: free its slots and move its trial on, restarting it if the
+    /// failure leaves restarts.
+    async fn allocation_ended(&self, inner: &mut Inner, allocation_id: &str, exit_code: Option<i32>, error: Option<String>) -> Result<()> {
+        let Some(alloc) = inner.allocations.remove(allocation_id) else { return Ok(()) };
+        self.auth.write().unwrap().retain(|_, a| a.allocation_id != allocation_id);
+        if let Some(agent) = alloc.agent_id.as_ref().and_then(|a| inner.agents.get_mut(a)) {
+            agent.used.retain(|_, a| a != allocation_id);
+        }
+        self.store
+            .update_allocation(
+                allocation_id,
+                AllocationUpdate {
+                    state: Some(AllocationState::Terminated.as_str().into()),
+                    exit_code: exit_code.map(i64::from),
+                    error: error.clone(),
+                    ended_at: Some(now_ms()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let (exp_id, trial_id) = (alloc.experiment_id, alloc.trial_id);
+        let Some(exp) = inner.experiments.get_mut(&exp_id) else { return Ok(()) };
+        let Some(trial) = exp.trials.get_mut(&trial_id) else { return Ok(()) };
+        if trial.allocation.as_deref() == Some(allocation_id) {
+            trial.allocation = None;
+        }
+        let success = exit_code == Some(0) && error.is_none();
+        let (state, restarts, request_id) = (trial.state, trial.restarts, trial.request_id);
+        let max_restarts = exp.config.max_restarts;
+        let exp_state = exp.state;
+        let mut searcher_actions = Vec::new();
+        match state {
+            TrialState::Running if success => {
+                self.set_trial_state(inner, exp_id, trial_id, TrialState::Completed).await?;
+                searcher_actions = inner.experiments.get_mut(&exp_id).unwrap().searcher.trial_exited(request_id);
+            }
+            TrialState::Running if restarts < max_restarts => {
+                let restarts = restarts + 1;
+                self.store.update_trial(trial_id, TrialUpdate { restarts: Some(restarts as i64), ..Default::default() }).await?;
+                inner.experiments.get_mut(&exp_id).unwrap().trials.get_mut(&trial_id).unwrap().restarts = restarts;
+                self.set_trial_state(inner, exp_id, trial_id, TrialState::Queued).await?;
+                inner.queue.push_back(trial_id);
+            }
+            TrialState::Running => {
+                self.set_trial_state(inner, exp_id, trial_id, TrialState::Error).await?;
+                searcher_actions = inner.experiments.get_mut(&exp_id).unwrap().searcher.trial_failed(request_id);
+            }
+            TrialState::StoppingCompleted => {
+                let to = if success || exit_code.is_some() { TrialState::Completed } else { TrialState::Error };
+                self.set_trial_state(inner, exp_id, trial_id, to).await?;
+                searcher_actions = inner.experiments.get_mut(&exp_id).unwrap().searcher.trial_exited(request_id);
+            }
+            TrialState::StoppingCanceled | TrialState::StoppingKilled => {
+                self.set_trial_state(inner, exp_id, trial_id, TrialState::Canceled).await?;
+                searcher_actions = inner.experiments.get_mut(&exp_id).unwrap().searcher.trial_exited(request_id);
+            }
+            TrialState::StoppingPaused => {
+                self.set_trial_state(inner, exp_id, trial_id, TrialState::Paused).await?;
+                if exp_state == ExperimentState::Active {
+                    self.store.update_trial(trial_id, TrialUpdate { stop_requested: Some(false), ..Default::default() }).await?;
+                    self.set_trial_state(inner, exp_id, trial_id, TrialState::Queued).await?;
+                    inner.queue.push_back(trial_id);
+                }
+            }
+            _ => {}
+        }
+        self.apply_actions(inner, exp_id, searcher_actions).await?;
+        Ok(())
+    }
+
+    // ----- agents ------------------------------------------------------------------------
+
+    /// An agent said hello. Returns the connection number that later calls must quote, so a
+    /// replaced connection's late messages are recognised as stale.
+    pub async fn agent_connected(
+        &self,
+        agent_id: &str,
+        hostname: String,
+        version: String,
+        slots: Vec<SlotSpec>,
+        running: Vec<String>,
+        sender: mpsc::UnboundedSender<MasterMessage>,
+    ) -> Result<u64> {
+        let mut inner = self.inner.lock().await;
+        inner.next_connection += 1;
+        let connection = inner.next_connection;
+        let now = now_ms();
+        let used = inner.agents.get(agent_id).map(|a| a.used.clone()).unwrap_or_default();
+        inner.agents.insert(
+            agent_id.to_string(),
+            AgentEntry { hostname, version, slots, used, sender: Some(sender), connection, connected_at: now, last_heartbeat: now, disconnected_at: None },
+        );
+        // Reattach what still runs; what the agent no longer has is lost.
+        let mine: Vec<String> = inner
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.agent_id.as_deref() == Some(agent_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in mine {
+            if running.contains(&id) {
+                let alloc = inner.allocations.get_mut(&id).unwrap();
+                alloc.reattach_deadline = None;
+                let slot_ids = alloc.slot_ids.clone();
+                let agent = inner.agents.get_mut(agent_id).unwrap();
+                for s in slot_ids {
+                    agent.used.insert(s, id.clone());
+                }
+            } else {
+                self.allocation_ended(&mut inner, &id, None, Some("the task was gone when its agent reconnected".into())).await?;
+            }
+        }
+        for id in running.iter().filter(|id| !inner.allocations.contains_key(*id)) {
+            // Fenced off: the master no longer knows this allocation (it ended or was replaced).
+            if let Some(sender) = inner.agents[agent_id].sender.as_ref() {
+                let _ = sender.send(MasterMessage::KillTask { allocation_id: id.clone(), grace_ms: 0 });
+            }
+        }
+        self.schedule(&mut inner).await?;
+        self.bump();
+        Ok(connection)
+    }
+
+    pub async fn agent_disconnected(&self, agent_id: &str, connection: u64) {
+        let mut inner = self.inner.lock().await;
+        if let Some(agent) = inner.agents.get_mut(agent_id) {
+            if agent.connection == connection {
+                agent.sender = None;
+                agent.disconnected_at = Some(Instant::now());
+            }
+        }
+        self.bump();
+    }
+
+    pub async fn agent_message(&self, agent_id: &str, connection: u64, message: AgentMessage) -> Result<()> {
+        if let AgentMessage::TaskLogs { allocation_id, lines } = &message {
+            // Logs skip the control-plane lock; the allocation is checked against the token map.
+            let trial_id = self.auth.read().unwrap().values().find(|a| &a.allocation_id == allocation_id).map(|a| a.trial_id);
+            if let Some(trial_id) = trial_id {
+                let rows: Vec<LogRow> =
+                    lines.iter().map(|l| LogRow { id: 0, ts_ms: l.ts_ms, stream: l.stream.clone(), line: l.line.clone() }).collect();
+                self.store.append_logs(trial_id, allocation_id, &rows).await?;
+                self.counters.log_lines.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.bump();
+            }
+            return Ok(());
+        }
+        let mut inner = self.inner.lock().await;
+        match inner.agents.get_mut(agent_id) {
+            Some(agent) if agent.connection == connection => agent.last_heartbeat = now_ms(),
+            _ => return Ok(()),
+        }
+        let owned = |inner: &Inner, allocation_id: &str| {
+            inner.allocations.get(allocation_id).is_some_and(|a| a.agent_id.as_deref() == Some(agent_id))
+        };
+        match message {
+            AgentMessage::TaskStarted { allocation_id, .. } => {
+                if owned(&inner, &allocation_id) {
+                    let alloc = inner.allocations.get_mut(&allocation_id).unwrap();
+                    if alloc.state == AllocationState::Assigned {
+                        alloc.state = AllocationState::Running;
+                        self.store
+                            .update_allocation(&allocation_id, AllocationUpdate { state: Some("RUNNING".into()), ..Default::default() })
+                            .await?;
+                    }
+                }
+            }
+            AgentMessage::TaskExited { allocation_id, exit_code, signal, error } => {
+                if owned(&inner, &allocation_id) {
+                    let error = error.or_else(|| signal.map(|s| format!("killed by signal {s}")));
+                    self.allocation_ended(&mut inner, &allocation_id, exit_code, error).await?;
+                    self.schedule(&mut inner).await?;
+                }
+            }
+            AgentMessage::Heartbeat | AgentMessage::Hello { .. } | AgentMessage::TaskLogs { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Periodic housekeeping: tasks of agents gone too long, and reattachments that never came.
+    pub async fn tick(&self) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let now = Instant::now();
+        let wait = self.config.agent_reconnect_wait;
+        let lost_agents: Vec<String> = inner
+            .agents
+            .iter()
+            .filter(|(_, a)| a.disconnected_at.is_some_and(|t| now.duration_since(t) > wait))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let lost: Vec<String> = inner
+            .allocations
+            .iter()
+            .filter(|(_, a)| {
+                a.reattach_deadline.is_some_and(|d| now > d) || a.agent_id.as_ref().is_some_and(|id| lost_agents.contains(id))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            self.allocation_ended(&mut inner, &id, None, Some("lost contact with the task's agent".into())).await?;
+        }
+        for id in lost_agents {
+            inner.agents.remove(&id);
+        }
+        self.schedule(&mut inner).await?;
+        Ok(())
+    }
+
+    // ----- trial-facing ------------------------------------------------------------------
+
+    /// Resolves a trial token; the token must belong to a live allocation of `trial_id`.
+    pub fn authenticate(&self, token: Option<&str>, trial_id: i64) -> Result<TrialAuth> {
+        let token = token.ok_or_else(|| Error::unauthorized("this endpoint needs the trial's token (Authorization: Bearer ...)"))?;
+        let auth = self.auth.read().unwrap().get(token).cloned();
+        match auth {
+            None => Err(Error::unauthorized("unknown or expired trial token")),
+            Some(a) if a.trial_id != trial_id => Err(Error::forbidden(format!("this token belongs to trial {}, not trial {trial_id}", a.trial_id))),
+            Some(a) => Ok(a),
+        }
+    }
+
+    /// Resolves a token for any trial of `experiment_id` (the context download).
+    pub fn authenticate_experiment(&self, token: Option<&str>, experiment_id: i64) -> Result<TrialAuth> {
+        let token = token.ok_or_else(|| Error::unauthorized("this endpoint needs a task token (Authorization: Bearer ...)"))?;
+        let auth = self.auth.read().unwrap().get(token).cloned();
+        match auth {
+            Some(a) if a.experiment_id == experiment_id => Ok(a),
+            Some(_) => Err(Error::forbidden(format!("this token does not belong to experiment {experiment_id}"))),
+            None => Err(Error::unauthorized("unknown or expired task token")),
+        }
+    }
+
+    /// Tells the searcher about a validation of its metric.
+    pub async fn validation_reported(&self, experiment_id: i64, trial_id: i64, value: f64) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let Some(exp) = inner.experiments.get_mut(&experiment_id) else { return Ok(()) };
+        let Some(trial) = exp.trials.get(&trial_id) else { return Ok(()) };
+        let actions = exp.searcher.validation_completed(trial.request_id, value);
+        if !actions.is_empty() {
+            self.apply_actions(&mut inner, experiment_id, actions).await?;
+            self.schedule(&mut inner).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn checkpoint_registered(&self, experiment_id: i64, trial_id: i64, uuid: &str) -> Result<()> {
+        self.store.update_trial(trial_id, TrialUpdate { latest_checkpoint: Some(uuid.to_string()), ..Default::default() }).await?;
+        let mut inner = self.inner.lock().await;
+        if let Some(t) = inner.experiments.get_mut(&experiment_id).and_then(|e| e.trials.get_mut(&trial_id)) {
+            t.latest_checkpoint = Some(uuid.to_string());
+        }
+        Ok(())
+    }
+
+    // ----- views -------------------------------------------------------------------------
+
+    pub async fn agents(&self) -> Vec<drover_api::rest::Agent> {
+        let inner = self.inner.lock().await;
+        inner
+            .agents
+            .iter()
+            .map(|(id, a)| drover_api::rest::Agent {
+                id: id.clone(),
+                hostname: a.hostname.clone(),
+                version: a.version.clone(),
+                connected: a.sender.is_some(),
+                connected_at: a.connected_at,
+                last_heartbeat: a.last_heartbeat,
+                slots: a
+                    .slots
+                    .iter()
+                    .map(|s| drover_api::rest::Slot {
+                        id: s.id.clone(),
+                        kind: match s.kind {
+                            drover_api::agent::SlotKind::Cpu => "cpu".into(),
+                            drover_api::agent::SlotKind::Cuda => "cuda".into(),
+                        },
+                        device: s.device.clone(),
+                        allocation_id: a.used.get(&s.id).cloned(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Trial id to (allocation, agent) of every live allocation.
+    pub async fn live_placements(&self) -> HashMap<i64, (String, Option<String>)> {
+        let inner = self.inner.lock().await;
+        inner.allocations.iter().map(|(id, a)| (a.trial_id, (id.clone(), a.agent_id.clone()))).collect()
+    }
+
+    /// (total slots, used slots, agents connected, trials queued) for `/metrics`.
+    pub async fn gauges(&self) -> (usize, usize, usize, usize) {
+        let inner = self.inner.lock().await;
+        let connected = inner.agents.values().filter(|a| a.sender.is_some());
+        let (total, used, n) = connected.fold((0, 0, 0), |acc, a| (acc.0 + a.slots.len(), acc.1 + a.used.len(), acc.2 + 1));
+        (total, used, n, inner.queue.len())
+    }
+}
+
+fn trial_runtime(t: &TrialRow) -> Result<TrialRuntime> {
+    Ok(TrialRuntime {
+        request_id: t.request_id as RequestId,
+        state: t.state.parse().map_err(Error::internal)?,
+        restarts: t.restarts as u32,
+        allocation: None,
+        hparams: serde_json::from_str(&t.hparams_json).map_err(|e| Error::internal(format!("trial {}: {e}", t.id)))?,
+        seed: t.seed,
+        latest_checkpoint: t.latest_checkpoint.clone(),
+    })
+}
