@@ -1,1 +1,360 @@
-fn main() {}
+//! `drover`: the command line of the drover platform. Thin: every command is a REST call to a
+//! master, except `master`, `agent`, `up` and `run`, which start them.
+
+mod client;
+mod embedded;
+mod output;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use drover_agent::SlotOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::embedded::{Embedded, EmbeddedOptions};
+use crate::output::Output;
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "Train, tune and serve machine-learning models on a cluster")]
+struct Cli {
+    /// The master to talk to.
+    #[arg(long, global = true, env = "DROVER_MASTER", default_value = "http://127.0.0.1:8080")]
+    master: String,
+    /// Output format of list and describe commands.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DataDirArg {
+    /// Where `up` and `run` keep the SQLite database, task work directories and checkpoints.
+    #[arg(long, env = "DROVER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct SlotArgs {
+    /// Exactly N slots (of GPU kind if GPUs are found, else CPU).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Number of CPU slots when there is no GPU (default 1).
+    #[arg(long)]
+    cpu_slots: Option<u32>,
+    /// Slots per GPU, for several workers sharing one GPU.
+    #[arg(long, default_value_t = 1)]
+    slots_per_gpu: u32,
+}
+
+impl SlotArgs {
+    fn options(&self) -> SlotOptions {
+        SlotOptions { cpu_slots: self.cpu_slots, slots_override: self.slots, slots_per_gpu: self.slots_per_gpu, nvidia_smi: None }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master and an agent in this process (SQLite and local storage in the data directory).
+    Up {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// Database URL instead of the SQLite file in the data directory.
+        #[arg(long)]
+        db: Option<String>,
+        #[command(flatten)]
+        data: DataDirArg,
+        #[command(flatten)]
+        slots: SlotArgs,
+    },
+    /// Run a master.
+    Master {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// `postgres://...` or `sqlite:///path`; default: SQLite in the data directory.
+        #[arg(long, env = "DROVER_DB")]
+        db: Option<String>,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Run an agent (`drover agent --master URL`), or list agents (`drover agent list`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+        /// Agent id (default: host name).
+        #[arg(long)]
+        id: Option<String>,
+        /// Where task working directories go.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        #[command(flatten)]
+        slots: SlotArgs,
+    },
+    /// Run an experiment on an embedded cluster, show progress, and print the best trials.
+    Run {
+        /// Experiment configuration (YAML).
+        file: PathBuf,
+        /// Context directory uploaded to every trial (default: the config file's directory).
+        context: Option<PathBuf>,
+        /// Rows in the final table.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        #[command(flatten)]
+        data: DataDirArg,
+        #[command(flatten)]
+        slots: SlotArgs,
+    },
+    /// Manage experiments.
+    #[command(subcommand, alias = "e")]
+    Experiment(ExperimentCommand),
+    /// Inspect trials.
+    #[command(subcommand, alias = "t")]
+    Trial(TrialCommand),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// List agents and their slots.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// Create an experiment from a config file and a context directory.
+    Create {
+        file: PathBuf,
+        context: Option<PathBuf>,
+        /// Create it paused.
+        #[arg(long)]
+        paused: bool,
+        /// Follow it until it ends, then print the best trials.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    List,
+    Describe { id: i64 },
+    Pause { id: i64 },
+    Activate { id: i64 },
+    Cancel { id: i64 },
+    Kill { id: i64 },
+    Delete { id: i64 },
+    /// Wait until the experiment ends; exits non-zero unless it COMPLETED.
+    Wait { id: i64 },
+    /// Print the logs of all its trials.
+    Logs { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum TrialCommand {
+    /// List the trials of an experiment.
+    List { experiment_id: i64 },
+    Describe { id: i64 },
+    Logs {
+        id: i64,
+        /// Keep printing new lines until the trial ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Up { .. } | Command::Run { .. }) {
+        embedded::put_own_directory_on_path();
+    }
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir(arg: &DataDirArg) -> PathBuf {
+    arg.data_dir.clone().unwrap_or_else(embedded::default_data_dir)
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let client = Client::new(&cli.master);
+    let output = cli.output;
+    match cli.command {
+        Command::Up { port, bind, db, data, slots } => {
+            let cluster = Embedded::start(EmbeddedOptions { data_dir: data_dir(&data), bind: format!("{bind}:{port}"), db, slots: slots.options() }).await?;
+            eprintln!("drover is up at {} (data in {})", cluster.url(), data_dir(&data).display());
+            shutdown_on_signal().cancelled().await;
+            cluster.stop().await?;
+        }
+        Command::Master { port, bind, db, data } => {
+            let dir = data_dir(&data);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let db = db.unwrap_or_else(|| embedded::sqlite_url(&dir));
+            let config = drover_master::MasterConfig::new(db, dir.join("checkpoints"));
+            let listener = tokio::net::TcpListener::bind(format!("{bind}:{port}")).await?;
+            let master = drover_master::start(config, listener).await?;
+            eprintln!("master listening on {}", master.url());
+            shutdown_on_signal().cancelled().await;
+            master.shutdown().await?;
+        }
+        Command::Agent { command: Some(AgentCommand::List), .. } => output::agents(&client.agents().await?, output),
+        Command::Agent { command: None, id, work_dir, slots } => {
+            let slots = drover_agent::discover(&slots.options());
+            let config = drover_agent::AgentConfig {
+                master_url: cli.master.clone(),
+                agent_id: id.unwrap_or_else(drover_agent::agent::hostname),
+                work_root: work_dir.unwrap_or_else(|| std::env::temp_dir().join("drover-agent")),
+                slots,
+            };
+            eprintln!("agent {} with {} slots, master {}", config.agent_id, config.slots.len(), config.master_url);
+            drover_agent::run_agent(config, shutdown_on_signal()).await?;
+        }
+        Command::Run { file, context, top, data, slots } => {
+            let started = Instant::now();
+            let context = context.or_else(|| file.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }));
+            // Everything is checked before the cluster starts: a bad file starts nothing.
+            let req = run::create_request(&file, context.as_deref(), true)?;
+            let cluster = Embedded::start(EmbeddedOptions { data_dir: data_dir(&data), bind: "127.0.0.1:0".into(), db: None, slots: slots.options() }).await?;
+            let client = Client::new(&cluster.url());
+            let interrupted = shutdown_on_signal();
+            let result = tokio::select! {
+                r = run::run_on(&client, &req, output, started) => r,
+                _ = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+            };
+            cluster.stop().await?;
+            let summary = result?;
+            run::print_summary(&summary, output, top);
+            if summary.state != "COMPLETED" {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Experiment(command) => return experiment(&client, command, output).await,
+        Command::Trial(command) => trial(&client, command, output).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn experiment(client: &Client, command: ExperimentCommand, output: Output) -> Result<ExitCode> {
+    match command {
+        ExperimentCommand::Create { file, context, paused, follow } => {
+            let started = Instant::now();
+            let req = run::create_request(&file, context.as_deref(), !paused)?;
+            if follow {
+                let summary = run::run_on(client, &req, output, started).await?;
+                run::print_summary(&summary, output, 10);
+            } else {
+                let e = client.create_experiment(&req).await?;
+                match output {
+                    Output::Json => output::print_json(&e),
+                    Output::Table => println!("Created experiment {}", e.id),
+                }
+            }
+        }
+        ExperimentCommand::List => output::experiments(&client.experiments().await?, output),
+        ExperimentCommand::Describe { id } => {
+            let e = client.experiment(id).await?;
+            let trials = client.trials(id).await?;
+            output::experiment(&e, &trials, output);
+        }
+        ExperimentCommand::Pause { id } => command_done(client.experiment_command(id, "pause").await?, output),
+        ExperimentCommand::Activate { id } => command_done(client.experiment_command(id, "activate").await?, output),
+        ExperimentCommand::Cancel { id } => command_done(client.experiment_command(id, "cancel").await?, output),
+        ExperimentCommand::Kill { id } => command_done(client.experiment_command(id, "kill").await?, output),
+        ExperimentCommand::Delete { id } => {
+            client.delete_experiment(id).await?;
+            println!("Deleted experiment {id}");
+        }
+        ExperimentCommand::Wait { id } => {
+            let e = run::follow(client, id, output == Output::Json).await?;
+            match output {
+                Output::Json => output::print_json(&e),
+                Output::Table => println!("Experiment {id} is {}", e.state),
+            }
+            if e.state != "COMPLETED" {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ExperimentCommand::Logs { id } => {
+            for t in client.trials(id).await? {
+                print_logs(client, t.id, false, Some(&format!("[trial {}] ", t.id))).await?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn command_done(e: drover_api::rest::Experiment, output: Output) {
+    match output {
+        Output::Json => output::print_json(&e),
+        Output::Table => println!("Experiment {} is {}", e.id, e.state),
+    }
+}
+
+async fn print_logs(client: &Client, trial_id: i64, follow: bool, prefix: Option<&str>) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let page = client.logs(trial_id, after, follow).await?;
+        for l in &page.lines {
+            println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, l.line);
+        }
+        after = page.next_after;
+        if page.lines.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            let t = client.trial(trial_id).await?;
+            if ["COMPLETED", "CANCELED", "ERROR"].contains(&t.state.as_str()) {
+                // One last read: lines may have landed after the empty page.
+                let last = client.logs(trial_id, after, false).await?;
+                for l in &last.lines {
+                    println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, l.line);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn trial(client: &Client, command: TrialCommand, output: Output) -> Result<()> {
+    match command {
+        TrialCommand::List { experiment_id } => output::trials_table(&client.trials(experiment_id).await?, output),
+        TrialCommand::Describe { id } => output::trial(&client.trial(id).await?, output),
+        TrialCommand::Logs { id, follow } => {
+            if output == Output::Json {
+                bail!("trial logs prints lines; use the REST API (/api/v1/trials/{id}/logs) for JSON");
+            }
+            print_logs(client, id, follow, None).await?;
+        }
+    }
+    Ok(())
+}

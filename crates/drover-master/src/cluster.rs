@@ -109,6 +109,8 @@ struct AgentEntry {
 
 struct ExperimentRuntime {
     config: ExperimentConfig,
+    /// Whether a context tarball was uploaded, i.e. whether agents must fetch one.
+    has_context: bool,
     state: ExperimentState,
     searcher: Searcher,
     trials: HashMap<i64, TrialRuntime>,
@@ -190,8 +192,9 @@ impl Master {
                 Some(snapshot) => Searcher::restore(&snapshot).map_err(|e| Error::internal(e.to_string()))?,
                 None => return Err(Error::internal(format!("experiment {} has no searcher snapshot", row.id))),
             };
+            let has_context = self.store.get_context(row.id).await?.is_some();
             let mut runtime =
-                ExperimentRuntime { config, state, searcher, trials: HashMap::new(), by_request: HashMap::new() };
+                ExperimentRuntime { config, state, has_context, searcher, trials: HashMap::new(), by_request: HashMap::new() };
             for t in self.store.list_trials(row.id).await? {
                 let mut trial = trial_runtime(&t)?;
                 if trial.state.has_process() {
@@ -279,6 +282,7 @@ impl Master {
             ));
         }
         let state = if activate { ExperimentState::Active } else { ExperimentState::Paused };
+        let has_context = context.is_some();
         let id = self
             .store
             .create_experiment(NewExperiment {
@@ -295,7 +299,7 @@ impl Master {
         let actions = searcher.initial_trials();
         inner.experiments.insert(
             id,
-            ExperimentRuntime { config, state, searcher, trials: HashMap::new(), by_request: HashMap::new() },
+            ExperimentRuntime { config, state, has_context, searcher, trials: HashMap::new(), by_request: HashMap::new() },
         );
         self.apply_actions(&mut inner, id, actions).await?;
         self.schedule(&mut inner).await?;
@@ -598,7 +602,7 @@ impl Master {
             argv: exp.config.entrypoint.argv(),
             env: task_env,
             slot_ids: slot_ids.clone(),
-            context_path: Some(format!("/api/v1/experiments/{exp_id}/context")),
+            context_path: exp.has_context.then(|| format!("/api/v1/experiments/{exp_id}/context")),
             token: token.clone(),
         };
         self.auth.write().unwrap().insert(token, TrialAuth { allocation_id: allocation_id.clone(), trial_id, experiment_id: exp_id });
@@ -640,6 +644,11 @@ impl Master {
             )
             .await?;
         let (exp_id, trial_id) = (alloc.experiment_id, alloc.trial_id);
+        if let Some(reason) = &error {
+            // Put the reason where the user looks first: the trial's own log.
+            let line = LogRow { id: 0, ts_ms: now_ms(), stream: "master".into(), line: format!("allocation {allocation_id} ended: {reason}") };
+            self.store.append_logs(trial_id, allocation_id, &[line]).await?;
+        }
         let Some(exp) = inner.experiments.get_mut(&exp_id) else { return Ok(()) };
         let Some(trial) = exp.trials.get_mut(&trial_id) else { return Ok(()) };
         if trial.allocation.as_deref() == Some(allocation_id) {

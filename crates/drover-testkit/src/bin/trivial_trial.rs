@@ -1,1 +1,103 @@
-fn main() {}
+//! A trial for drover's own tests: reports a known loss curve within milliseconds, and on request
+//! fails, sleeps, or saves a checkpoint.
+//!
+//! Hyperparameters (all optional):
+//! - `x` (f64, 0.5): the loss is `(x - 0.3)^2 + step * 0.001` at steps `1..=n_metrics`, and the
+//!   validation loss at the last step is `(x - 0.3)^2`, so searchers have a known optimum.
+//! - `n_metrics` (int, 10): how many training points.
+//! - `sleep_s` (f64): sleep this long first, exiting 0 early if the master asks to stop.
+//! - `fail` (bool): exit 1 before reporting anything, for fault tests.
+//! - `checkpoint` (bool): save `state.json` = `{"step": n, "x": x}` as a checkpoint at step n.
+//!
+//! On a restart with a latest checkpoint, it restores it and prints its `state.json` first.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use drover_sdk::{Context, SdkError};
+use serde_json::json;
+
+/// How often the sleep checks for a stop request.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("drover-trivial-trial: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, SdkError> {
+    let ctx = Context::from_env()?;
+    let x: f64 = ctx.hparam_opt("x")?.unwrap_or(0.5);
+    let n_metrics: i64 = ctx.hparam_opt("n_metrics")?.unwrap_or(10);
+    let sleep_s: Option<f64> = ctx.hparam_opt("sleep_s")?;
+    let fail: bool = ctx.hparam_opt("fail")?.unwrap_or(false);
+    let save_checkpoint: bool = ctx.hparam_opt("checkpoint")?.unwrap_or(false);
+    println!("trial {} of experiment {}: x={x} n_metrics={n_metrics}", ctx.trial_id(), ctx.experiment_id());
+
+    if let Some(uuid) = ctx.latest_checkpoint() {
+        let dir = scratch_dir(&ctx, "restore")?;
+        ctx.checkpoint_restore(uuid, &dir)?;
+        let state_path = dir.join("state.json");
+        let state = std::fs::read_to_string(&state_path).map_err(|source| SdkError::Io {
+            action: "read",
+            path: state_path,
+            source,
+        })?;
+        println!("resumed from checkpoint {uuid}: {state}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    if let Some(seconds) = sleep_s {
+        let until = Instant::now() + Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX);
+        while Instant::now() < until {
+            if ctx.should_stop() {
+                println!("stop requested while sleeping; exiting");
+                ctx.close()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::thread::sleep(STOP_CHECK_EVERY.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    if fail {
+        eprintln!("failing on purpose (hparam fail=true)");
+        return Ok(ExitCode::from(1));
+    }
+
+    let base = (x - 0.3).powi(2);
+    for step in 1..=n_metrics {
+        ctx.report_training(step, &[("loss", base + step as f64 * 0.001)]);
+    }
+    ctx.report_validation(n_metrics, &[("validation_loss", base)]);
+
+    if save_checkpoint {
+        let dir = scratch_dir(&ctx, "save")?;
+        let state_path = dir.join("state.json");
+        let state = json!({"step": n_metrics, "x": x}).to_string();
+        std::fs::write(&state_path, state).map_err(|source| SdkError::Io {
+            action: "write",
+            path: state_path,
+            source,
+        })?;
+        let uuid = ctx.checkpoint_save(n_metrics, &dir, json!({"source": "drover-trivial-trial"}))?;
+        println!("saved checkpoint {uuid}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh directory of this process's own, so concurrent trials on one host do not collide.
+fn scratch_dir(ctx: &Context, purpose: &str) -> Result<std::path::PathBuf, SdkError> {
+    let dir =
+        std::env::temp_dir().join(format!("drover-trivial-trial-{}-{}-{purpose}", ctx.trial_id(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|source| SdkError::Io { action: "create", path: dir.clone(), source })?;
+    Ok(dir)
+}

@@ -1,0 +1,85 @@
+//! The one-machine cluster of `drover up` and `drover run`: a master on SQLite and an agent in
+//! the same process, with everything kept under one data directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use drover_agent::{AgentConfig, SlotOptions};
+use drover_master::{MasterConfig, RunningMaster};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Embedded {
+    pub master: RunningMaster,
+    agent_shutdown: CancellationToken,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+pub struct EmbeddedOptions {
+    pub data_dir: PathBuf,
+    pub bind: String,
+    pub db: Option<String>,
+    pub slots: SlotOptions,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_local_dir().unwrap_or_else(std::env::temp_dir).join("drover")
+}
+
+pub fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("drover.db").display())
+}
+
+impl Embedded {
+    pub async fn start(opts: EmbeddedOptions) -> Result<Embedded> {
+        std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("cannot create the data directory {}", opts.data_dir.display()))?;
+        let db = opts.db.unwrap_or_else(|| sqlite_url(&opts.data_dir));
+        let config = MasterConfig::new(db, opts.data_dir.join("checkpoints"));
+        let listener = TcpListener::bind(&opts.bind).await.with_context(|| format!("cannot listen on {}", opts.bind))?;
+        let master = drover_master::start(config, listener).await?;
+        let agent_config = AgentConfig {
+            master_url: master.url(),
+            agent_id: format!("{}-local", drover_agent::agent::hostname()),
+            work_root: opts.data_dir.join("work"),
+            slots: drover_agent::discover(&opts.slots),
+        };
+        let agent_shutdown = CancellationToken::new();
+        let token = agent_shutdown.clone();
+        let agent = tokio::spawn(async move {
+            if let Err(e) = drover_agent::run_agent(agent_config, token).await {
+                tracing::error!("embedded agent: {e}");
+            }
+        });
+        Ok(Embedded { master, agent_shutdown, agent })
+    }
+
+    pub fn url(&self) -> String {
+        self.master.url()
+    }
+
+    /// Stops the agent (killing what it runs) and then the master.
+    pub async fn stop(self) -> Result<()> {
+        self.agent_shutdown.cancel();
+        let _ = self.agent.await;
+        self.master.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Makes programs built beside `drover` (e.g. `target/release/digits`) runnable by name from a
+/// trial's entrypoint, the way a container image puts its tools on PATH.
+///
+/// Must run before any thread starts: it changes the process environment.
+pub fn put_own_directory_on_path() {
+    let Ok(exe) = std::env::current_exe() else { return };
+    let Some(dir) = exe.parent() else { return };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut parts: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if parts.first().map(PathBuf::as_path) != Some(dir) {
+        parts.insert(0, dir.to_path_buf());
+    }
+    if let Ok(joined) = std::env::join_paths(parts) {
+        // SAFETY: called from `main` before the runtime or any other thread exists.
+        unsafe { std::env::set_var("PATH", joined) };
+    }
+}

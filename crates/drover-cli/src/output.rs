@@ -1,0 +1,170 @@
+//! Tables and JSON for list and describe commands.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use drover_api::rest::{Agent, Experiment, Trial};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("API types serialise"));
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    t
+}
+
+pub fn time(ms: i64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), to avoid a date crate.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn metric(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+pub fn hparams(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(map) => map.iter().map(|(k, v)| format!("{k}={}", compact(v))).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn compact(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && (f.abs() < 1e-3 || f.abs() >= 1e5) && f != 0.0 => format!("{f:.3e}"),
+            Some(f) if n.is_f64() => format!("{:.4}", f).trim_end_matches('0').trim_end_matches('.').to_string(),
+            _ => n.to_string(),
+        },
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(_) => format!("{{{}}}", hparams(v)),
+        other => other.to_string(),
+    }
+}
+
+fn counts(e: &Experiment) -> String {
+    let total: i64 = e.trial_counts.values().sum();
+    let done: i64 = ["COMPLETED", "ERROR", "CANCELED"].iter().filter_map(|s| e.trial_counts.get(*s)).sum();
+    match e.planned_trials {
+        Some(p) => format!("{done}/{p} ({total} created)"),
+        None => format!("{done}/{total}"),
+    }
+}
+
+pub fn experiments(list: &[Experiment], output: Output) {
+    if output == Output::Json {
+        return print_json(&list);
+    }
+    let mut t = table(&["ID", "Name", "State", "Searcher", "Trials done", "Best", "Created"]);
+    for e in list {
+        t.add_row(vec![
+            e.id.to_string(),
+            e.name.clone(),
+            e.state.clone(),
+            e.searcher.clone(),
+            counts(e),
+            format!("{} {}", e.metric, metric(e.best_metric)),
+            time(e.created_at),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn experiment(e: &Experiment, trials: &[Trial], output: Output) {
+    if output == Output::Json {
+        return print_json(&serde_json::json!({ "experiment": e, "trials": trials }));
+    }
+    println!("Experiment {}: {}", e.id, e.name);
+    if let Some(d) = &e.description {
+        println!("  {d}");
+    }
+    println!("State:    {}", e.state);
+    println!("Searcher: {} on {} ({})", e.searcher, e.metric, if e.smaller_is_better { "smaller is better" } else { "larger is better" });
+    println!("Trials:   {}", counts(e));
+    if let (Some(id), Some(best)) = (e.best_trial_id, e.best_metric) {
+        println!("Best:     trial {id}, {} = {best:.4}", e.metric);
+    }
+    trials_table(trials, Output::Table);
+}
+
+pub fn trials_table(trials: &[Trial], output: Output) {
+    if output == Output::Json {
+        return print_json(&trials);
+    }
+    let mut t = table(&["Trial", "State", "Restarts", "Best", "Hyperparameters"]);
+    for tr in trials {
+        t.add_row(vec![tr.id.to_string(), tr.state.clone(), tr.restarts.to_string(), metric(tr.best_metric), hparams(&tr.hparams)]);
+    }
+    println!("{t}");
+}
+
+pub fn trial(tr: &Trial, output: Output) {
+    if output == Output::Json {
+        return print_json(tr);
+    }
+    println!("Trial {} (experiment {})", tr.id, tr.experiment_id);
+    println!("State:      {}", tr.state);
+    println!("Restarts:   {}", tr.restarts);
+    println!("Hparams:    {}", hparams(&tr.hparams));
+    if let Some(c) = &tr.latest_checkpoint {
+        println!("Checkpoint: {c}");
+    }
+    if let Some(a) = &tr.allocation_id {
+        println!("Allocation: {a} on {}", tr.agent_id.as_deref().unwrap_or("?"));
+    }
+    let mut t = table(&["Group", "Metric", "Points", "Last (step)", "Min", "Max"]);
+    for s in &tr.summaries {
+        t.add_row(vec![
+            s.group.clone(),
+            s.name.clone(),
+            s.count.to_string(),
+            format!("{:.4} ({})", s.last, s.last_step),
+            format!("{:.4}", s.min),
+            format!("{:.4}", s.max),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn agents(list: &[Agent], output: Output) {
+    if output == Output::Json {
+        return print_json(&list);
+    }
+    let mut t = table(&["Agent", "Host", "Connected", "Slots", "Used", "Devices"]);
+    for a in list {
+        let used = a.slots.iter().filter(|s| s.allocation_id.is_some()).count();
+        let mut devices: Vec<String> = a.slots.iter().map(|s| format!("{} ({})", s.device, s.kind)).collect();
+        devices.dedup();
+        t.add_row(vec![a.id.clone(), a.hostname.clone(), a.connected.to_string(), a.slots.len().to_string(), used.to_string(), devices.join(", ")]);
+    }
+    println!("{t}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_dates_and_hparams() {
+        assert_eq!(super::time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::time(1_795_300_000_000), "2026-11-21 21:06:40");
+        let h = serde_json::json!({"lr": 0.00012345, "hidden": 64, "opt": "adam", "d": 0.5});
+        assert_eq!(super::hparams(&h), "d=0.5 hidden=64 lr=1.234e-4 opt=adam");
+    }
+}

@@ -1,0 +1,323 @@
+//! An in-process cluster on 127.0.0.1 port 0 — a real master on a temporary SQLite file and a
+//! real agent — running real trial processes (`drover-trivial-trial`) to completion.
+
+use std::time::{Duration, Instant};
+
+use drover_api::rest::*;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const TRIAL: &str = env!("CARGO_BIN_EXE_drover-trivial-trial");
+
+struct Cluster {
+    master: drover_master::RunningMaster,
+    agent_stop: CancellationToken,
+    agent: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(slots: u32) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("drover.db").display());
+        let config = drover_master::MasterConfig::new(db, dir.path().join("checkpoints"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let master = drover_master::start(config, listener).await.unwrap();
+        let agent_stop = CancellationToken::new();
+        let agent_config = drover_agent::AgentConfig {
+            master_url: master.url(),
+            agent_id: "test-agent".into(),
+            work_root: dir.path().join("work"),
+            slots: drover_agent::discover(&drover_agent::SlotOptions {
+                cpu_slots: Some(slots),
+                slots_override: None,
+                slots_per_gpu: 1,
+                nvidia_smi: Some("/nonexistent/nvidia-smi".into()),
+            }),
+        };
+        let token = agent_stop.clone();
+        let agent = tokio::spawn(async move {
+            drover_agent::run_agent(agent_config, token).await.unwrap();
+        });
+        let cluster = Cluster { master, agent_stop, agent, http: reqwest::Client::new(), _dir: dir };
+        // Wait for the agent to register, so experiments can be placed at once.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let agents: Vec<Agent> = cluster.get("/api/v1/agents").await;
+            if agents.iter().any(|a| a.connected) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the agent never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.master.url())
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn post_raw(&self, path: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn create(&self, yaml: &str) -> Experiment {
+        let (status, body) = self.post_raw("/api/v1/experiments", &json!({"config": yaml}), None).await;
+        assert_eq!(status, 201, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    async fn wait_terminal(&self, id: i64, timeout: Duration) -> Experiment {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let e: Experiment = self.get(&format!("/api/v1/experiments/{id}")).await;
+            if ["COMPLETED", "CANCELED", "ERROR"].contains(&e.state.as_str()) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "experiment {id} still {} with {:?}", e.state, e.trial_counts);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every trial's log, for failure messages.
+    async fn all_logs(&self, id: i64) -> String {
+        let mut out = String::new();
+        let trials: Vec<Trial> = self.get(&format!("/api/v1/experiments/{id}/trials")).await;
+        for t in trials {
+            let logs: TrialLogs = self.get(&format!("/api/v1/trials/{}/logs", t.id)).await;
+            out.push_str(&format!("\n--- trial {} ({}, {} restarts)\n", t.id, t.state, t.restarts));
+            for l in logs.lines {
+                out.push_str(&format!("{} {}\n", l.stream, l.line));
+            }
+        }
+        out
+    }
+
+    async fn stop(self) {
+        self.agent_stop.cancel();
+        self.agent.await.unwrap();
+        self.master.shutdown().await.unwrap();
+    }
+}
+
+fn config(searcher: &str, hparams: &str, extra: &str) -> String {
+    format!(
+        "name: e2e\nentrypoint: [\"{TRIAL}\"]\nhyperparameters:\n{hparams}\nsearcher: {searcher}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_search_runs_real_trials_to_completion() {
+    let cluster = Cluster::start(2).await;
+    let yaml = config(
+        "{name: random, metric: validation_loss, smaller_is_better: true, max_trials: 6, max_concurrent_trials: 2}",
+        "  x: {type: double, minval: 0, maxval: 1}\n  n_metrics: 20",
+        "",
+    );
+    let e = cluster.create(&yaml).await;
+    assert_eq!(e.planned_trials, Some(6));
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
+    assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
+    assert_eq!(e.trial_counts.get("COMPLETED"), Some(&6), "{:?}", e.trial_counts);
+
+    let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
+    assert_eq!(trials.len(), 6);
+    // The best metric is what the trials really computed from their hyperparameters.
+    let mut best = f64::INFINITY;
+    for t in &trials {
+        let x = t.hparams["x"].as_f64().unwrap();
+        let expected = (x - 0.3f64).powi(2);
+        let got = t.best_metric.unwrap();
+        assert!((got - expected).abs() < 1e-12, "trial {}: {got} vs {expected}", t.id);
+        best = best.min(expected);
+        let loss = t.summaries.iter().find(|s| s.name == "loss").unwrap();
+        assert_eq!((loss.count, loss.last_step), (20, 20));
+    }
+    assert!((e.best_metric.unwrap() - best).abs() < 1e-12);
+
+    // Metrics as a time series, downsampled by the server.
+    let t = &trials[0];
+    let series: MetricSeries = cluster.get(&format!("/api/v1/trials/{}/metrics?name=loss&max_points=5", t.id)).await;
+    assert_eq!(series.total_points, 20);
+    assert_eq!(series.points.len(), 5);
+    assert_eq!(series.points[0].0, 1);
+    assert_eq!(series.points[4].0, 20);
+
+    // The trial's stdout came through the agent into the logs.
+    let logs: TrialLogs = cluster.get(&format!("/api/v1/trials/{}/logs", t.id)).await;
+    assert!(logs.lines.iter().any(|l| l.line.contains(&format!("trial {}", t.id)) && l.stream == "stdout"), "{:?}", logs.lines);
+
+    // Prometheus counters moved.
+    let text = cluster.http.get(cluster.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("drover_trials_started_total 6"), "{text}");
+    let spec: Value = cluster.get("/api/v1/openapi.json").await;
+    assert!(spec["paths"]["/api/v1/experiments"].is_object());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_trials_restart_then_error_and_grid_covers_all_points() {
+    let cluster = Cluster::start(2).await;
+    let yaml = config(
+        "{name: grid, metric: validation_loss, max_concurrent_trials: 2}",
+        "  x: {type: double, minval: 0, maxval: 1, count: 3}\n  fail: {type: categorical, vals: [false, true]}",
+        "max_restarts: 1\n",
+    );
+    let e = cluster.create(&yaml).await;
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
+    assert_eq!(e.state, "COMPLETED", "some trials succeeded, so the search completes: {}", cluster.all_logs(e.id).await);
+    let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
+    assert_eq!(trials.len(), 6);
+    for t in &trials {
+        if t.hparams["fail"] == json!(true) {
+            assert_eq!((t.state.as_str(), t.restarts), ("ERROR", 1), "failing trial {}", t.id);
+        } else {
+            assert_eq!((t.state.as_str(), t.restarts), ("COMPLETED", 0));
+        }
+    }
+    let mut xs: Vec<f64> = trials.iter().map(|t| t.hparams["x"].as_f64().unwrap()).collect();
+    xs.sort_by(f64::total_cmp);
+    assert_eq!(xs, vec![0.0, 0.0, 0.5, 0.5, 1.0, 1.0]);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_activate_and_cancel_real_processes() {
+    let cluster = Cluster::start(1).await;
+    let yaml = config("{name: random, metric: validation_loss, max_trials: 3, max_concurrent_trials: 1}", "  sleep_s: 30", "");
+    let e = cluster.create(&yaml).await;
+    // Wait for the first trial to run.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e: Experiment = cluster.get(&format!("/api/v1/experiments/{}", e.id)).await;
+        if e.trial_counts.get("RUNNING") == Some(&1) {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = cluster.post_raw(&format!("/api/v1/experiments/{}/pause", e.id), &json!({}), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "PAUSED");
+    // The running trial is stopped (its SDK sees the stop request) and parks as PAUSED.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
+        if trials.iter().all(|t| t.state == "PAUSED") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", trials.iter().map(|t| &t.state).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = cluster.post_raw(&format!("/api/v1/experiments/{}/activate", e.id), &json!({}), None).await;
+    assert_eq!(status, 200);
+    let (status, body) = cluster.post_raw(&format!("/api/v1/experiments/{}/cancel", e.id), &json!({}), None).await;
+    assert_eq!(status, 200, "{body}");
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(30)).await;
+    assert_eq!(e.state, "CANCELED");
+    // A finished experiment cannot be reactivated, and can be deleted.
+    let (status, body) = cluster.post_raw(&format!("/api/v1/experiments/{}/activate", e.id), &json!({}), None).await;
+    assert_eq!(status, 409, "{body}");
+    let r = cluster.http.delete(cluster.url(&format!("/api/v1/experiments/{}", e.id))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = cluster.http.get(cluster.url(&format!("/api/v1/experiments/{}", e.id))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_located_error_and_changes_nothing() {
+    let cluster = Cluster::start(1).await;
+    let good = config("{name: random, metric: validation_loss, max_trials: 1}", "  x: 0.3", "");
+
+    let broken = good.replace("searcher: {", "searcher: {{");
+    let (status, body) = cluster.post_raw("/api/v1/experiments", &json!({"config": broken, "config_file": "bad.yaml"}), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_config");
+    assert!(body["location"]["line"].as_u64().is_some(), "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("bad.yaml:"), "{body}");
+
+    let unknown = good.replace("name: random", "name: hyperband");
+    let (status, body) = cluster.post_raw("/api/v1/experiments", &json!({"config": unknown}), None).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["location"]["field"], "searcher.name", "{body}");
+
+    let (status, body) = cluster.post_raw("/api/v1/experiments", &json!({"config": good, "context": "not base64!"}), None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = cluster.post_raw("/api/v1/experiments", &json!({"configg": good}), None).await;
+    assert_eq!(status, 400, "{body}");
+    let too_many_slots = format!("{good}resources: {{slots_per_trial: 4}}\n");
+    let (status, body) = cluster.post_raw("/api/v1/experiments", &json!({"config": too_many_slots}), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["location"]["field"], "resources.slots_per_trial");
+
+    let none: Vec<Experiment> = cluster.get("/api/v1/experiments").await;
+    assert!(none.is_empty(), "refused experiments must not be stored");
+
+    // Reports need the trial's own token.
+    let e = cluster.create(&good).await;
+    cluster.wait_terminal(e.id, Duration::from_secs(30)).await;
+    let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
+    let report = json!({"points": [{"group": "training", "step": 99, "metrics": {"loss": 1.0}}]});
+    let (status, _) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", trials[0].id), &report, Some("forged")).await;
+    assert_eq!(status, 401);
+    let (status, _) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", trials[0].id), &report, None).await;
+    assert_eq!(status, 401);
+    let (status, body) = cluster.post_raw("/api/v1/trials/abc/metrics", &report, None).await;
+    assert_eq!(status, 400, "{body}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_scoped_to_their_trial_and_nan_is_refused() {
+    let cluster = Cluster::start(2).await;
+    let yaml = config("{name: random, metric: validation_loss, max_trials: 2, max_concurrent_trials: 2}", "  sleep_s: 30", "");
+    let e = cluster.create(&yaml).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let allocations = loop {
+        let live = cluster.master.master.store.live_allocations().await.unwrap();
+        if live.len() == 2 {
+            break live;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (mine, other) = (&allocations[0], &allocations[1]);
+    let report = json!({"points": [{"group": "training", "step": 1, "metrics": {"loss": 1.0}}]});
+    let (status, body) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", other.trial_id), &report, Some(&mine.token)).await;
+    assert_eq!(status, 403, "{body}");
+    let nan = json!({"points": [{"group": "training", "step": 1, "metrics": {"ok": 1.0, "loss": "NaN"}}]});
+    let (status, body) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", mine.trial_id), &nan, Some(&mine.token)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["location"]["field"], "points[0].metrics.loss", "{body}");
+    let t: Trial = cluster.get(&format!("/api/v1/trials/{}", mine.trial_id)).await;
+    assert!(t.summaries.is_empty(), "a refused report stores nothing, not even its valid points");
+    let (status, body) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", mine.trial_id), &report, Some(&mine.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stored"], 1);
+    let (_, body) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", mine.trial_id), &report, Some(&mine.token)).await;
+    assert_eq!(body["stored"], 0, "a retried report is stored once");
+
+    let (status, _) = cluster.post_raw(&format!("/api/v1/experiments/{}/kill", e.id), &json!({}), None).await;
+    assert_eq!(status, 200);
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(20)).await;
+    assert_eq!(e.state, "CANCELED");
+    // The killed allocation's token is dead.
+    let (status, _) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", mine.trial_id), &report, Some(&mine.token)).await;
+    assert_eq!(status, 401);
+    cluster.stop().await;
+}
