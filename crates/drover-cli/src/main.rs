@@ -44,7 +44,7 @@ struct SlotArgs {
     /// Exactly N slots (of GPU kind if GPUs are found, else CPU).
     #[arg(long)]
     slots: Option<u32>,
-    /// Number of CPU slots when there is no GPU (default 1).
+    /// Number of CPU slots when there is no GPU (default: one per core).
     #[arg(long)]
     cpu_slots: Option<u32>,
     /// Slots per GPU, for several workers sharing one GPU.
@@ -54,7 +54,8 @@ struct SlotArgs {
 
 impl SlotArgs {
     fn options(&self) -> SlotOptions {
-        SlotOptions { cpu_slots: self.cpu_slots, slots_override: self.slots, slots_per_gpu: self.slots_per_gpu, nvidia_smi: None }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        SlotOptions { cpu_slots: Some(self.cpu_slots.unwrap_or(cores)), slots_override: self.slots, slots_per_gpu: self.slots_per_gpu, nvidia_smi: None }
     }
 }
 

@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn formats_dates_and_hparams() {
         assert_eq!(super::time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::time(1_795_300_000_000), "2026-11-21 21:06:40");
+        assert_eq!(super::time(1_795_300_000_000), "2026-11-21 22:26:40");
         let h = serde_json::json!({"lr": 0.00012345, "hidden": 64, "opt": "adam", "d": 0.5});
         assert_eq!(super::hparams(&h), "d=0.5 hidden=64 lr=1.234e-4 opt=adam");
     }

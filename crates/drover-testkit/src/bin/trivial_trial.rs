@@ -10,6 +10,9 @@
 //! - `checkpoint` (bool): save `state.json` = `{"step": n, "x": x}` as a checkpoint at step n.
 //!
 //! On a restart with a latest checkpoint, it restores it and prints its `state.json` first.
+//!
+//! With `DROVER_TRIVIAL_OFFLINE=1` it talks to no master: it computes the same 10 losses (x = 0.5),
+//! prints them and exits 0. `drover-bench` spawns it that way as the plain fork+exec floor.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -21,6 +24,13 @@ use serde_json::json;
 const STOP_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 fn main() -> ExitCode {
+    if std::env::var("DROVER_TRIVIAL_OFFLINE").is_ok_and(|v| v == "1") {
+        let base = (0.5f64 - 0.3).powi(2);
+        for step in 1..=10i64 {
+            println!("step {step} loss {}", base + step as f64 * 0.001);
+        }
+        return ExitCode::SUCCESS;
+    }
     match run() {
         Ok(code) => code,
         Err(err) => {

@@ -1,0 +1,105 @@
+//! The `drover` binary as a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const DROVER: &str = env!("CARGO_BIN_EXE_drover");
+
+fn drover(args: &[&str], data_dir: &Path) -> Output {
+    Command::new(DROVER)
+        .args(args)
+        .env("DROVER_DATA_DIR", data_dir)
+        // Nothing listens here: a command that must fail before contacting a master proves it.
+        .env("DROVER_MASTER", "http://127.0.0.1:9")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run drover")
+}
+
+/// A trial in Python that talks to the master over plain REST, as any language can: it reads
+/// its hyperparameters from the environment and reports one validation metric.
+const TRIAL_PY: &str = r#"
+import json, os, urllib.request
+hp = json.loads(os.environ["DROVER_HPARAMS"])
+acc = 1.0 - (hp["x"] - 0.7) ** 2
+print("x", hp["x"], "acc", acc, flush=True)
+body = json.dumps({"points": [{"group": "validation", "step": 1, "metrics": {"accuracy": acc}}]}).encode()
+req = urllib.request.Request(
+    os.environ["DROVER_MASTER"] + "/api/v1/trials/" + os.environ["DROVER_TRIAL_ID"] + "/metrics",
+    data=body, method="POST",
+    headers={"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["DROVER_TRIAL_TOKEN"]})
+urllib.request.urlopen(req).read()
+"#;
+
+const CONFIG: &str = "\
+name: cli-run
+entrypoint: python3 trial.py
+hyperparameters:
+  x: {type: double, minval: 0, maxval: 1}
+searcher:
+  name: random
+  metric: accuracy
+  smaller_is_better: false
+  max_trials: 4
+  max_concurrent_trials: 2
+";
+
+#[test]
+fn run_prints_a_json_summary_with_the_best_trial() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("trial.py"), TRIAL_PY).unwrap();
+    std::fs::write(ctx.join("search.yaml"), CONFIG).unwrap();
+    let data = dir.path().join("data");
+    let out = drover(&["run", ctx.join("search.yaml").to_str().unwrap(), "--output", "json", "--cpu-slots", "2"], &data);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(summary["state"], "COMPLETED");
+    assert_eq!(summary["trial_counts"]["COMPLETED"], 4);
+    assert_eq!(summary["trials"].as_array().unwrap().len(), 4);
+    let best = &summary["best_trial"];
+    let x = best["hparams"]["x"].as_f64().unwrap();
+    let value = best["best_value"].as_f64().unwrap();
+    assert!((value - (1.0 - (x - 0.7f64).powi(2))).abs() < 1e-9, "{best}");
+    for t in summary["trials"].as_array().unwrap() {
+        assert!(t["best_value"].as_f64().unwrap() <= value, "the best trial comes first and is the best");
+    }
+    assert!(data.join("drover.db").exists(), "run keeps its records in the data directory");
+}
+
+#[test]
+fn a_broken_config_names_its_line_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    // An unclosed flow mapping on line 8: a syntax error, not a type error.
+    std::fs::write(&file, CONFIG.replace("  metric: accuracy\n", "  metric: accuracy\n  extra: {a: 1\n")).unwrap();
+    let data = dir.path().join("data");
+    for args in [vec!["run", file.to_str().unwrap()], vec!["experiment", "create", file.to_str().unwrap()]] {
+        let out = drover(&args, &data);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(stderr.contains("broken.yaml:"), "{args:?}: the error names the file: {stderr}");
+        let line: usize = stderr.split("broken.yaml:").nth(1).and_then(|rest| rest.split(':').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!((8..=10).contains(&line), "{args:?}: the error names the line: {stderr}");
+        assert!(!stderr.contains("cannot reach"), "{args:?}: nothing was contacted: {stderr}");
+    }
+    assert!(!data.exists(), "no cluster was started, so no data directory was made");
+
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(&file, CONFIG.replace("max_concurrent_trials", "max_concurent_trials")).unwrap();
+    let out = drover(&["run", file.to_str().unwrap()], &data);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("did you mean `max_concurrent_trials`"), "{stderr}");
+    assert!(stderr.contains("typo.yaml:10:"), "{stderr}");
+}
+
+#[test]
+fn list_commands_speak_json_and_report_an_unreachable_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = drover(&["experiment", "list", "--output", "json"], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the master at http://127.0.0.1:9"));
+}
