@@ -321,3 +321,41 @@ async fn tokens_are_scoped_to_their_trial_and_nan_is_refused() {
     assert_eq!(status, 401);
     cluster.stop().await;
 }
+
+/// The store is the one truth: a master stopped mid-search and started again on the same
+/// database and address gets its running trials back from the agent (same allocations, no
+/// restart counted) and its searcher resumes where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_reattaches_running_trials_and_resumes_the_search() {
+    let cluster = Cluster::start(2).await;
+    let yaml = config("{name: random, metric: validation_loss, max_trials: 3, max_concurrent_trials: 2}", "  sleep_s: 4\n  x: 0.5", "");
+    let e = cluster.create(&yaml).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let live = cluster.master.master.store.live_allocations().await.unwrap();
+        if live.len() == 2 && live.iter().all(|a| a.state == "RUNNING") {
+            break live;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let Cluster { master, agent_stop, agent, http, _dir } = cluster;
+    let addr = master.addr;
+    master.shutdown().await.unwrap();
+    let config = drover_master::MasterConfig::new(format!("sqlite://{}", _dir.path().join("drover.db").display()), _dir.path().join("checkpoints"));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let master = drover_master::start(config, listener).await.unwrap();
+    let cluster = Cluster { master, agent_stop, agent, http, _dir };
+
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
+    assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
+    let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
+    assert_eq!(trials.len(), 3, "the restored searcher created the third trial");
+    assert!(trials.iter().all(|t| t.state == "COMPLETED" && t.restarts == 0), "{trials:?}");
+    for a in &before {
+        let row = cluster.master.master.store.get_allocation(&a.id).await.unwrap();
+        assert_eq!((row.state.as_str(), row.exit_code), ("TERMINATED", Some(0)), "allocation {} ran to its end", a.id);
+    }
+    cluster.stop().await;
+}
