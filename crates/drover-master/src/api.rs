@@ -302,7 +302,6 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
     if n > MAX_POINTS_PER_REPORT {
         return Err(Error::too_large(format!("{n} points in one report; send at most {MAX_POINTS_PER_REPORT}")));
     }
-    let config = experiment_config(&master, auth.experiment_id).await?;
     let ts = now_ms();
     let mut rows = Vec::with_capacity(n);
     let mut searcher_values = Vec::new();
@@ -323,7 +322,7 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
                 _ => None,
             }
             .ok_or_else(|| Error::bad_field(field.clone(), format!("metric `{name}` at step {} is {value}, not a finite number", p.step)))?;
-            if group == MetricGroup::Validation && *name == config.searcher.metric {
+            if group == MetricGroup::Validation && name.as_str() == &*auth.searcher_metric {
                 searcher_values.push(value);
             }
             rows.push(MetricRow { group, name: name.clone(), step: p.step, value, ts_ms: ts });
@@ -336,16 +335,15 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
             master.validation_reported(auth.experiment_id, id, v).await?;
         }
     }
-    let stop_requested = master.store.get_trial(id).await?.stop_requested;
-    Ok(Json(ReportMetricsResponse { stored, stop_requested }))
+    Ok(Json(ReportMetricsResponse { stored, stop_requested: auth.stop_requested.load(Ordering::Relaxed) }))
 }
 
 #[utoipa::path(get, path = "/api/v1/trials/{id}/signals", params(("id" = i64, Path)),
     responses((status = 200, body = TrialSignals), (status = 401, body = ApiError)))]
 async fn get_signals(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<TrialSignals>> {
     let id = parse_id(&id, "trial id")?;
-    master.authenticate(bearer(&headers), id)?;
-    Ok(Json(TrialSignals { stop_requested: master.store.get_trial(id).await?.stop_requested }))
+    let auth = master.authenticate(bearer(&headers), id)?;
+    Ok(Json(TrialSignals { stop_requested: auth.stop_requested.load(Ordering::Relaxed) }))
 }
 
 /// A page of a trial's logs. With `follow=true` the call waits (up to `timeout_ms`) for new

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,10 @@ pub struct TrialAuth {
     pub allocation_id: String,
     pub trial_id: i64,
     pub experiment_id: i64,
+    /// The experiment's searcher metric, so reports need no config lookup.
+    pub searcher_metric: Arc<str>,
+    /// Set when the trial is asked to stop; answered on every report without a query.
+    pub stop_requested: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -214,7 +218,13 @@ impl Master {
                             );
                             self.auth.write().unwrap().insert(
                                 a.token.clone(),
-                                TrialAuth { allocation_id: a.id.clone(), trial_id: t.id, experiment_id: row.id },
+                                TrialAuth {
+                                    allocation_id: a.id.clone(),
+                                    trial_id: t.id,
+                                    experiment_id: row.id,
+                                    searcher_metric: runtime.config.searcher.metric.as_str().into(),
+                                    stop_requested: Arc::new(AtomicBool::new(t.stop_requested)),
+                                },
                             );
                         }
                         None => {
@@ -418,6 +428,9 @@ impl Master {
             return Ok(());
         }
         self.store.update_trial(trial_id, TrialUpdate { stop_requested: Some(true), ..Default::default() }).await?;
+        for auth in self.auth.read().unwrap().values().filter(|a| a.trial_id == trial_id) {
+            auth.stop_requested.store(true, Ordering::Relaxed);
+        }
         if !state.has_process() {
             let end = match to {
                 TrialState::StoppingPaused => TrialState::Paused,
@@ -605,7 +618,14 @@ impl Master {
             context_path: exp.has_context.then(|| format!("/api/v1/experiments/{exp_id}/context")),
             token: token.clone(),
         };
-        self.auth.write().unwrap().insert(token, TrialAuth { allocation_id: allocation_id.clone(), trial_id, experiment_id: exp_id });
+        let auth = TrialAuth {
+            allocation_id: allocation_id.clone(),
+            trial_id,
+            experiment_id: exp_id,
+            searcher_metric: exp.config.searcher.metric.as_str().into(),
+            stop_requested: Arc::new(AtomicBool::new(false)),
+        };
+        self.auth.write().unwrap().insert(token, auth);
         let agent = inner.agents.get_mut(&agent_id).expect("placement chose a known agent");
         for s in &slot_ids {
             agent.used.insert(s.clone(), allocation_id.clone());
