@@ -467,6 +467,19 @@ environment:
     }
 
     #[test]
+    fn alias_bombs_are_refused_not_expanded() {
+        let mut text = String::from("name: x\nentrypoint: a\nsearcher: {name: single, metric: m}\nhyperparameters:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        let started = std::time::Instant::now();
+        let result = ExperimentConfig::parse(&text, Some("bomb.yaml"));
+        assert!(result.is_err(), "10^10 elements must not be built");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn hostile_values_are_refused() {
         let text = format!("{GOOD}checkpoint_storage:\n  storage_path: ../../etc\n");
         let e = ExperimentConfig::parse(&text, None).unwrap_err();
