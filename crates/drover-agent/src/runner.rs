@@ -159,8 +159,22 @@ async fn supervise(
             }
         }
     };
+    // The work directory holds a copy of the context and the task's scratch files; what the
+    // task wanted kept has left through the SDK (metrics, checkpoints), so it goes.
+    if is_single_component(&spec.allocation_id) {
+        let _ = tokio::fs::remove_dir_all(config.work_root.join(&spec.allocation_id)).await;
+    }
     // The receiver is gone only when the agent itself is shutting down; nothing to report to.
     let _ = outgoing.send(exited);
+}
+
+/// The id names a directory under work_root, so it must not be able to climb out of it.
+fn is_single_component(allocation_id: &str) -> bool {
+    !(allocation_id.is_empty()
+        || allocation_id == "."
+        || allocation_id == ".."
+        || allocation_id.contains('/')
+        || allocation_id.contains('\0'))
 }
 
 struct RunningTask {
@@ -176,13 +190,7 @@ async fn start(
     kill_requests: &mut watch::Receiver<Option<Duration>>,
 ) -> Result<RunningTask, StartError> {
     let allocation_id = &spec.allocation_id;
-    // The id names a directory under work_root, so it must not be able to climb out of it.
-    if allocation_id.is_empty()
-        || allocation_id == "."
-        || allocation_id == ".."
-        || allocation_id.contains('/')
-        || allocation_id.contains('\0')
-    {
+    if !is_single_component(allocation_id) {
         return Err(StartError::InvalidAllocationId(allocation_id.clone()));
     }
     let (program, args) = spec.argv.split_first().ok_or(StartError::EmptyArgv)?;

@@ -176,6 +176,7 @@ async fn runs_in_a_fresh_work_dir_with_the_task_environment() {
     let stale = setup.work_root.path().join("env-task");
     std::fs::create_dir_all(&stale).expect("mkdir");
     std::fs::write(stale.join("stale-file"), "from an earlier run").expect("write");
+    let expected_dir = stale.canonicalize().expect("canonicalize").display().to_string();
 
     let mut task = spec(
         "env-task",
@@ -195,11 +196,7 @@ async fn runs_in_a_fresh_work_dir_with_the_task_environment() {
     let (_handle, mut rx) = start(&setup, task);
     let messages = until_exit(&mut rx).await;
     assert_eq!(exit_of(&messages), (Some(0), None, None));
-    let expected_dir = stale
-        .canonicalize()
-        .expect("canonicalize")
-        .display()
-        .to_string();
+    assert!(!stale.exists(), "the work directory is removed once the task is over");
     // `ls` of an empty directory prints nothing, so the stale file is gone if only 2 lines came.
     assert_eq!(
         stdout_text(&messages),
