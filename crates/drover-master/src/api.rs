@@ -131,13 +131,12 @@ async fn experiment_view(master: &Master, row: ExperimentRow, counts: &[(i64, St
     })
 }
 
-async fn trial_view(master: &Master, row: TrialRow, config: &ExperimentConfig, placements: &HashMap<i64, (String, Option<String>)>) -> Result<Trial> {
-    let summaries = master.store.metric_summaries(row.id).await?;
+fn trial_view(row: TrialRow, summaries: Vec<MetricSummaryRow>, config: &ExperimentConfig, placements: &HashMap<i64, (String, Option<String>)>) -> Trial {
     let searcher_metric: Vec<MetricSummaryRow> =
         summaries.iter().filter(|s| s.group == "validation" && s.name == config.searcher.metric).cloned().collect();
     let best = best_of(&searcher_metric, config.searcher.smaller_is_better).map(|b| b.1);
     let placement = placements.get(&row.id);
-    Ok(Trial {
+    Trial {
         id: row.id,
         experiment_id: row.experiment_id,
         state: row.state,
@@ -153,7 +152,7 @@ async fn trial_view(master: &Master, row: TrialRow, config: &ExperimentConfig, p
             .collect(),
         allocation_id: placement.map(|p| p.0.clone()),
         agent_id: placement.and_then(|p| p.1.clone()),
-    })
+    }
 }
 
 async fn experiment_config(master: &Master, id: i64) -> Result<ExperimentConfig> {
@@ -241,11 +240,15 @@ async fn list_trials(State(master): State<Arc<Master>>, Path(id): Path<String>) 
     let id = parse_id(&id, "experiment id")?;
     let config = experiment_config(&master, id).await?;
     let placements = master.live_placements().await;
-    let mut out = Vec::new();
-    for row in master.store.list_trials(id).await? {
-        out.push(trial_view(&master, row, &config, &placements).await?);
+    let mut summaries: HashMap<i64, Vec<MetricSummaryRow>> = HashMap::new();
+    for s in master.store.experiment_summaries(id).await? {
+        summaries.entry(s.trial_id).or_default().push(s);
     }
-    Ok(Json(out))
+    let trials = master.store.list_trials(id).await?;
+    Ok(Json(trials.into_iter().map(|t| {
+        let s = summaries.remove(&t.id).unwrap_or_default();
+        trial_view(t, s, &config, &placements)
+    }).collect()))
 }
 
 /// The experiment's context tarball, for the agent starting one of its tasks.
@@ -267,7 +270,8 @@ async fn get_trial(State(master): State<Arc<Master>>, Path(id): Path<String>) ->
     let row = master.store.get_trial(id).await?;
     let config = experiment_config(&master, row.experiment_id).await?;
     let placements = master.live_placements().await;
-    Ok(Json(trial_view(&master, row, &config, &placements).await?))
+    let summaries = master.store.metric_summaries(id).await?;
+    Ok(Json(trial_view(row, summaries, &config, &placements)))
 }
 
 /// One metric's time series, downsampled on the server to at most `max_points` points.

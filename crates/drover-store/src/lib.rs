@@ -64,6 +64,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the points that are new and returns how many were; updates summaries from them.
     async fn add_metrics(&self, trial_id: i64, points: &[MetricRow]) -> StoreResult<usize>;
     async fn metric_summaries(&self, trial_id: i64) -> StoreResult<Vec<MetricSummaryRow>>;
+    /// Every summary of every trial of an experiment, ordered by trial: one query for a trial
+    /// table, however many trials.
+    async fn experiment_summaries(&self, experiment_id: i64) -> StoreResult<Vec<MetricSummaryRow>>;
     /// Summaries of one metric for every trial of an experiment.
     async fn experiment_metric_summaries(&self, experiment_id: i64, group: &str, name: &str) -> StoreResult<Vec<MetricSummaryRow>>;
     /// The series of one metric, reduced in the database to at most about `max_points * 2`

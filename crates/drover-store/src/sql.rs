@@ -670,6 +670,18 @@ impl Store for SqlStore {
         rows.iter().map(summary_from).collect()
     }
 
+    async fn experiment_summaries(&self, experiment_id: i64) -> StoreResult<Vec<MetricSummaryRow>> {
+        let rows = sqlx::query(
+            "SELECT s.trial_id, s.grp, s.name, s.count, s.last, s.last_step, s.min, s.max
+             FROM metric_summaries s JOIN trials t ON t.id = s.trial_id
+             WHERE t.experiment_id = $1 ORDER BY s.trial_id, s.grp, s.name",
+        )
+        .bind(experiment_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(summary_from).collect()
+    }
+
     async fn experiment_metric_summaries(&self, experiment_id: i64, group: &str, name: &str) -> StoreResult<Vec<MetricSummaryRow>> {
         let rows = sqlx::query(
             "SELECT s.trial_id, s.grp, s.name, s.count, s.last, s.last_step, s.min, s.max

@@ -179,6 +179,9 @@ mod checks {
         assert_eq!((loss.count, loss.last, loss.last_step, loss.min, loss.max), (6, 1.5, 6, 1.5, 9.0));
         let acc = s.iter().find(|s| s.name == "acc").unwrap();
         assert_eq!((acc.count, acc.last, acc.min, acc.max), (5, 0.5, 0.1, 0.5));
+        let all = store.experiment_summaries(exp).await.unwrap();
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all.iter().all(|s| s.trial_id == t));
         let val = store.experiment_metric_summaries(exp, "validation", "loss").await.unwrap();
         assert_eq!(val.len(), 1);
         assert_eq!((val[0].trial_id, val[0].min), (t, 0.25));
