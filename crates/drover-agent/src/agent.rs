@@ -196,7 +196,9 @@ impl Agent {
     async fn connect(&mut self) -> Option<Result<Socket, String>> {
         let connecting = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async(self.ws_url.clone()),
+            // Task messages are small frames sent back to back; with Nagle on, each one after the
+            // first waits for the master's delayed ACK (~40 ms).
+            tokio_tungstenite::connect_async_with_config(self.ws_url.clone(), None, true),
         );
         tokio::pin!(connecting);
         loop {

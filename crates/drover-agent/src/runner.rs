@@ -433,8 +433,13 @@ async fn run_to_exit(
 /// they are dead, only not yet reaped (and where init does not reap, never will be), yet they
 /// keep `killpg(group, 0)` succeeding. Without `/proc`, falls back to that check.
 fn group_has_live_members(group: Pid) -> bool {
+    // The common case, a task whose processes have all exited and been reaped, needs no scan
+    // of /proc: the group no longer exists at all.
+    if killpg(group, None).is_err() {
+        return false;
+    }
     let Ok(processes) = std::fs::read_dir("/proc") else {
-        return killpg(group, None).is_ok();
+        return true;
     };
     let group = group.as_raw();
     processes.flatten().any(|process| {

@@ -75,6 +75,13 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
         }
     });
     let shutdown = master.shutdown.clone();
+    // Small request/response pairs (metric batches, agent frames) would otherwise wait out
+    // Nagle's algorithm against the peer's delayed ACK: ~40 ms per exchange.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     });
