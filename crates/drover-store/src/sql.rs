@@ -153,6 +153,10 @@ const LOG_ROWS_PER_STATEMENT: usize = 1000;
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite has one writer at a time; writers that collide wait in SQLite's busy handler,
+    /// which sleeps in whole milliseconds. Queueing them here instead keeps a burst of metric
+    /// reports flowing. `None` on PostgreSQL, which handles concurrent writers itself.
+    write_lock: Option<tokio::sync::Mutex<()>>,
 }
 
 impl SqlStore {
@@ -199,9 +203,17 @@ impl SqlStore {
         if dialect == Dialect::Sqlite && !url.contains(":memory:") {
             sqlx::raw_sql("PRAGMA journal_mode = WAL;").execute(&pool).await?;
         }
-        let store = SqlStore { pool, dialect };
+        let write_lock = (dialect == Dialect::Sqlite).then(|| tokio::sync::Mutex::new(()));
+        let store = SqlStore { pool, dialect, write_lock };
         store.migrate().await?;
         Ok(store)
+    }
+
+    async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -377,6 +389,7 @@ const ALLOCATION_COLUMNS: &str = "id, trial_id, token, state, agent_id, slot_ids
 #[async_trait]
 impl Store for SqlStore {
     async fn create_experiment(&self, new: NewExperiment) -> StoreResult<i64> {
+        let _writing = self.writing().await;
         let row = sqlx::query(
             "INSERT INTO experiments (name, description, state, config, config_yaml, context, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -410,6 +423,7 @@ impl Store for SqlStore {
     }
 
     async fn set_experiment_state(&self, id: i64, state: &str, ended_at: Option<i64>) -> StoreResult<()> {
+        let _writing = self.writing().await;
         let done = sqlx::query("UPDATE experiments SET state = $1, ended_at = COALESCE($2, ended_at) WHERE id = $3")
             .bind(state)
             .bind(ended_at)
@@ -424,6 +438,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_experiment(&self, id: i64) -> StoreResult<()> {
+        let _writing = self.writing().await;
         // Child rows go explicitly, so that deletion does not depend on the connection having
         // foreign keys switched on.
         let mut tx = self.pool.begin().await?;
@@ -450,6 +465,7 @@ impl Store for SqlStore {
     }
 
     async fn save_searcher_snapshot(&self, experiment_id: i64, snapshot: &str) -> StoreResult<()> {
+        let _writing = self.writing().await;
         sqlx::query("UPDATE experiments SET searcher_snapshot = $1 WHERE id = $2")
             .bind(snapshot)
             .bind(experiment_id)
@@ -475,6 +491,7 @@ impl Store for SqlStore {
     }
 
     async fn create_trial(&self, new: NewTrial) -> StoreResult<i64> {
+        let _writing = self.writing().await;
         let row = sqlx::query(
             "INSERT INTO trials (experiment_id, request_id, state, hparams, seed, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING id",
@@ -511,6 +528,7 @@ impl Store for SqlStore {
     }
 
     async fn update_trial(&self, id: i64, u: TrialUpdate) -> StoreResult<()> {
+        let _writing = self.writing().await;
         let done = sqlx::query(
             "UPDATE trials SET state = COALESCE($1, state), restarts = COALESCE($2, restarts),
                 stop_requested = COALESCE($3, stop_requested), latest_checkpoint = COALESCE($4, latest_checkpoint),
@@ -533,6 +551,7 @@ impl Store for SqlStore {
     }
 
     async fn create_allocation(&self, new: NewAllocation) -> StoreResult<()> {
+        let _writing = self.writing().await;
         sqlx::query(
             "INSERT INTO allocations (id, trial_id, token, state, agent_id, slot_ids, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -559,6 +578,7 @@ impl Store for SqlStore {
     }
 
     async fn update_allocation(&self, id: &str, u: AllocationUpdate) -> StoreResult<()> {
+        let _writing = self.writing().await;
         let done = sqlx::query(
             "UPDATE allocations SET state = COALESCE($1, state), agent_id = COALESCE($2, agent_id),
                 slot_ids = COALESCE($3, slot_ids), exit_code = COALESCE($4, exit_code), error = COALESCE($5, error),
@@ -589,6 +609,7 @@ impl Store for SqlStore {
     }
 
     async fn add_metrics(&self, trial_id: i64, points: &[MetricRow]) -> StoreResult<usize> {
+        let _writing = self.writing().await;
         if points.is_empty() {
             return Ok(0);
         }
@@ -750,6 +771,7 @@ impl Store for SqlStore {
     }
 
     async fn append_logs(&self, trial_id: i64, allocation_id: &str, lines: &[LogRow]) -> StoreResult<()> {
+        let _writing = self.writing().await;
         let mut tx = self.pool.begin().await?;
         for chunk in lines.chunks(LOG_ROWS_PER_STATEMENT) {
             let sql = format!(
@@ -779,6 +801,7 @@ impl Store for SqlStore {
     }
 
     async fn add_checkpoint(&self, c: CheckpointRow) -> StoreResult<()> {
+        let _writing = self.writing().await;
         let inserted = sqlx::query(
             "INSERT INTO checkpoints (uuid, trial_id, experiment_id, step, size, resources, metadata, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
