@@ -69,8 +69,9 @@ pub trait Store: Send + Sync + 'static {
     async fn experiment_summaries(&self, experiment_id: i64) -> StoreResult<Vec<MetricSummaryRow>>;
     /// Summaries of one metric for every trial of an experiment.
     async fn experiment_metric_summaries(&self, experiment_id: i64, group: &str, name: &str) -> StoreResult<Vec<MetricSummaryRow>>;
-    /// The series of one metric, reduced in the database to at most about `max_points * 2`
-    /// points (min and max of equal step buckets) when it is longer; the caller refines it.
+    /// The series of one metric: all of it when short, else the minimum and maximum of each
+    /// bucket of the finest write-time rollup with at most about `4 * max_points` buckets.
+    /// The caller refines it to `max_points` (LTTB).
     async fn metric_series(&self, trial_id: i64, group: &str, name: &str, max_points: usize) -> StoreResult<SeriesRows>;
 
     // Logs.

@@ -143,8 +143,33 @@ fn migrations(d: Dialect) -> Vec<(i64, String)> {
             );
             CREATE INDEX checkpoints_trial ON checkpoints (trial_id, step);"
         ),
+    ), (
+        2,
+        // Per-bucket extremes of every series at several step widths, kept at write time so
+        // that a chart of a million points reads a thousand rows instead of scanning them all.
+        format!(
+            "CREATE TABLE metric_rollups (
+                trial_id BIGINT NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+                grp TEXT NOT NULL,
+                name TEXT NOT NULL,
+                level BIGINT NOT NULL,
+                bucket BIGINT NOT NULL,
+                count BIGINT NOT NULL,
+                min_step BIGINT NOT NULL,
+                min_value {f64_} NOT NULL,
+                max_step BIGINT NOT NULL,
+                max_value {f64_} NOT NULL,
+                PRIMARY KEY (trial_id, grp, name, level, bucket)
+            ){clustered};"
+        ),
     )]
 }
+
+/// Step widths of the rollup levels: a bucket of level `i` covers `ROLLUP_WIDTHS[i]` steps.
+const ROLLUP_WIDTHS: [i64; 3] = [1 << 10, 1 << 16, 1 << 22];
+
+/// Series up to this long are read raw; longer ones from the rollups.
+const RAW_SERIES_LIMIT: i64 = 20_000;
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound parameters at 6 per row.
 const METRIC_ROWS_PER_STATEMENT: usize = 1000;
@@ -214,6 +239,66 @@ impl SqlStore {
             Some(lock) => Some(lock.lock().await),
             None => None,
         }
+    }
+
+    /// Folds newly stored points into the per-bucket extremes of every rollup level.
+    async fn update_rollups(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        trial_id: i64,
+        fresh: &[(String, String, i64, f64)],
+    ) -> StoreResult<()> {
+        #[derive(Clone, Copy)]
+        struct Extremes {
+            count: i64,
+            min: (i64, f64),
+            max: (i64, f64),
+        }
+        let mut buckets: std::collections::BTreeMap<(&str, &str, i64, i64), Extremes> = Default::default();
+        for (grp, name, step, value) in fresh {
+            for (level, width) in ROLLUP_WIDTHS.iter().enumerate() {
+                let e = buckets
+                    .entry((grp.as_str(), name.as_str(), level as i64, step.div_euclid(*width)))
+                    .or_insert(Extremes { count: 0, min: (*step, *value), max: (*step, *value) });
+                e.count += 1;
+                if *value < e.min.1 {
+                    e.min = (*step, *value);
+                }
+                if *value > e.max.1 {
+                    e.max = (*step, *value);
+                }
+            }
+        }
+        let rows: Vec<_> = buckets.into_iter().collect();
+        for chunk in rows.chunks(METRIC_ROWS_PER_STATEMENT / 2) {
+            // SET expressions see the row as it was, so each CASE compares against the old extreme.
+            let sql = format!(
+                "INSERT INTO metric_rollups (trial_id, grp, name, level, bucket, count, min_step, min_value, max_step, max_value)
+                 VALUES {} ON CONFLICT (trial_id, grp, name, level, bucket) DO UPDATE SET
+                    count = metric_rollups.count + excluded.count,
+                    min_step = CASE WHEN excluded.min_value < metric_rollups.min_value THEN excluded.min_step ELSE metric_rollups.min_step END,
+                    min_value = CASE WHEN excluded.min_value < metric_rollups.min_value THEN excluded.min_value ELSE metric_rollups.min_value END,
+                    max_step = CASE WHEN excluded.max_value > metric_rollups.max_value THEN excluded.max_step ELSE metric_rollups.max_step END,
+                    max_value = CASE WHEN excluded.max_value > metric_rollups.max_value THEN excluded.max_value ELSE metric_rollups.max_value END",
+                placeholders(chunk.len(), 10)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for ((grp, name, level, bucket), e) in chunk {
+                q = q
+                    .bind(trial_id)
+                    .bind(*grp)
+                    .bind(*name)
+                    .bind(*level)
+                    .bind(*bucket)
+                    .bind(e.count)
+                    .bind(e.min.0)
+                    .bind(e.min.1)
+                    .bind(e.max.0)
+                    .bind(e.max.1);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -443,7 +528,7 @@ impl Store for SqlStore {
         // foreign keys switched on.
         let mut tx = self.pool.begin().await?;
         let trial_ids = "(SELECT id FROM trials WHERE experiment_id = $1)";
-        for table in ["metrics", "metric_summaries", "task_logs", "checkpoints", "allocations"] {
+        for table in ["metrics", "metric_summaries", "metric_rollups", "task_logs", "checkpoints", "allocations"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE trial_id IN {trial_ids}"))).bind(id).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM trials WHERE experiment_id = $1").bind(id).execute(&mut *tx).await?;
@@ -677,6 +762,7 @@ impl Store for SqlStore {
             }
             q.execute(&mut *tx).await?;
         }
+        self.update_rollups(&mut tx, trial_id, &fresh).await?;
         tx.commit().await?;
         Ok(fresh.len())
     }
@@ -728,44 +814,61 @@ impl Store for SqlStore {
             Some(row) => row.try_get(0)?,
             None => return Ok(SeriesRows { total_points: 0, points: Vec::new() }),
         };
-        let max_points = max_points.max(2) as i64;
-        let rows = if total <= max_points * 2 {
-            sqlx::query("SELECT step, value FROM metrics WHERE trial_id = $1 AND grp = $2 AND name = $3 ORDER BY step")
+        let mut points = Vec::new();
+        if total <= RAW_SERIES_LIMIT {
+            let rows = sqlx::query("SELECT step, value FROM metrics WHERE trial_id = $1 AND grp = $2 AND name = $3 ORDER BY step")
                 .bind(trial_id)
                 .bind(group)
                 .bind(name)
                 .fetch_all(&self.pool)
-                .await?
-        } else {
-            // Bucket by step range and keep each bucket's extremes, so spikes survive the
-            // reduction and only ~2 * max_points rows leave the database.
-            let bounds = sqlx::query("SELECT MIN(step), MAX(step) FROM metrics WHERE trial_id = $1 AND grp = $2 AND name = $3")
+                .await?;
+            for r in &rows {
+                points.push((r.try_get::<i64, _>(0)?, r.try_get::<f64, _>(1)?));
+            }
+            return Ok(SeriesRows { total_points: total, points });
+        }
+        // The finest level with few enough buckets, unless that one is too coarse to draw
+        // `max_points` from: then the next finer one (at most 64 times as many rows). Each
+        // bucket gives its minimum and maximum, so spikes survive the reduction.
+        let wanted = (max_points.max(2) * 4) as i64;
+        let mut level = ROLLUP_WIDTHS.len() as i64 - 1;
+        let mut finer: Option<i64> = None;
+        for candidate in 0..ROLLUP_WIDTHS.len() as i64 {
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM metric_rollups WHERE trial_id = $1 AND grp = $2 AND name = $3 AND level = $4")
                 .bind(trial_id)
                 .bind(group)
                 .bind(name)
+                .bind(candidate)
                 .fetch_one(&self.pool)
-                .await?;
-            let (lo, hi): (i64, i64) = (bounds.try_get(0)?, bounds.try_get(1)?);
-            let width = ((hi - lo) / max_points).max(1);
-            sqlx::query(
-                "SELECT step, value FROM (
-                    SELECT step, value,
-                        ROW_NUMBER() OVER (PARTITION BY (step - $4) / $5 ORDER BY value ASC, step ASC) AS rank_low,
-                        ROW_NUMBER() OVER (PARTITION BY (step - $4) / $5 ORDER BY value DESC, step ASC) AS rank_high
-                    FROM metrics WHERE trial_id = $1 AND grp = $2 AND name = $3
-                 ) ranked WHERE rank_low = 1 OR rank_high = 1 ORDER BY step",
-            )
-            .bind(trial_id)
-            .bind(group)
-            .bind(name)
-            .bind(lo)
-            .bind(width)
-            .fetch_all(&self.pool)
-            .await?
-        };
-        let mut points = Vec::with_capacity(rows.len());
+                .await?
+                .try_get(0)?;
+            if n <= wanted {
+                level = match finer {
+                    Some(f) if n < max_points as i64 => f,
+                    _ => candidate,
+                };
+                break;
+            }
+            finer = Some(candidate);
+        }
+        let rows = sqlx::query(
+            "SELECT min_step, min_value, max_step, max_value FROM metric_rollups
+             WHERE trial_id = $1 AND grp = $2 AND name = $3 AND level = $4 ORDER BY bucket",
+        )
+        .bind(trial_id)
+        .bind(group)
+        .bind(name)
+        .bind(level)
+        .fetch_all(&self.pool)
+        .await?;
         for r in &rows {
-            points.push((r.try_get::<i64, _>(0)?, r.try_get::<f64, _>(1)?));
+            let low = (r.try_get::<i64, _>(0)?, r.try_get::<f64, _>(1)?);
+            let high = (r.try_get::<i64, _>(2)?, r.try_get::<f64, _>(3)?);
+            let (first, second) = if low.0 <= high.0 { (low, high) } else { (high, low) };
+            points.push(first);
+            if second.0 != first.0 {
+                points.push(second);
+            }
         }
         Ok(SeriesRows { total_points: total, points })
     }

@@ -198,15 +198,25 @@ mod checks {
     pub async fn long_series_are_reduced_keeping_extremes(store: &dyn Store) {
         let exp = store.create_experiment(experiment("s")).await.unwrap();
         let t = trial(store, exp, 1).await;
-        let mut points: Vec<MetricRow> = (0..5000).map(|s| point(MetricGroup::Training, "loss", s, 1.0)).collect();
-        points[2345].value = 50.0; // a spike that a chart must still show
-        points[4000].value = -3.0;
-        assert_eq!(store.add_metrics(t, &points).await.unwrap(), 5000);
-        let series = store.metric_series(t, "training", "loss", 100).await.unwrap();
-        assert_eq!(series.total_points, 5000);
-        assert!(series.points.len() <= 400, "reduced to {} points", series.points.len());
-        assert!(series.points.contains(&(2345, 50.0)) && series.points.contains(&(4000, -3.0)));
+        let n = 50_000;
+        let mut points: Vec<MetricRow> = (0..n).map(|s| point(MetricGroup::Training, "loss", s, 1.0 + (s % 7) as f64 / 100.0)).collect();
+        points[23_456].value = 50.0; // spikes that a chart must still show
+        points[40_000].value = -3.0;
+        // Reported in several batches, one of them repeated, as trials do.
+        for chunk in points.chunks(7_000) {
+            store.add_metrics(t, chunk).await.unwrap();
+        }
+        assert_eq!(store.add_metrics(t, &points[..7_000]).await.unwrap(), 0);
+        let series = store.metric_series(t, "training", "loss", 10).await.unwrap();
+        assert_eq!(series.total_points, n);
+        assert!(series.points.len() <= 2 * 50 && series.points.len() >= 40, "reduced to {} points", series.points.len());
+        assert!(series.points.contains(&(23_456, 50.0)) && series.points.contains(&(40_000, -3.0)), "{:?}", series.points);
         assert!(series.points.windows(2).all(|w| w[0].0 < w[1].0), "sorted by step");
+        // Every value comes from a stored point.
+        assert!(series.points.iter().all(|(s, v)| *v == points[*s as usize].value));
+        // A finer request reads a finer level: 49 buckets of 1,024 steps (min and max each).
+        let fine = store.metric_series(t, "training", "loss", 500).await.unwrap();
+        assert!(fine.points.len() >= 49 && fine.points.len() <= 98, "{}", fine.points.len());
     }
 
     pub async fn logs_page_in_order(store: &dyn Store) {
