@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::hparams::{self, did_you_mean, HyperparameterSpace};
 
 /// Searchers this build knows; an unknown name is refused with a suggestion.
-pub const SEARCHERS: [&str; 3] = ["single", "random", "grid"];
+pub const SEARCHERS: [&str; 5] = ["single", "random", "grid", "async_halving", "adaptive_asha"];
+
+/// Modes of `adaptive_asha`, from fewest to most brackets.
+pub const ASHA_MODES: [&str; 3] = ["aggressive", "standard", "conservative"];
 
 /// Grids larger than this are refused: nobody means to queue a million trials by accident.
 pub const MAX_GRID_POINTS: usize = 100_000;
@@ -62,6 +65,25 @@ pub struct SearcherConfig {
     /// Seed of the searcher's generator; chosen at creation and recorded when absent.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The validation metric that measures training time (e.g. `epochs`), for adaptive
+    /// searchers; when a report lacks it, its step is used.
+    #[serde(default)]
+    pub time_metric: Option<String>,
+    /// Training time (in `time_metric` units) a trial runs to when not stopped.
+    #[serde(default)]
+    pub max_time: Option<u64>,
+    /// `async_halving`: number of rungs.
+    #[serde(default)]
+    pub num_rungs: Option<usize>,
+    /// ASHA: only the top 1/divisor of a rung go on.
+    #[serde(default = "default_divisor")]
+    pub divisor: f64,
+    /// `adaptive_asha`: aggressive, standard or conservative.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// `adaptive_asha`: most rungs of a bracket.
+    #[serde(default = "default_max_rungs")]
+    pub max_rungs: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +143,15 @@ fn default_max_concurrent() -> usize {
 }
 fn default_storage_type() -> String {
     "directory".into()
+}
+fn default_divisor() -> f64 {
+    4.0
+}
+fn default_mode() -> String {
+    "standard".into()
+}
+fn default_max_rungs() -> usize {
+    5
 }
 fn default_max_restarts() -> u32 {
     5
@@ -233,6 +264,41 @@ impl ExperimentConfig {
                 Some(0) => return Err(at_path("searcher.max_trials", "must be at least 1".into())),
                 Some(_) => {}
             },
+            "async_halving" | "adaptive_asha" => {
+                match searcher.max_trials {
+                    None => return Err(at_path("searcher", format!("the `{}` searcher needs `max_trials`", searcher.name))),
+                    Some(0) => return Err(at_path("searcher.max_trials", "must be at least 1".into())),
+                    Some(_) => {}
+                }
+                if searcher.time_metric.as_deref().is_none_or(|m| m.trim().is_empty()) {
+                    return Err(at_path("searcher", format!("the `{}` searcher needs `time_metric` (e.g. epochs)", searcher.name)));
+                }
+                match searcher.max_time {
+                    None => return Err(at_path("searcher", format!("the `{}` searcher needs `max_time`", searcher.name))),
+                    Some(0) => return Err(at_path("searcher.max_time", "must be at least 1".into())),
+                    Some(_) => {}
+                }
+                if !(searcher.divisor.is_finite() && searcher.divisor > 1.0) {
+                    return Err(at_path("searcher.divisor", format!("must be greater than 1, not {}", searcher.divisor)));
+                }
+                if searcher.name == "async_halving" {
+                    match searcher.num_rungs {
+                        None => return Err(at_path("searcher", "the `async_halving` searcher needs `num_rungs`".into())),
+                        Some(0) => return Err(at_path("searcher.num_rungs", "must be at least 1".into())),
+                        Some(_) => {}
+                    }
+                } else {
+                    if !ASHA_MODES.contains(&searcher.mode.as_str()) {
+                        return Err(at_path(
+                            "searcher.mode",
+                            format!("unknown mode `{}`{}; expected one of {}", searcher.mode, did_you_mean(&searcher.mode, &ASHA_MODES), ASHA_MODES.join(", ")),
+                        ));
+                    }
+                    if searcher.max_rungs == 0 {
+                        return Err(at_path("searcher.max_rungs", "must be at least 1".into()));
+                    }
+                }
+            }
             "grid" => {
                 let n = hparams::grid_size(&hyperparameters, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?;
                 if n > MAX_GRID_POINTS {
@@ -270,7 +336,7 @@ impl ExperimentConfig {
     pub fn planned_trials(&self) -> Option<usize> {
         match self.searcher.name.as_str() {
             "single" => Some(1),
-            "random" => self.searcher.max_trials,
+            "random" | "async_halving" | "adaptive_asha" => self.searcher.max_trials,
             "grid" => hparams::grid_size(&self.hyperparameters, "hyperparameters").ok(),
             _ => None,
         }
@@ -456,6 +522,23 @@ environment:
         let e = ExperimentConfig::parse(&text, None).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("hyperparameters.lr"));
         assert!(e.message.contains("count"), "{e}");
+    }
+
+    #[test]
+    fn adaptive_searchers_need_their_fields() {
+        let asha = GOOD.replace("  name: random\n", "  name: async_halving\n  time_metric: epochs\n  max_time: 30\n  num_rungs: 3\n");
+        let c = ExperimentConfig::parse(&asha, None).unwrap();
+        assert_eq!((c.searcher.divisor, c.planned_trials()), (4.0, Some(4)));
+        let e = ExperimentConfig::parse(&asha.replace("  num_rungs: 3\n", ""), None).unwrap_err();
+        assert!(e.message.contains("num_rungs"), "{e}");
+        let e = ExperimentConfig::parse(&asha.replace("  time_metric: epochs\n", ""), None).unwrap_err();
+        assert!(e.message.contains("time_metric"), "{e}");
+        let e = ExperimentConfig::parse(&asha.replace("num_rungs: 3", "num_rungs: 3\n  divisor: 1"), None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("searcher.divisor"));
+        let adaptive = asha.replace("async_halving", "adaptive_asha").replace("  num_rungs: 3\n", "  mode: agressive\n");
+        let e = ExperimentConfig::parse(&adaptive, None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("searcher.mode"));
+        assert!(e.message.contains("did you mean `aggressive`"), "{e}");
     }
 
     #[test]

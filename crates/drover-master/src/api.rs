@@ -327,7 +327,14 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
             }
             .ok_or_else(|| Error::bad_field(field.clone(), format!("metric `{name}` at step {} is {value}, not a finite number", p.step)))?;
             if group == MetricGroup::Validation && name.as_str() == &*auth.searcher_metric {
-                searcher_values.push(value);
+                // Training time is the report's time metric when it carries one, else its step.
+                let time = auth
+                    .time_metric
+                    .as_ref()
+                    .and_then(|t| p.metrics.get(&**t))
+                    .and_then(Value::as_f64)
+                    .unwrap_or(p.step as f64);
+                searcher_values.push((value, time));
             }
             rows.push(MetricRow { group, name: name.clone(), step: p.step, value, ts_ms: ts });
         }
@@ -335,8 +342,8 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
     let stored = master.store.add_metrics(id, &rows).await?;
     master.counters.metric_points.fetch_add(stored as u64, Ordering::Relaxed);
     if stored > 0 {
-        for v in searcher_values {
-            master.validation_reported(auth.experiment_id, id, v).await?;
+        for (value, time) in searcher_values {
+            master.validation_reported(auth.experiment_id, id, value, time).await?;
         }
     }
     Ok(Json(ReportMetricsResponse { stored, stop_requested: auth.stop_requested.load(Ordering::Relaxed) }))

@@ -62,6 +62,8 @@ pub struct TrialAuth {
     pub experiment_id: i64,
     /// The experiment's searcher metric, so reports need no config lookup.
     pub searcher_metric: Arc<str>,
+    /// The searcher's time metric, if it has one.
+    pub time_metric: Option<Arc<str>>,
     /// Set when the trial is asked to stop; answered on every report without a query.
     pub stop_requested: Arc<AtomicBool>,
 }
@@ -223,6 +225,7 @@ impl Master {
                                     trial_id: t.id,
                                     experiment_id: row.id,
                                     searcher_metric: runtime.config.searcher.metric.as_str().into(),
+                                    time_metric: runtime.config.searcher.time_metric.as_deref().map(Into::into),
                                     stop_requested: Arc::new(AtomicBool::new(t.stop_requested)),
                                 },
                             );
@@ -323,7 +326,7 @@ impl Master {
         while let Some(action) = pending.pop_front() {
             let Some(exp) = inner.experiments.get_mut(&exp_id) else { return Ok(()) };
             match action {
-                Action::Create { request_id, hparams, seed } => {
+                Action::Create { request_id, hparams, seed, checkpoint_from } => {
                     if exp.state.is_stopping() || exp.state.is_terminal() {
                         continue;
                     }
@@ -340,9 +343,17 @@ impl Master {
                             created_at: now_ms(),
                         })
                         .await?;
+                    // A clone starts from its source's latest checkpoint, as a restart would.
+                    let latest_checkpoint = checkpoint_from
+                        .and_then(|source| exp.by_request.get(&source))
+                        .and_then(|source| exp.trials.get(source))
+                        .and_then(|source| source.latest_checkpoint.clone());
+                    if let Some(uuid) = &latest_checkpoint {
+                        self.store.update_trial(trial_id, TrialUpdate { latest_checkpoint: Some(uuid.clone()), ..Default::default() }).await?;
+                    }
                     exp.trials.insert(
                         trial_id,
-                        TrialRuntime { request_id, state: trial_state, restarts: 0, allocation: None, hparams, seed: seed as i64, latest_checkpoint: None },
+                        TrialRuntime { request_id, state: trial_state, restarts: 0, allocation: None, hparams, seed: seed as i64, latest_checkpoint },
                     );
                     exp.by_request.insert(request_id, trial_id);
                     pending.extend(exp.searcher.trial_created(request_id));
@@ -623,6 +634,7 @@ impl Master {
             trial_id,
             experiment_id: exp_id,
             searcher_metric: exp.config.searcher.metric.as_str().into(),
+            time_metric: exp.config.searcher.time_metric.as_deref().map(Into::into),
             stop_requested: Arc::new(AtomicBool::new(false)),
         };
         self.auth.write().unwrap().insert(token, auth);
@@ -880,12 +892,12 @@ impl Master {
         }
     }
 
-    /// Tells the searcher about a validation of its metric.
-    pub async fn validation_reported(&self, experiment_id: i64, trial_id: i64, value: f64) -> Result<()> {
+    /// Tells the searcher about a validation of its metric at training time `time`.
+    pub async fn validation_reported(&self, experiment_id: i64, trial_id: i64, value: f64, time: f64) -> Result<()> {
         let mut inner = self.inner.lock().await;
         let Some(exp) = inner.experiments.get_mut(&experiment_id) else { return Ok(()) };
         let Some(trial) = exp.trials.get(&trial_id) else { return Ok(()) };
-        let actions = exp.searcher.validation_completed(trial.request_id, value);
+        let actions = exp.searcher.validation_completed(trial.request_id, value, time);
         if !actions.is_empty() {
             self.apply_actions(&mut inner, experiment_id, actions).await?;
             self.schedule(&mut inner).await?;

@@ -1,19 +1,29 @@
 //! Searchers as sans-IO state machines: the master feeds events in (a trial was created,
 //! reported a validation, exited or failed) and gets actions out (create a trial with these
-//! hyperparameters, stop a trial, shut the search down). The trials decide their own training
-//! length; the searcher only observes validations, as in Determined 0.38+.
+//! hyperparameters, stop a trial, shut the search down). Trials decide their own training
+//! length; searchers only observe validations, as in Determined 0.38+.
+//!
+//! [`Searcher`] does the bookkeeping every method shares (request ids, the concurrency limit,
+//! when to shut down); each method (`simple`, `asha`) only proposes hyperparameters and decides
+//! which trials to stop.
 //!
 //! Architecture invariant: no IO, no clock, no global randomness. The same events give the same
 //! actions, and [`Searcher::snapshot`] / [`Searcher::restore`] capture everything, so a master
 //! restarted from its store resumes a search exactly where it was.
 
+pub mod asha;
+pub mod simple;
+
 use std::collections::BTreeSet;
 
 use drover_core::config::ExperimentConfig;
-use drover_core::hparams::{self, HyperparameterSpace};
+use drover_core::hparams;
 use drover_core::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::asha::{AdaptiveAsha, AshaSearch};
+use crate::simple::{GridSearch, RandomSearch};
 
 /// The searcher's own id for a trial, unique within a search.
 pub type RequestId = u64;
@@ -21,10 +31,48 @@ pub type RequestId = u64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
-    Create { request_id: RequestId, hparams: Map<String, Value>, seed: u64 },
+    /// Create a trial; with `checkpoint_from`, it starts from that trial's latest checkpoint.
+    Create { request_id: RequestId, hparams: Map<String, Value>, seed: u64, checkpoint_from: Option<RequestId> },
     Stop { request_id: RequestId },
     /// The search is over; `failure` when not one trial succeeded.
     Shutdown { failure: bool },
+}
+
+/// What a method wants to run next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub hparams: Map<String, Value>,
+    pub checkpoint_from: Option<RequestId>,
+}
+
+impl Proposal {
+    pub fn fresh(hparams: Map<String, Value>) -> Proposal {
+        Proposal { hparams, checkpoint_from: None }
+    }
+}
+
+/// How a trial ended, as a method sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran to its end, or stopped when asked.
+    Completed,
+    /// It failed beyond its restarts.
+    Failed,
+}
+
+/// One search strategy. `loss` is always oriented so that smaller is better.
+pub trait SearchMethod {
+    /// The next trial, which will get `request_id`, or `None` if none is wanted now.
+    fn propose(&mut self, request_id: RequestId, rng: &mut SplitMix64) -> Option<Proposal>;
+    /// A validation of the searcher metric at `time` (the time metric); returns trials to stop.
+    fn validated(&mut self, _request_id: RequestId, _loss: f64, _time: f64) -> Vec<RequestId> {
+        Vec::new()
+    }
+    fn exited(&mut self, _request_id: RequestId, _outcome: Outcome) {}
+    /// No proposal will ever come again.
+    fn exhausted(&self) -> bool;
+    /// Trials the search runs in all, when known up front.
+    fn total_trials(&self) -> Option<usize>;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -35,14 +83,35 @@ pub enum SearchError {
     Snapshot(String),
 }
 
-/// The search methods this build has; each keeps its whole state in plain data.
+// Externally tagged: an internally tagged enum buffers its content, and integer map keys
+// (request ids) do not survive that round trip through JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum Method {
-    /// `random` and `single` (a random search of one trial).
-    Random { space: HyperparameterSpace, max_trials: usize },
-    /// The grid points not yet handed out, in order.
-    Grid { remaining: Vec<Map<String, Value>>, total: usize },
+    Random(RandomSearch),
+    Grid(GridSearch),
+    AsyncHalving(AshaSearch),
+    AdaptiveAsha(AdaptiveAsha),
+}
+
+impl Method {
+    fn get(&mut self) -> &mut dyn SearchMethod {
+        match self {
+            Method::Random(m) => m,
+            Method::Grid(m) => m,
+            Method::AsyncHalving(m) => m,
+            Method::AdaptiveAsha(m) => m,
+        }
+    }
+
+    fn view(&self) -> &dyn SearchMethod {
+        match self {
+            Method::Random(m) => m,
+            Method::Grid(m) => m,
+            Method::AsyncHalving(m) => m,
+            Method::AdaptiveAsha(m) => m,
+        }
+    }
 }
 
 /// A search in progress: a method plus the bookkeeping every method shares.
@@ -50,39 +119,63 @@ enum Method {
 pub struct Searcher {
     method: Method,
     rng: SplitMix64,
+    smaller_is_better: bool,
     max_concurrent: usize,
     next_request_id: RequestId,
     /// Created and not yet exited.
     live: BTreeSet<RequestId>,
+    /// Asked to stop and not yet exited; a second stop is not sent.
+    stopping: BTreeSet<RequestId>,
     created: usize,
     exited: usize,
     failed: usize,
     shut_down: bool,
 }
 
+fn need<T: Copy>(value: Option<T>, field: &str) -> Result<T, SearchError> {
+    value.ok_or_else(|| SearchError::Config(format!("searcher.{field} is required")))
+}
+
 impl Searcher {
     /// Builds the searcher an experiment config describes, seeded with `seed`.
     pub fn new(config: &ExperimentConfig, seed: u64) -> Result<Searcher, SearchError> {
         let s = &config.searcher;
+        let space = config.hyperparameters.clone();
+        let max_time = || -> Result<f64, SearchError> { Ok(need(s.max_time, "max_time")? as f64) };
         let method = match s.name.as_str() {
-            "single" => Method::Random { space: config.hyperparameters.clone(), max_trials: 1 },
-            "random" => Method::Random {
-                space: config.hyperparameters.clone(),
-                max_trials: s.max_trials.ok_or_else(|| SearchError::Config("searcher.max_trials is required".into()))?,
-            },
+            "single" => Method::Random(RandomSearch { space, max_trials: 1, proposed: 0 }),
+            "random" => Method::Random(RandomSearch { space, max_trials: need(s.max_trials, "max_trials")?, proposed: 0 }),
             "grid" => {
-                let points = hparams::grid(&config.hyperparameters, "hyperparameters").map_err(|e| SearchError::Config(e.to_string()))?;
+                let points = hparams::grid(&space, "hyperparameters").map_err(|e| SearchError::Config(e.to_string()))?;
                 let total = points.len();
-                Method::Grid { remaining: points, total }
+                Method::Grid(GridSearch { remaining: points, total })
             }
+            "async_halving" => Method::AsyncHalving(AshaSearch::new(
+                space,
+                need(s.max_trials, "max_trials")?,
+                need(s.num_rungs, "num_rungs")?,
+                s.divisor,
+                max_time()?,
+            )),
+            "adaptive_asha" => Method::AdaptiveAsha(AdaptiveAsha::new(
+                space,
+                need(s.max_trials, "max_trials")?,
+                s.max_concurrent_trials,
+                &s.mode,
+                s.max_rungs,
+                s.divisor,
+                max_time()?,
+            )),
             other => return Err(SearchError::Config(format!("unknown searcher `{other}`"))),
         };
         Ok(Searcher {
             method,
             rng: SplitMix64::new(seed),
+            smaller_is_better: s.smaller_is_better,
             max_concurrent: s.max_concurrent_trials.max(1),
             next_request_id: 1,
             live: BTreeSet::new(),
+            stopping: BTreeSet::new(),
             created: 0,
             exited: 0,
             failed: 0,
@@ -92,49 +185,51 @@ impl Searcher {
 
     /// The first trials of the search.
     pub fn initial_trials(&mut self) -> Vec<Action> {
-        let mut actions = Vec::new();
-        self.fill(&mut actions);
-        self.maybe_shutdown(&mut actions);
-        actions
+        self.after_event(Vec::new())
     }
 
-    /// A trial the master created for a `Create` action now exists. Nothing to do for the
-    /// methods here; adaptive methods will track rungs from it.
+    /// A trial the master created for a `Create` action now exists.
     pub fn trial_created(&mut self, _request_id: RequestId) -> Vec<Action> {
         Vec::new()
     }
 
-    /// A trial reported the searcher metric. Random and grid only observe.
-    pub fn validation_completed(&mut self, _request_id: RequestId, _metric: f64) -> Vec<Action> {
-        Vec::new()
+    /// A trial reported the searcher metric `metric` when its time metric stood at `time`.
+    pub fn validation_completed(&mut self, request_id: RequestId, metric: f64, time: f64) -> Vec<Action> {
+        if !self.live.contains(&request_id) {
+            return Vec::new();
+        }
+        let loss = if self.smaller_is_better { metric } else { -metric };
+        let stops = self.method.get().validated(request_id, loss, time);
+        let mut actions = Vec::new();
+        for id in stops {
+            if self.live.contains(&id) && self.stopping.insert(id) {
+                actions.push(Action::Stop { request_id: id });
+            }
+        }
+        self.after_event(actions)
     }
 
     /// A trial ended for good (completed, stopped or canceled).
     pub fn trial_exited(&mut self, request_id: RequestId) -> Vec<Action> {
-        self.end(request_id, false)
+        self.end(request_id, Outcome::Completed)
     }
 
     /// A trial failed beyond its restarts. It counts as done and is not replaced.
     pub fn trial_failed(&mut self, request_id: RequestId) -> Vec<Action> {
-        self.end(request_id, true)
+        self.end(request_id, Outcome::Failed)
     }
 
     /// Fraction of the search done, in [0, 1].
     pub fn progress(&self) -> f64 {
-        let total = self.total_trials();
-        if total == 0 {
-            1.0
-        } else {
-            self.exited as f64 / total as f64
+        match self.total_trials() {
+            Some(0) | None => f64::from(u8::from(self.shut_down)),
+            Some(total) => (self.exited as f64 / total as f64).min(1.0),
         }
     }
 
-    /// How many trials this search runs in all.
-    pub fn total_trials(&self) -> usize {
-        match &self.method {
-            Method::Random { max_trials, .. } => *max_trials,
-            Method::Grid { total, .. } => *total,
-        }
+    /// How many trials this search runs in all, when known up front.
+    pub fn total_trials(&self) -> Option<usize> {
+        self.method.view().total_trials()
     }
 
     pub fn is_shut_down(&self) -> bool {
@@ -149,166 +244,39 @@ impl Searcher {
         serde_json::from_str(snapshot).map_err(|e| SearchError::Snapshot(e.to_string()))
     }
 
-    fn end(&mut self, request_id: RequestId, failed: bool) -> Vec<Action> {
-        let mut actions = Vec::new();
+    fn end(&mut self, request_id: RequestId, outcome: Outcome) -> Vec<Action> {
         // A duplicate exit (e.g. replayed after a master restart) must not count twice.
         if !self.live.remove(&request_id) {
-            return actions;
+            return Vec::new();
         }
+        self.stopping.remove(&request_id);
         self.exited += 1;
-        if failed {
+        if outcome == Outcome::Failed {
             self.failed += 1;
         }
-        self.fill(&mut actions);
-        self.maybe_shutdown(&mut actions);
-        actions
+        self.method.get().exited(request_id, outcome);
+        self.after_event(Vec::new())
     }
 
-    /// Creates trials while there is room under `max_concurrent` and work left.
-    fn fill(&mut self, actions: &mut Vec<Action>) {
+    /// Creates trials while there is room and the method wants them, then shuts down once
+    /// nothing runs and nothing more will be proposed.
+    fn after_event(&mut self, mut actions: Vec<Action>) -> Vec<Action> {
         while !self.shut_down && self.live.len() < self.max_concurrent {
-            let hparams = match &mut self.method {
-                Method::Random { space, max_trials } => {
-                    if self.created >= *max_trials {
-                        break;
-                    }
-                    hparams::sample_space(space, &mut self.rng)
-                }
-                Method::Grid { remaining, .. } => {
-                    if remaining.is_empty() {
-                        break;
-                    }
-                    remaining.remove(0)
-                }
-            };
             let request_id = self.next_request_id;
+            let Some(proposal) = self.method.get().propose(request_id, &mut self.rng) else { break };
             self.next_request_id += 1;
             self.created += 1;
             self.live.insert(request_id);
             let seed = self.rng.next_u64() >> 1; // fits an i64 column
-            actions.push(Action::Create { request_id, hparams, seed });
+            actions.push(Action::Create { request_id, hparams: proposal.hparams, seed, checkpoint_from: proposal.checkpoint_from });
         }
-    }
-
-    fn maybe_shutdown(&mut self, actions: &mut Vec<Action>) {
-        if !self.shut_down && self.live.is_empty() && self.created >= self.total_trials() {
+        if !self.shut_down && self.live.is_empty() && self.method.view().exhausted() {
             self.shut_down = true;
             actions.push(Action::Shutdown { failure: self.exited > 0 && self.failed == self.exited });
         }
+        actions
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn config(searcher: &str) -> ExperimentConfig {
-        let text = format!(
-            "name: t\nentrypoint: x\nhyperparameters:\n  lr: {{type: log, minval: -3, maxval: -1, count: 3}}\n  h: {{type: categorical, vals: [1, 2]}}\nsearcher: {searcher}\n"
-        );
-        ExperimentConfig::parse(&text, None).unwrap()
-    }
-
-    fn creates(actions: &[Action]) -> Vec<RequestId> {
-        actions.iter().filter_map(|a| if let Action::Create { request_id, .. } = a { Some(*request_id) } else { None }).collect()
-    }
-
-    #[test]
-    fn random_respects_max_trials_and_concurrency_then_shuts_down() {
-        let mut s = Searcher::new(&config("{name: random, metric: m, max_trials: 5, max_concurrent_trials: 2}"), 1).unwrap();
-        let first = s.initial_trials();
-        assert_eq!(creates(&first), vec![1, 2]);
-        assert_eq!(creates(&s.trial_exited(1)), vec![3]);
-        assert_eq!(creates(&s.trial_failed(2)), vec![4]);
-        assert_eq!(creates(&s.trial_exited(3)), vec![5]);
-        assert!(s.trial_exited(4).is_empty());
-        assert_eq!(s.trial_exited(5), vec![Action::Shutdown { failure: false }]);
-        assert!(s.is_shut_down());
-        assert_eq!(s.progress(), 1.0);
-    }
-
-    #[test]
-    fn duplicate_exits_are_ignored() {
-        let mut s = Searcher::new(&config("{name: random, metric: m, max_trials: 3, max_concurrent_trials: 1}"), 1).unwrap();
-        s.initial_trials();
-        assert_eq!(creates(&s.trial_exited(1)), vec![2]);
-        assert!(s.trial_exited(1).is_empty());
-        assert_eq!(s.progress(), 1.0 / 3.0);
-    }
-
-    #[test]
-    fn grid_visits_every_point_once() {
-        let mut s = Searcher::new(&config("{name: grid, metric: m, max_concurrent_trials: 4}"), 1).unwrap();
-        let mut seen = Vec::new();
-        let mut pending: Vec<Action> = s.initial_trials();
-        while let Some(a) = pending.pop() {
-            match a {
-                Action::Create { request_id, hparams, .. } => {
-                    seen.push(serde_json::to_string(&hparams).unwrap());
-                    pending.extend(s.trial_exited(request_id));
-                }
-                Action::Shutdown { failure } => assert!(!failure),
-                Action::Stop { .. } => unreachable!(),
-            }
-        }
-        assert_eq!(seen.len(), 6);
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen.len(), 6);
-        assert!(s.is_shut_down());
-    }
-
-    #[test]
-    fn all_failed_is_a_failure_and_single_runs_one() {
-        let mut s = Searcher::new(&config("{name: single, metric: m}"), 1).unwrap();
-        assert_eq!(creates(&s.initial_trials()), vec![1]);
-        assert_eq!(s.trial_failed(1), vec![Action::Shutdown { failure: true }]);
-    }
-
-    proptest! {
-        /// Whatever order trials end in: never more live than max_concurrent, never more
-        /// created than max_trials, exactly one shutdown, and a snapshot taken at any point
-        /// restores to a searcher that produces the very same future actions.
-        #[test]
-        fn invariants_and_exact_restore(
-            max_trials in 1usize..30,
-            max_concurrent in 1usize..6,
-            seed in any::<u64>(),
-            choices in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 0..80),
-            snap_at in 0usize..80,
-        ) {
-            let cfg = config(&format!("{{name: random, metric: m, max_trials: {max_trials}, max_concurrent_trials: {max_concurrent}}}"));
-            let mut s = Searcher::new(&cfg, seed).unwrap();
-            let mut live: Vec<RequestId> = creates(&s.initial_trials());
-            let mut created = live.len();
-            let mut shutdowns = 0;
-            let mut restored: Option<Searcher> = None;
-            for (i, (pick, fail)) in choices.iter().enumerate() {
-                if live.is_empty() { break; }
-                if i == snap_at { restored = Some(Searcher::restore(&s.snapshot()).unwrap()); }
-                let id = live.remove(pick.index(live.len()));
-                let actions = if *fail { s.trial_failed(id) } else { s.trial_exited(id) };
-                if let Some(r) = restored.as_mut() {
-                    let again = if *fail { r.trial_failed(id) } else { r.trial_exited(id) };
-                    prop_assert_eq!(&again, &actions);
-                }
-                for a in &actions {
-                    match a {
-                        Action::Create { request_id, .. } => { live.push(*request_id); created += 1; }
-                        Action::Shutdown { .. } => shutdowns += 1,
-                        Action::Stop { .. } => {}
-                    }
-                }
-                prop_assert!(live.len() <= max_concurrent);
-                prop_assert!(created <= max_trials);
-            }
-            if live.is_empty() {
-                prop_assert_eq!(created, max_trials);
-                prop_assert_eq!(shutdowns, 1);
-            } else {
-                prop_assert_eq!(shutdowns, 0);
-            }
-        }
-    }
-}
+mod tests;

@@ -359,3 +359,31 @@ async fn a_restarted_master_reattaches_running_trials_and_resumes_the_search() {
     }
     cluster.stop().await;
 }
+
+/// ASHA on real processes: trials report a learning curve, the searcher stops the ones that
+/// fall outside the top of a rung, and they really stop early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_halving_stops_bad_trials_early() {
+    let cluster = Cluster::start(2).await;
+    let yaml = config(
+        "{name: async_halving, metric: validation_loss, max_trials: 8, max_concurrent_trials: 2, num_rungs: 3, divisor: 2, time_metric: epochs, max_time: 16}",
+        "  x: {type: double, minval: 0, maxval: 1}\n  n_metrics: 16\n  curve: true",
+        "",
+    );
+    let e = cluster.create(&yaml).await;
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(90)).await;
+    assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
+    let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
+    assert_eq!(trials.len(), 8);
+    let epochs_run = |t: &Trial| t.summaries.iter().find(|s| s.name == "epochs").map_or(0, |s| s.count);
+    let stopped_early: Vec<&Trial> = trials.iter().filter(|t| epochs_run(t) < 16).collect();
+    assert!(!stopped_early.is_empty(), "some trials must have been stopped before max_time: {:?}", trials.iter().map(epochs_run).collect::<Vec<_>>());
+    // Rungs are at 4, 8 and 16 epochs; a stopped trial stopped right at a rung.
+    for t in &stopped_early {
+        assert!([4, 8].contains(&epochs_run(t)), "trial {} ran {} epochs", t.id, epochs_run(t));
+    }
+    // The best trial was never stopped before the top rung.
+    let best = trials.iter().min_by(|a, b| a.best_metric.unwrap().total_cmp(&b.best_metric.unwrap())).unwrap();
+    assert_eq!(epochs_run(best), 16);
+    cluster.stop().await;
+}

@@ -7,6 +7,8 @@
 //! - `n_metrics` (int, 10): how many training points.
 //! - `sleep_s` (f64): sleep this long first, exiting 0 early if the master asks to stop.
 //! - `fail` (bool): exit 1 before reporting anything, for fault tests.
+//! - `curve` (bool): instead, report `validation_loss = (x - 0.3)^2 + 1/epoch` and `epochs`
+//!   for epochs `1..=n_metrics`, flushing each and stopping when the searcher asks.
 //! - `checkpoint` (bool): save `state.json` = `{"step": n, "x": x}` as a checkpoint at step n.
 //!
 //! On a restart with a latest checkpoint, it restores it and prints its `state.json` first.
@@ -47,6 +49,7 @@ fn run() -> Result<ExitCode, SdkError> {
     let sleep_s: Option<f64> = ctx.hparam_opt("sleep_s")?;
     let fail: bool = ctx.hparam_opt("fail")?.unwrap_or(false);
     let save_checkpoint: bool = ctx.hparam_opt("checkpoint")?.unwrap_or(false);
+    let curve: bool = ctx.hparam_opt("curve")?.unwrap_or(false);
     println!("trial {} of experiment {}: x={x} n_metrics={n_metrics}", ctx.trial_id(), ctx.experiment_id());
 
     if let Some(uuid) = ctx.latest_checkpoint() {
@@ -80,6 +83,20 @@ fn run() -> Result<ExitCode, SdkError> {
     }
 
     let base = (x - 0.3).powi(2);
+    if curve {
+        // A learning curve for adaptive searchers: one validation per epoch, improving with
+        // time, ordered by x at every epoch; stops as soon as the searcher says so.
+        for epoch in 1..=n_metrics {
+            ctx.report_validation(epoch, &[("validation_loss", base + 1.0 / epoch as f64), ("epochs", epoch as f64)]);
+            ctx.flush()?;
+            if ctx.should_stop() {
+                println!("stopped by the searcher after epoch {epoch}");
+                break;
+            }
+        }
+        ctx.close()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     for step in 1..=n_metrics {
         ctx.report_training(step, &[("loss", base + step as f64 * 0.001)]);
     }
