@@ -108,6 +108,9 @@ fn run_trial(data_path: &Path) -> anyhow::Result<()> {
             &[("validation_loss", result.validation_loss), ("validation_accuracy", result.validation_accuracy)],
         );
         last_epoch = epoch;
+        // An epoch takes milliseconds: wait for this validation to reach the master, so that an
+        // adaptive searcher's verdict on it is seen before the next epoch starts.
+        ctx.flush()?;
         if epoch % CHECKPOINT_EVERY == 0 || epoch == hp.epochs {
             save_checkpoint(&ctx, &model, &optimizer, &hp, epoch, &scratch)?;
             saved_epoch = epoch;
