@@ -134,6 +134,7 @@ enum ExperimentCommand {
     /// Create an experiment from a config file and a context directory.
     Create {
         file: PathBuf,
+        /// Uploaded to every trial (default: the config file's directory).
         context: Option<PathBuf>,
         /// Create it paused.
         #[arg(long)]
@@ -186,6 +187,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The context directory uploaded with an experiment: the one named, else the config's own.
+fn context_or_config_dir(file: &std::path::Path, context: Option<PathBuf>) -> Option<PathBuf> {
+    context.or_else(|| file.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }))
 }
 
 fn data_dir(arg: &DataDirArg) -> PathBuf {
@@ -242,7 +248,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run { file, context, top, data, slots } => {
             let started = Instant::now();
-            let context = context.or_else(|| file.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }));
+            let context = context_or_config_dir(&file, context);
             // Everything is checked before the cluster starts: a bad file starts nothing.
             let req = run::create_request(&file, context.as_deref(), true)?;
             let cluster = Embedded::start(EmbeddedOptions { data_dir: data_dir(&data), bind: "127.0.0.1:0".into(), db: None, slots: slots.options() }).await?;
@@ -269,6 +275,7 @@ async fn experiment(client: &Client, command: ExperimentCommand, output: Output)
     match command {
         ExperimentCommand::Create { file, context, paused, follow } => {
             let started = Instant::now();
+            let context = context_or_config_dir(&file, context);
             let req = run::create_request(&file, context.as_deref(), !paused)?;
             if follow {
                 let summary = run::run_on(client, &req, output, started).await?;
