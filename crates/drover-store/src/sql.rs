@@ -2,6 +2,8 @@
 //! `Any` driver. Queries use `$n` placeholders, which both accept; the few dialect differences
 //! (identity columns, blobs, scalar min/max) live in [`Dialect`].
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 // Every dynamic SQL string below is built only from this file's constants and `$n`
@@ -246,7 +248,7 @@ impl SqlStore {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         trial_id: i64,
-        fresh: &[(String, String, i64, f64)],
+        fresh: &[(Cow<'_, str>, Cow<'_, str>, i64, f64)],
     ) -> StoreResult<()> {
         #[derive(Clone, Copy)]
         struct Extremes {
@@ -254,20 +256,52 @@ impl SqlStore {
             min: (i64, f64),
             max: (i64, f64),
         }
-        let mut buckets: std::collections::BTreeMap<(&str, &str, i64, i64), Extremes> = Default::default();
-        for (grp, name, step, value) in fresh {
-            for (level, width) in ROLLUP_WIDTHS.iter().enumerate() {
-                let e = buckets
-                    .entry((grp.as_str(), name.as_str(), level as i64, step.div_euclid(*width)))
-                    .or_insert(Extremes { count: 0, min: (*step, *value), max: (*step, *value) });
-                e.count += 1;
-                if *value < e.min.1 {
-                    e.min = (*step, *value);
+        impl Extremes {
+            fn add(&mut self, step: i64, value: f64) {
+                self.count += 1;
+                if value < self.min.1 {
+                    self.min = (step, value);
                 }
-                if *value > e.max.1 {
-                    e.max = (*step, *value);
+                if value > self.max.1 {
+                    self.max = (step, value);
                 }
             }
+        }
+        type Key<'a> = (&'a str, &'a str, i64, i64);
+        let mut buckets: std::collections::BTreeMap<Key<'_>, Extremes> = Default::default();
+        // Reports come in step order, so consecutive points mostly share their buckets: fold
+        // runs locally and touch the map once per run.
+        let mut runs: [Option<(Key<'_>, Extremes)>; ROLLUP_WIDTHS.len()] = [None; ROLLUP_WIDTHS.len()];
+        for (grp, name, step, value) in fresh {
+            for (level, width) in ROLLUP_WIDTHS.iter().enumerate() {
+                let key = (grp.as_ref(), name.as_ref(), level as i64, step.div_euclid(*width));
+                match &mut runs[level] {
+                    Some((k, e)) if *k == key => e.add(*step, *value),
+                    run => {
+                        if let Some((k, e)) = run.take() {
+                            merge(&mut buckets, k, e);
+                        }
+                        *run = Some((key, Extremes { count: 1, min: (*step, *value), max: (*step, *value) }));
+                    }
+                }
+            }
+        }
+        for (k, e) in runs.into_iter().flatten() {
+            merge(&mut buckets, k, e);
+        }
+        fn merge<'a>(buckets: &mut std::collections::BTreeMap<Key<'a>, Extremes>, key: Key<'a>, e: Extremes) {
+            buckets
+                .entry(key)
+                .and_modify(|b| {
+                    b.count += e.count;
+                    if e.min.1 < b.min.1 {
+                        b.min = e.min;
+                    }
+                    if e.max.1 > b.max.1 {
+                        b.max = e.max;
+                    }
+                })
+                .or_insert(e);
         }
         let rows: Vec<_> = buckets.into_iter().collect();
         for chunk in rows.chunks(METRIC_ROWS_PER_STATEMENT / 2) {
@@ -280,7 +314,7 @@ impl SqlStore {
                     min_value = CASE WHEN excluded.min_value < metric_rollups.min_value THEN excluded.min_value ELSE metric_rollups.min_value END,
                     max_step = CASE WHEN excluded.max_value > metric_rollups.max_value THEN excluded.max_step ELSE metric_rollups.max_step END,
                     max_value = CASE WHEN excluded.max_value > metric_rollups.max_value THEN excluded.max_value ELSE metric_rollups.max_value END",
-                placeholders(chunk.len(), 10)
+                placeholders(self.dialect, chunk.len(), 10)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for ((grp, name, level, bucket), e) in chunk {
@@ -446,9 +480,11 @@ fn checkpoint_from(row: &AnyRow) -> StoreResult<CheckpointRow> {
     })
 }
 
-/// `($1, $2, ...), ($k, ...)` for `rows` rows of `cols` parameters.
-fn placeholders(rows: usize, cols: usize) -> String {
-    let mut s = String::with_capacity(rows * cols * 5);
+/// `(?, ?), (?, ?)` on SQLite, `($1, $2), ($3, $4)` on PostgreSQL, for `rows` rows of `cols`
+/// parameters. SQLite finds a named parameter such as `$7` by a linear search, which sqlx does
+/// for every bind: thousands of `$n` in one statement cost O(n^2), plain `?` costs O(n).
+fn placeholders(dialect: Dialect, rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         if r > 0 {
             s.push(',');
@@ -458,8 +494,13 @@ fn placeholders(rows: usize, cols: usize) -> String {
             if c > 0 {
                 s.push(',');
             }
-            s.push('$');
-            s.push_str(&(r * cols + c + 1).to_string());
+            match dialect {
+                Dialect::Sqlite => s.push('?'),
+                Dialect::Postgres => {
+                    s.push('$');
+                    s.push_str(&(r * cols + c + 1).to_string());
+                }
+            }
         }
         s.push(')');
     }
@@ -699,28 +740,49 @@ impl Store for SqlStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        // Only the rows that were new come back, so summaries never count a retried report.
-        let mut fresh: Vec<(String, String, i64, f64)> = Vec::with_capacity(points.len());
+        // Summaries must count only the rows that were new. Usually every row is (a fresh
+        // report): the plain insert says so by its row count. When a retried report collides,
+        // that chunk is rolled back to its savepoint and inserted again with RETURNING, which
+        // names exactly the rows that went in.
+        let mut fresh: Vec<(Cow<'_, str>, Cow<'_, str>, i64, f64)> = Vec::with_capacity(points.len());
         for chunk in points.chunks(METRIC_ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {} ON CONFLICT DO NOTHING RETURNING grp, name, step, value",
-                placeholders(chunk.len(), 6)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for p in chunk {
-                q = q.bind(trial_id).bind(p.group.as_str()).bind(p.name.as_str()).bind(p.step).bind(p.value).bind(p.ts_ms);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                fresh.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?));
+            let values = placeholders(self.dialect, chunk.len(), 6);
+            let bind_all = |sql: String| {
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for p in chunk {
+                    q = q.bind(trial_id).bind(p.group.as_str()).bind(p.name.as_str()).bind(p.step).bind(p.value).bind(p.ts_ms);
+                }
+                q
+            };
+            let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+            let inserted = bind_all(format!(
+                "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING"
+            ))
+            .execute(&mut *savepoint)
+            .await?
+            .rows_affected();
+            if inserted as usize == chunk.len() {
+                savepoint.commit().await?;
+                fresh.extend(chunk.iter().map(|p| (Cow::Borrowed(p.group.as_str()), Cow::Borrowed(p.name.as_str()), p.step, p.value)));
+            } else {
+                savepoint.rollback().await?;
+                let rows = bind_all(format!(
+                    "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING RETURNING grp, name, step, value"
+                ))
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in rows {
+                    fresh.push((Cow::Owned(row.try_get(0)?), Cow::Owned(row.try_get(1)?), row.try_get(2)?, row.try_get(3)?));
+                }
             }
         }
         // Fold the new points into one summary delta per metric.
-        let mut deltas: std::collections::BTreeMap<(String, String), MetricSummaryRow> = Default::default();
+        let mut deltas: std::collections::BTreeMap<(&str, &str), MetricSummaryRow> = Default::default();
         for (grp, name, step, value) in &fresh {
-            let s = deltas.entry((grp.clone(), name.clone())).or_insert_with(|| MetricSummaryRow {
+            let s = deltas.entry((grp.as_ref(), name.as_ref())).or_insert_with(|| MetricSummaryRow {
                 trial_id,
-                group: grp.clone(),
-                name: name.clone(),
+                group: grp.to_string(),
+                name: name.to_string(),
                 count: 0,
                 last: *value,
                 last_step: *step,
@@ -746,7 +808,7 @@ impl Store for SqlStore {
                     last_step = {greatest}(metric_summaries.last_step, excluded.last_step),
                     min = {least}(metric_summaries.min, excluded.min),
                     max = {greatest}(metric_summaries.max, excluded.max)",
-                placeholders(chunk.len(), 8)
+                placeholders(self.dialect, chunk.len(), 8)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for s in chunk {
@@ -879,7 +941,7 @@ impl Store for SqlStore {
         for chunk in lines.chunks(LOG_ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO task_logs (trial_id, allocation_id, ts_ms, stream, line) VALUES {}",
-                placeholders(chunk.len(), 5)
+                placeholders(self.dialect, chunk.len(), 5)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for l in chunk {
@@ -955,6 +1017,7 @@ mod tests {
 
     #[test]
     fn placeholders_number_rows_then_columns() {
-        assert_eq!(placeholders(2, 3), "($1,$2,$3),($4,$5,$6)");
+        assert_eq!(placeholders(super::Dialect::Postgres, 2, 3), "($1,$2,$3),($4,$5,$6)");
+        assert_eq!(placeholders(super::Dialect::Sqlite, 2, 2), "(?,?),(?,?)");
     }
 }

@@ -173,7 +173,9 @@ mod checks {
         let mixed = vec![point(MetricGroup::Training, "loss", 5, 99.0), point(MetricGroup::Training, "loss", 3, 99.0), point(MetricGroup::Training, "loss", 6, 1.5)];
         assert_eq!(store.add_metrics(t, &mixed[1..]).await.unwrap(), 1);
         assert_eq!(store.add_metrics(t, &mixed[..1]).await.unwrap(), 0);
-        store.add_metrics(t, &[point(MetricGroup::Validation, "loss", 6, 0.25)]).await.unwrap();
+        // The same key twice in one batch is stored, and counted, once.
+        let twice = vec![point(MetricGroup::Validation, "loss", 6, 0.25), point(MetricGroup::Validation, "loss", 6, 0.75)];
+        assert_eq!(store.add_metrics(t, &twice).await.unwrap(), 1);
         let s = store.metric_summaries(t).await.unwrap();
         let loss = s.iter().find(|s| s.group == "training" && s.name == "loss").unwrap();
         assert_eq!((loss.count, loss.last, loss.last_step, loss.min, loss.max), (6, 1.5, 6, 1.5, 9.0));
