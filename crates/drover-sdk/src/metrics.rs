@@ -18,6 +18,9 @@ pub(crate) const VALIDATION: &str = "validation";
 
 /// A batch is sent once this many metric values are queued...
 pub(crate) const MAX_BATCH_VALUES: usize = 1000;
+/// ...and one request carries up to this many: a loop that reports faster than the master
+/// answers gets fewer, larger requests instead of a growing queue of small ones.
+pub(crate) const MAX_REQUEST_VALUES: usize = 20_000;
 /// ...or once the oldest queued point has waited this long.
 pub(crate) const MAX_DELAY: Duration = Duration::from_millis(200);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -82,14 +85,14 @@ impl Batcher {
         }
     }
 
-    /// Takes points from the front up to MAX_BATCH_VALUES values, and always at least one point,
-    /// however many values it has.
+    /// Takes points from the front up to MAX_REQUEST_VALUES values, and always at least one
+    /// point, however many values it has.
     pub(crate) fn take_batch(&mut self) -> Vec<MetricPoint> {
         let mut batch = Vec::new();
         let mut values = 0;
         while let Some((_, point)) = self.queue.front() {
             let weight = point_weight(point);
-            if !batch.is_empty() && values + weight > MAX_BATCH_VALUES {
+            if !batch.is_empty() && values + weight > MAX_REQUEST_VALUES {
                 break;
             }
             values += weight;
@@ -415,16 +418,16 @@ mod tests {
     fn batches_hold_at_most_the_limit_in_values_and_keep_order() {
         let t0 = Instant::now();
         let mut batcher = Batcher::default();
-        for step in 0..250 {
+        for step in 0..5000 {
             batcher.push(point(step, 6), t0);
         }
         let first = batcher.take_batch();
-        assert_eq!(first.len(), 166, "166 * 6 = 996 values, one more would exceed 1000");
+        assert_eq!(first.len(), 3333, "3333 * 6 = 19998 values, one more would exceed 20000");
         assert_eq!(first.first().unwrap().step, 0);
-        assert_eq!(first.last().unwrap().step, 165);
+        assert_eq!(first.last().unwrap().step, 3332);
         let second = batcher.take_batch();
-        assert_eq!(second.first().unwrap().step, 166);
-        assert_eq!(second.len(), 84);
+        assert_eq!(second.first().unwrap().step, 3333);
+        assert_eq!(second.len(), 1667);
         assert!(batcher.is_empty());
         assert_eq!(batcher.queued_values, 0);
     }
@@ -433,7 +436,7 @@ mod tests {
     fn a_point_larger_than_the_limit_goes_alone() {
         let t0 = Instant::now();
         let mut batcher = Batcher::default();
-        batcher.push(point(1, 1500), t0);
+        batcher.push(point(1, MAX_REQUEST_VALUES + 500), t0);
         batcher.push(point(2, 1), t0);
         assert_eq!(batcher.take_batch().len(), 1);
         assert_eq!(batcher.take_batch()[0].step, 2);
