@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::hparams::{self, did_you_mean, HyperparameterSpace};
 
 /// Searchers this build knows; an unknown name is refused with a suggestion.
-pub const SEARCHERS: [&str; 5] = ["single", "random", "grid", "async_halving", "adaptive_asha"];
+pub const SEARCHERS: [&str; 6] = ["single", "random", "grid", "async_halving", "adaptive_asha", "tpe"];
 
 /// Modes of `adaptive_asha`, from fewest to most brackets.
 pub const ASHA_MODES: [&str; 3] = ["aggressive", "standard", "conservative"];
@@ -84,6 +84,12 @@ pub struct SearcherConfig {
     /// `adaptive_asha`: most rungs of a bracket.
     #[serde(default = "default_max_rungs")]
     pub max_rungs: usize,
+    /// `tpe`: trials with a result before the model takes over; random search until then.
+    #[serde(default = "default_n_startup_trials")]
+    pub n_startup_trials: usize,
+    /// `tpe`: candidates drawn from the good-trial density per proposal.
+    #[serde(default = "default_n_ei_candidates")]
+    pub n_ei_candidates: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +158,12 @@ fn default_mode() -> String {
 }
 fn default_max_rungs() -> usize {
     5
+}
+fn default_n_startup_trials() -> usize {
+    10
+}
+fn default_n_ei_candidates() -> usize {
+    24
 }
 fn default_max_restarts() -> u32 {
     5
@@ -299,6 +311,16 @@ impl ExperimentConfig {
                     }
                 }
             }
+            "tpe" => {
+                match searcher.max_trials {
+                    None => return Err(at_path("searcher", "the `tpe` searcher needs `max_trials`".into())),
+                    Some(0) => return Err(at_path("searcher.max_trials", "must be at least 1".into())),
+                    Some(_) => {}
+                }
+                if searcher.n_ei_candidates == 0 {
+                    return Err(at_path("searcher.n_ei_candidates", "must be at least 1".into()));
+                }
+            }
             "grid" => {
                 let n = hparams::grid_size(&hyperparameters, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?;
                 if n > MAX_GRID_POINTS {
@@ -336,7 +358,7 @@ impl ExperimentConfig {
     pub fn planned_trials(&self) -> Option<usize> {
         match self.searcher.name.as_str() {
             "single" => Some(1),
-            "random" | "async_halving" | "adaptive_asha" => self.searcher.max_trials,
+            "random" | "async_halving" | "adaptive_asha" | "tpe" => self.searcher.max_trials,
             "grid" => hparams::grid_size(&self.hyperparameters, "hyperparameters").ok(),
             _ => None,
         }

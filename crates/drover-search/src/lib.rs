@@ -13,6 +13,7 @@
 
 pub mod asha;
 pub mod simple;
+pub mod tpe;
 
 use std::collections::BTreeSet;
 
@@ -24,6 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::asha::{AdaptiveAsha, AshaSearch};
 use crate::simple::{GridSearch, RandomSearch};
+use crate::tpe::TpeSearch;
 
 /// The searcher's own id for a trial, unique within a search.
 pub type RequestId = u64;
@@ -92,6 +94,7 @@ enum Method {
     Grid(GridSearch),
     AsyncHalving(AshaSearch),
     AdaptiveAsha(AdaptiveAsha),
+    Tpe(TpeSearch),
 }
 
 impl Method {
@@ -101,6 +104,7 @@ impl Method {
             Method::Grid(m) => m,
             Method::AsyncHalving(m) => m,
             Method::AdaptiveAsha(m) => m,
+            Method::Tpe(m) => m,
         }
     }
 
@@ -110,6 +114,7 @@ impl Method {
             Method::Grid(m) => m,
             Method::AsyncHalving(m) => m,
             Method::AdaptiveAsha(m) => m,
+            Method::Tpe(m) => m,
         }
     }
 }
@@ -166,6 +171,9 @@ impl Searcher {
                 s.divisor,
                 max_time()?,
             )),
+            "tpe" => Method::Tpe(
+                TpeSearch::new(space, need(s.max_trials, "max_trials")?, s.n_startup_trials, s.n_ei_candidates).map_err(SearchError::Config)?,
+            ),
             other => return Err(SearchError::Config(format!("unknown searcher `{other}`"))),
         };
         Ok(Searcher {

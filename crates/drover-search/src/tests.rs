@@ -86,6 +86,50 @@ fn asha_stops_losers_and_replaces_them() {
     assert_eq!(stops(&s.validation_completed(1, 0.95, 4.0)), vec![1]);
 }
 
+#[test]
+fn tpe_runs_through_the_searcher_and_learns_from_latest_results() {
+    let cfg = config("{name: tpe, metric: acc, smaller_is_better: false, max_trials: 40, max_concurrent_trials: 3, n_startup_trials: 5}");
+    assert_eq!((cfg.searcher.n_ei_candidates, cfg.planned_trials()), (24, Some(40)));
+    let mut s = Searcher::new(&cfg, 7).unwrap();
+    assert_eq!(s.total_trials(), Some(40));
+    let mut pending = s.initial_trials();
+    let mut created = 0;
+    let mut late_lr = Vec::new();
+    let mut shutdown = None;
+    while let Some(a) = pending.pop() {
+        match a {
+            Action::Create { request_id, hparams, .. } => {
+                created += 1;
+                let lr = hparams["lr"].as_f64().unwrap();
+                assert!((1e-3..=1e-1).contains(&lr), "{lr}");
+                assert!([1, 2].contains(&hparams["h"].as_i64().unwrap()));
+                if request_id > 25 {
+                    late_lr.push(lr);
+                }
+                if request_id % 10 == 0 {
+                    pending.extend(s.trial_failed(request_id));
+                    continue;
+                }
+                // Accuracy peaks at lr = 1e-2; an early poor report is superseded by the last.
+                pending.extend(s.validation_completed(request_id, 0.0, 1.0));
+                let acc = 1.0 - (lr.log10() + 2.0).abs();
+                pending.extend(s.validation_completed(request_id, acc, 2.0));
+                pending.extend(s.trial_exited(request_id));
+            }
+            Action::Shutdown { failure } => shutdown = Some(failure),
+            Action::Stop { .. } => unreachable!("tpe never stops a trial"),
+        }
+    }
+    assert_eq!((created, shutdown), (40, Some(false)));
+    let near = late_lr.iter().filter(|lr| (lr.log10() + 2.0).abs() < 0.5).count();
+    assert!(near * 2 > late_lr.len(), "late proposals {late_lr:?}");
+
+    let e = ExperimentConfig::parse("name: t\nentrypoint: x\nsearcher: {name: tpe, metric: m}\n", None).unwrap_err();
+    assert!(e.message.contains("needs `max_trials`"), "{e}");
+    let e = ExperimentConfig::parse("name: t\nentrypoint: x\nsearcher: {name: tpe, metric: m, max_trials: 3, n_ei_candidates: 0}\n", None).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("searcher.n_ei_candidates"), "{e}");
+}
+
 fn asha_config(name: &str, max_trials: usize, concurrent: usize, divisor: u32, rungs: usize) -> ExperimentConfig {
     let extra = if name == "async_halving" { format!(", num_rungs: {rungs}") } else { format!(", max_rungs: {rungs}, mode: standard") };
     config(&format!(
@@ -99,7 +143,7 @@ proptest! {
     /// searcher that produces the very same future actions.
     #[test]
     fn invariants_and_exact_restore(
-        method in prop::sample::select(vec!["random", "async_halving", "adaptive_asha"]),
+        method in prop::sample::select(vec!["random", "async_halving", "adaptive_asha", "tpe"]),
         max_trials in 1usize..30,
         max_concurrent in 1usize..6,
         divisor in 2u32..5,
@@ -110,6 +154,9 @@ proptest! {
     ) {
         let cfg = if method == "random" {
             config(&format!("{{name: random, metric: m, max_trials: {max_trials}, max_concurrent_trials: {max_concurrent}}}"))
+        } else if method == "tpe" {
+            // Few startup trials, so that the model runs (even with no result at all).
+            config(&format!("{{name: tpe, metric: m, max_trials: {max_trials}, max_concurrent_trials: {max_concurrent}, n_startup_trials: {}}}", rungs - 1))
         } else {
             asha_config(method, max_trials, max_concurrent, divisor, rungs)
         };
