@@ -173,8 +173,10 @@ const ROLLUP_WIDTHS: [i64; 3] = [1 << 10, 1 << 16, 1 << 22];
 /// Series up to this long are read raw; longer ones from the rollups.
 const RAW_SERIES_LIMIT: i64 = 20_000;
 
-/// Rows per multi-row INSERT: well under SQLite's 32,766 bound parameters at 6 per row.
-const METRIC_ROWS_PER_STATEMENT: usize = 1000;
+/// Rows per multi-row INSERT: 30,000 bound parameters at 6 per row, under SQLite's 32,766.
+const METRIC_ROWS_PER_STATEMENT: usize = 5000;
+/// Rows per summary (8 parameters) or rollup (10 parameters) upsert: 10,000 parameters at most.
+const UPSERT_ROWS_PER_STATEMENT: usize = 1000;
 const LOG_ROWS_PER_STATEMENT: usize = 1000;
 
 pub struct SqlStore {
@@ -304,7 +306,7 @@ impl SqlStore {
                 .or_insert(e);
         }
         let rows: Vec<_> = buckets.into_iter().collect();
-        for chunk in rows.chunks(METRIC_ROWS_PER_STATEMENT / 2) {
+        for chunk in rows.chunks(UPSERT_ROWS_PER_STATEMENT) {
             // SET expressions see the row as it was, so each CASE compares against the old extreme.
             let sql = format!(
                 "INSERT INTO metric_rollups (trial_id, grp, name, level, bucket, count, min_step, min_value, max_step, max_value)
@@ -799,7 +801,7 @@ impl Store for SqlStore {
         }
         let deltas: Vec<MetricSummaryRow> = deltas.into_values().collect();
         let (least, greatest) = (self.dialect.least(), self.dialect.greatest());
-        for chunk in deltas.chunks(METRIC_ROWS_PER_STATEMENT) {
+        for chunk in deltas.chunks(UPSERT_ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO metric_summaries (trial_id, grp, name, count, last, last_step, min, max) VALUES {}
                  ON CONFLICT (trial_id, grp, name) DO UPDATE SET
