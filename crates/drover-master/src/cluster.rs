@@ -198,7 +198,7 @@ impl Master {
                 Some(snapshot) => Searcher::restore(&snapshot).map_err(|e| Error::internal(e.to_string()))?,
                 None => return Err(Error::internal(format!("experiment {} has no searcher snapshot", row.id))),
             };
-            let has_context = self.store.get_context(row.id).await?.is_some();
+            let has_context = self.store.has_context(row.id).await?;
             let mut runtime =
                 ExperimentRuntime { config, state, has_context, searcher, trials: HashMap::new(), by_request: HashMap::new() };
             for t in self.store.list_trials(row.id).await? {

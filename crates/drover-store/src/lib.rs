@@ -42,6 +42,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the experiment and everything under it.
     async fn delete_experiment(&self, id: i64) -> StoreResult<()>;
     async fn get_context(&self, experiment_id: i64) -> StoreResult<Option<Vec<u8>>>;
+    /// Whether the experiment has a context, without reading it.
+    async fn has_context(&self, experiment_id: i64) -> StoreResult<bool>;
     async fn save_searcher_snapshot(&self, experiment_id: i64, snapshot: &str) -> StoreResult<()>;
     async fn load_searcher_snapshot(&self, experiment_id: i64) -> StoreResult<Option<String>>;
     /// Trials per state for every experiment, as (experiment_id, state, count).

@@ -592,6 +592,15 @@ impl Store for SqlStore {
         Ok(row.try_get(0)?)
     }
 
+    async fn has_context(&self, experiment_id: i64) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT CASE WHEN context IS NULL THEN 0 ELSE 1 END FROM experiments WHERE id = $1")
+            .bind(experiment_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found(format!("experiment {experiment_id}")))?;
+        Ok(row.try_get::<i64, _>(0)? != 0)
+    }
+
     async fn save_searcher_snapshot(&self, experiment_id: i64, snapshot: &str) -> StoreResult<()> {
         let _writing = self.writing().await;
         sqlx::query("UPDATE experiments SET searcher_snapshot = $1 WHERE id = $2")

@@ -100,10 +100,14 @@ mod checks {
         let e = store.get_experiment(id).await.unwrap();
         assert_eq!((e.name.as_str(), e.state.as_str(), e.created_at, e.ended_at), ("one", "ACTIVE", 1000, None));
         assert_eq!(store.get_context(id).await.unwrap(), Some(vec![1, 2, 3, 0, 255]));
+        assert!(store.has_context(id).await.unwrap());
+        let bare = store.create_experiment(NewExperiment { context: None, ..experiment("bare") }).await.unwrap();
+        assert!(!store.has_context(bare).await.unwrap());
+        assert!(matches!(store.has_context(9999).await, Err(StoreError::NotFound(_))));
         store.set_experiment_state(id, "COMPLETED", Some(5000)).await.unwrap();
         let e = store.get_experiment(id).await.unwrap();
         assert_eq!((e.state.as_str(), e.ended_at), ("COMPLETED", Some(5000)));
-        assert_eq!(store.list_experiments().await.unwrap().len(), 2);
+        assert_eq!(store.list_experiments().await.unwrap().len(), 3);
         assert!(matches!(store.get_experiment(9999).await, Err(StoreError::NotFound(_))));
         assert!(matches!(store.set_experiment_state(9999, "ACTIVE", None).await, Err(StoreError::NotFound(_))));
         assert_eq!(store.load_searcher_snapshot(id).await.unwrap(), None);
