@@ -7,10 +7,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hparams::{self, did_you_mean, HyperparameterSpace};
+use crate::hparams::{self, HyperparameterSpace, did_you_mean};
 
 /// Searchers this build knows; an unknown name is refused with a suggestion.
-pub const SEARCHERS: [&str; 6] = ["single", "random", "grid", "async_halving", "adaptive_asha", "tpe"];
+pub const SEARCHERS: [&str; 7] = ["single", "random", "grid", "async_halving", "adaptive_asha", "tpe", "pbt"];
+
+/// How `pbt` picks the members that copy another: AutoLFADS' binary tournament, or truncation
+/// selection (the bottom `quantile_fraction` copy the top, as Ray Tune does).
+pub const PBT_EXPLOITS: [&str; 2] = ["binary_tournament", "truncation"];
 
 /// Modes of `adaptive_asha`, from fewest to most brackets.
 pub const ASHA_MODES: [&str; 3] = ["aggressive", "standard", "conservative"];
@@ -90,6 +94,37 @@ pub struct SearcherConfig {
     /// `tpe`: candidates drawn from the good-trial density per proposal.
     #[serde(default = "default_n_ei_candidates")]
     pub n_ei_candidates: usize,
+    /// `pbt`: members of the population.
+    #[serde(default)]
+    pub population_size: Option<usize>,
+    /// `pbt`: generations at most (AutoLFADS' `max_generations`).
+    #[serde(default)]
+    pub max_generations: Option<usize>,
+    /// `pbt`: training time (in `time_metric` units) of one generation.
+    #[serde(default)]
+    pub generation_length: Option<u64>,
+    /// `pbt`: a generation ends for the whole population before the next starts (AutoLFADS);
+    /// `false` lets each member move on alone, judged against the others' latest (Ray Tune).
+    #[serde(default = "default_true")]
+    pub synchronous: bool,
+    /// `pbt`: binary_tournament or truncation.
+    #[serde(default = "default_exploit")]
+    pub exploit: String,
+    /// `pbt` with truncation: the bottom fraction copies the top fraction.
+    #[serde(default = "default_quantile_fraction")]
+    pub quantile_fraction: f64,
+    /// `pbt`: a copied member's numbers are multiplied by a factor drawn from this range.
+    #[serde(default = "default_perturb_range")]
+    pub perturb_range: [f64; 2],
+    /// `pbt`: chance that a copied member's hyperparameter is drawn afresh instead.
+    #[serde(default)]
+    pub resample_probability: f64,
+    /// `pbt`: stop when the best score improved by less than `min_improvement` (a fraction)
+    /// over this many generations.
+    #[serde(default = "default_patience")]
+    pub patience: usize,
+    #[serde(default = "default_min_improvement")]
+    pub min_improvement: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +199,21 @@ fn default_n_startup_trials() -> usize {
 }
 fn default_n_ei_candidates() -> usize {
     24
+}
+fn default_exploit() -> String {
+    "binary_tournament".into()
+}
+fn default_quantile_fraction() -> f64 {
+    0.25
+}
+fn default_perturb_range() -> [f64; 2] {
+    [0.8, 1.2]
+}
+fn default_patience() -> usize {
+    5
+}
+fn default_min_improvement() -> f64 {
+    0.0005
 }
 fn default_max_restarts() -> u32 {
     5
@@ -249,14 +299,19 @@ impl ExperimentConfig {
             serde_yaml::Value::Null => HyperparameterSpace::new(),
             v => hparams::parse_space(v, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?,
         };
-        let environment = parse_environment(&raw.environment.environment_variables)
-            .map_err(|m| at_path("environment.environment_variables", m))?;
+        let environment =
+            parse_environment(&raw.environment.environment_variables).map_err(|m| at_path("environment.environment_variables", m))?;
 
         let searcher = raw.searcher;
         if !SEARCHERS.contains(&searcher.name.as_str()) {
             return Err(at_path(
                 "searcher.name",
-                format!("unknown searcher `{}`{}; expected one of {}", searcher.name, did_you_mean(&searcher.name, &SEARCHERS), SEARCHERS.join(", ")),
+                format!(
+                    "unknown searcher `{}`{}; expected one of {}",
+                    searcher.name,
+                    did_you_mean(&searcher.name, &SEARCHERS),
+                    SEARCHERS.join(", ")
+                ),
             ));
         }
         if searcher.metric.trim().is_empty() {
@@ -303,7 +358,12 @@ impl ExperimentConfig {
                     if !ASHA_MODES.contains(&searcher.mode.as_str()) {
                         return Err(at_path(
                             "searcher.mode",
-                            format!("unknown mode `{}`{}; expected one of {}", searcher.mode, did_you_mean(&searcher.mode, &ASHA_MODES), ASHA_MODES.join(", ")),
+                            format!(
+                                "unknown mode `{}`{}; expected one of {}",
+                                searcher.mode,
+                                did_you_mean(&searcher.mode, &ASHA_MODES),
+                                ASHA_MODES.join(", ")
+                            ),
                         ));
                     }
                     if searcher.max_rungs == 0 {
@@ -321,6 +381,65 @@ impl ExperimentConfig {
                     return Err(at_path("searcher.n_ei_candidates", "must be at least 1".into()));
                 }
             }
+            "pbt" => {
+                let positive = |field: &str, value: Option<u64>| match value {
+                    None => Err(at_path("searcher", format!("the `pbt` searcher needs `{field}`"))),
+                    Some(0) => Err(at_path(&format!("searcher.{field}"), "must be at least 1".into())),
+                    Some(_) => Ok(()),
+                };
+                positive("population_size", searcher.population_size.map(|n| n as u64))?;
+                positive("max_generations", searcher.max_generations.map(|n| n as u64))?;
+                positive("generation_length", searcher.generation_length)?;
+                if searcher.population_size == Some(1) {
+                    return Err(at_path("searcher.population_size", "a population needs at least 2 members to exploit one another".into()));
+                }
+                if searcher.max_trials.is_some() {
+                    return Err(at_path(
+                        "searcher.max_trials",
+                        "`pbt` runs population_size x max_generations trials; drop max_trials".into(),
+                    ));
+                }
+                if searcher.time_metric.as_deref().is_none_or(|m| m.trim().is_empty()) {
+                    return Err(at_path("searcher", "the `pbt` searcher needs `time_metric` (e.g. epochs)".into()));
+                }
+                if !PBT_EXPLOITS.contains(&searcher.exploit.as_str()) {
+                    return Err(at_path(
+                        "searcher.exploit",
+                        format!(
+                            "unknown exploit `{}`{}; expected one of {}",
+                            searcher.exploit,
+                            did_you_mean(&searcher.exploit, &PBT_EXPLOITS),
+                            PBT_EXPLOITS.join(", ")
+                        ),
+                    ));
+                }
+                if !(searcher.quantile_fraction > 0.0 && searcher.quantile_fraction <= 0.5) {
+                    return Err(at_path("searcher.quantile_fraction", format!("must be in (0, 0.5], not {}", searcher.quantile_fraction)));
+                }
+                let [lo, hi] = searcher.perturb_range;
+                if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
+                    return Err(at_path(
+                        "searcher.perturb_range",
+                        format!("must be two positive factors [low, high] with low <= high, not [{lo}, {hi}]"),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&searcher.resample_probability) {
+                    return Err(at_path(
+                        "searcher.resample_probability",
+                        format!("must be in [0, 1], not {}", searcher.resample_probability),
+                    ));
+                }
+                if !(searcher.min_improvement.is_finite() && searcher.min_improvement >= 0.0) {
+                    return Err(at_path("searcher.min_improvement", format!("must be a fraction >= 0, not {}", searcher.min_improvement)));
+                }
+                // Members continue from checkpoints; a policy that keeps none makes that impossible.
+                if raw.checkpoint_storage.save_trial_latest == 0 {
+                    return Err(at_path(
+                        "checkpoint_storage.save_trial_latest",
+                        "`pbt` starts every member from a checkpoint of the previous generation; keep at least 1".into(),
+                    ));
+                }
+            }
             "grid" => {
                 let n = hparams::grid_size(&hyperparameters, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?;
                 if n > MAX_GRID_POINTS {
@@ -333,7 +452,10 @@ impl ExperimentConfig {
             let kind = &raw.checkpoint_storage.kind;
             return Err(at_path(
                 "checkpoint_storage.type",
-                format!("unknown storage type `{kind}`{}; expected directory or shared_fs", did_you_mean(kind, &["directory", "shared_fs"])),
+                format!(
+                    "unknown storage type `{kind}`{}; expected directory or shared_fs",
+                    did_you_mean(kind, &["directory", "shared_fs"])
+                ),
             ));
         }
         if let Some(p) = &raw.checkpoint_storage.storage_path {
@@ -359,6 +481,7 @@ impl ExperimentConfig {
         match self.searcher.name.as_str() {
             "single" => Some(1),
             "random" | "async_halving" | "adaptive_asha" | "tpe" => self.searcher.max_trials,
+            "pbt" => Some(self.searcher.population_size? * self.searcher.max_generations?),
             "grid" => hparams::grid_size(&self.hyperparameters, "hyperparameters").ok(),
             _ => None,
         }
@@ -445,7 +568,8 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
             let rel = text[search..].find(key)?;
             let start = search + rel;
             let end = start + key.len();
-            let before_ok = start == 0 || text[..start].ends_with(|c: char| c.is_whitespace() || c == '{' || c == ',' || c == '"' || c == '\'');
+            let before_ok =
+                start == 0 || text[..start].ends_with(|c: char| c.is_whitespace() || c == '{' || c == ',' || c == '"' || c == '\'');
             let after = text[end..].trim_start_matches(['"', '\'']).trim_start_matches([' ', '\t']);
             if before_ok && after.starts_with(':') {
                 break start;
@@ -540,7 +664,9 @@ environment:
         let e = ExperimentConfig::parse(&text, None).unwrap_err();
         assert!(e.message.contains("needs `max_trials`"), "{e}");
 
-        let text = GOOD.replace("name: random", "name: grid").replace("{type: log, minval: -4, maxval: -1}", "{type: double, minval: 0, maxval: 1}");
+        let text = GOOD
+            .replace("name: random", "name: grid")
+            .replace("{type: log, minval: -4, maxval: -1}", "{type: double, minval: 0, maxval: 1}");
         let e = ExperimentConfig::parse(&text, None).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("hyperparameters.lr"));
         assert!(e.message.contains("count"), "{e}");
@@ -573,7 +699,9 @@ environment:
 
     #[test]
     fn alias_bombs_are_refused_not_expanded() {
-        let mut text = String::from("name: x\nentrypoint: a\nsearcher: {name: single, metric: m}\nhyperparameters:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        let mut text = String::from(
+            "name: x\nentrypoint: a\nsearcher: {name: single, metric: m}\nhyperparameters:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+        );
         for i in 1..10 {
             let prev = format!("*a{}", i - 1);
             text.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));

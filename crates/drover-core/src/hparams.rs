@@ -64,9 +64,7 @@ fn parse_one(value: &serde_yaml::Value, path: &str) -> Result<Hyperparameter, Sp
     let Some(kind) = map.get("type") else {
         return Ok(Hyperparameter::Nested { fields: parse_space(value, path)? });
     };
-    let kind = kind
-        .as_str()
-        .ok_or_else(|| space_err(&format!("{path}.type"), "must be a string"))?;
+    let kind = kind.as_str().ok_or_else(|| space_err(&format!("{path}.type"), "must be a string"))?;
     let allowed: &[&str] = match kind {
         "const" => &["type", "val"],
         "int" | "double" => &["type", "minval", "maxval", "count"],
@@ -75,7 +73,11 @@ fn parse_one(value: &serde_yaml::Value, path: &str) -> Result<Hyperparameter, Sp
         other => {
             return Err(space_err(
                 &format!("{path}.type"),
-                format!("unknown hyperparameter type `{other}`{}; expected one of {}", did_you_mean(other, &KNOWN_TYPES), KNOWN_TYPES.join(", ")),
+                format!(
+                    "unknown hyperparameter type `{other}`{}; expected one of {}",
+                    did_you_mean(other, &KNOWN_TYPES),
+                    KNOWN_TYPES.join(", ")
+                ),
             ));
         }
     };
@@ -84,7 +86,11 @@ fn parse_one(value: &serde_yaml::Value, path: &str) -> Result<Hyperparameter, Sp
         if !allowed.contains(&key) {
             return Err(space_err(
                 &format!("{path}.{key}"),
-                format!("unknown field `{key}` for a `{kind}` hyperparameter{}; expected one of {}", did_you_mean(key, allowed), allowed.join(", ")),
+                format!(
+                    "unknown field `{key}` for a `{kind}` hyperparameter{}; expected one of {}",
+                    did_you_mean(key, allowed),
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -173,10 +179,7 @@ fn yaml_to_json(v: &serde_yaml::Value, path: &str) -> Result<Value, SpaceError> 
 
 /// Suggests the closest of `candidates` to a misspelt `word`, as " (did you mean `x`?)".
 pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
-    let best = candidates
-        .iter()
-        .map(|c| (edit_distance(word, c), *c))
-        .min_by_key(|(d, _)| *d);
+    let best = candidates.iter().map(|c| (edit_distance(word, c), *c)).min_by_key(|(d, _)| *d);
     match best {
         Some((d, c)) if d <= (word.len().max(3) / 3).max(2) => format!(" (did you mean `{c}`?)"),
         _ => String::new(),
@@ -227,9 +230,8 @@ impl Hyperparameter {
                     vec![Value::from(*minval)]
                 } else {
                     // Evenly spread and rounded, as Determined does; the ends are always included.
-                    let mut points: Vec<i64> = (0..n)
-                        .map(|i| minval + ((maxval - minval) as f64 * i as f64 / (n - 1) as f64).round() as i64)
-                        .collect();
+                    let mut points: Vec<i64> =
+                        (0..n).map(|i| minval + ((maxval - minval) as f64 * i as f64 / (n - 1) as f64).round() as i64).collect();
                     points.dedup();
                     points.into_iter().map(Value::from).collect()
                 }
@@ -346,7 +348,10 @@ mod tests {
 
     #[test]
     fn grid_is_the_cartesian_product_and_needs_counts() {
-        let s = space("a: {type: int, minval: 1, maxval: 3}\nb: {type: categorical, vals: [x, y]}\nc: {type: log, minval: -3, maxval: -1, count: 3}").unwrap();
+        let s = space(
+            "a: {type: int, minval: 1, maxval: 3}\nb: {type: categorical, vals: [x, y]}\nc: {type: log, minval: -3, maxval: -1, count: 3}",
+        )
+        .unwrap();
         let g = grid(&s, "hyperparameters").unwrap();
         assert_eq!(g.len(), 3 * 2 * 3);
         assert_eq!(grid_size(&s, "hyperparameters").unwrap(), 18);

@@ -132,10 +132,7 @@ impl TrialState {
         match self {
             // Nothing runs yet, so a queued trial stops at once.
             Queued => matches!(to, Running | Paused | Completed | Canceled | Error),
-            Running => matches!(
-                to,
-                Queued | Completed | Error | StoppingPaused | StoppingCompleted | StoppingCanceled | StoppingKilled
-            ),
+            Running => matches!(to, Queued | Completed | Error | StoppingPaused | StoppingCompleted | StoppingCanceled | StoppingKilled),
             Paused => matches!(to, Queued | Canceled),
             StoppingPaused => matches!(to, Paused | StoppingCanceled | StoppingKilled | Completed | Error),
             StoppingCompleted => matches!(to, Completed | StoppingCanceled | StoppingKilled | Error),
@@ -198,12 +195,26 @@ mod tests {
     fn experiment_transitions() {
         use ExperimentState::*;
         let allowed = [
-            (Active, Paused), (Active, StoppingCompleted), (Active, StoppingCanceled), (Active, StoppingKilled), (Active, StoppingError),
-            (Paused, Active), (Paused, StoppingCanceled), (Paused, StoppingKilled), (Paused, StoppingError),
-            (StoppingCompleted, Completed), (StoppingCompleted, StoppingCanceled), (StoppingCompleted, StoppingKilled), (StoppingCompleted, StoppingError),
-            (StoppingCanceled, Canceled), (StoppingCanceled, StoppingKilled), (StoppingCanceled, StoppingError),
-            (StoppingKilled, Canceled), (StoppingKilled, StoppingError),
-            (StoppingError, Error), (StoppingError, StoppingKilled),
+            (Active, Paused),
+            (Active, StoppingCompleted),
+            (Active, StoppingCanceled),
+            (Active, StoppingKilled),
+            (Active, StoppingError),
+            (Paused, Active),
+            (Paused, StoppingCanceled),
+            (Paused, StoppingKilled),
+            (Paused, StoppingError),
+            (StoppingCompleted, Completed),
+            (StoppingCompleted, StoppingCanceled),
+            (StoppingCompleted, StoppingKilled),
+            (StoppingCompleted, StoppingError),
+            (StoppingCanceled, Canceled),
+            (StoppingCanceled, StoppingKilled),
+            (StoppingCanceled, StoppingError),
+            (StoppingKilled, Canceled),
+            (StoppingKilled, StoppingError),
+            (StoppingError, Error),
+            (StoppingError, StoppingKilled),
         ];
         check_table(ExperimentState::ALL, &allowed, |a, b| a.can_become(b));
         assert_eq!(Active.transition(Paused), Ok(Paused));
@@ -221,13 +232,33 @@ mod tests {
     fn trial_transitions() {
         use TrialState::*;
         let allowed = [
-            (Queued, Running), (Queued, Paused), (Queued, Completed), (Queued, Canceled), (Queued, Error),
-            (Running, Queued), (Running, Completed), (Running, Error), (Running, StoppingPaused), (Running, StoppingCompleted),
-            (Running, StoppingCanceled), (Running, StoppingKilled),
-            (Paused, Queued), (Paused, Canceled),
-            (StoppingPaused, Paused), (StoppingPaused, StoppingCanceled), (StoppingPaused, StoppingKilled), (StoppingPaused, Completed), (StoppingPaused, Error),
-            (StoppingCompleted, Completed), (StoppingCompleted, StoppingCanceled), (StoppingCompleted, StoppingKilled), (StoppingCompleted, Error),
-            (StoppingCanceled, Canceled), (StoppingCanceled, StoppingKilled), (StoppingCanceled, Completed), (StoppingCanceled, Error),
+            (Queued, Running),
+            (Queued, Paused),
+            (Queued, Completed),
+            (Queued, Canceled),
+            (Queued, Error),
+            (Running, Queued),
+            (Running, Completed),
+            (Running, Error),
+            (Running, StoppingPaused),
+            (Running, StoppingCompleted),
+            (Running, StoppingCanceled),
+            (Running, StoppingKilled),
+            (Paused, Queued),
+            (Paused, Canceled),
+            (StoppingPaused, Paused),
+            (StoppingPaused, StoppingCanceled),
+            (StoppingPaused, StoppingKilled),
+            (StoppingPaused, Completed),
+            (StoppingPaused, Error),
+            (StoppingCompleted, Completed),
+            (StoppingCompleted, StoppingCanceled),
+            (StoppingCompleted, StoppingKilled),
+            (StoppingCompleted, Error),
+            (StoppingCanceled, Canceled),
+            (StoppingCanceled, StoppingKilled),
+            (StoppingCanceled, Completed),
+            (StoppingCanceled, Error),
             (StoppingKilled, Canceled),
         ];
         check_table(TrialState::ALL, &allowed, |a, b| a.can_become(b));
@@ -240,9 +271,13 @@ mod tests {
     fn allocation_transitions() {
         use AllocationState::*;
         let allowed = [
-            (Pending, Assigned), (Pending, Terminated),
-            (Assigned, Running), (Assigned, Terminating), (Assigned, Terminated),
-            (Running, Terminating), (Running, Terminated),
+            (Pending, Assigned),
+            (Pending, Terminated),
+            (Assigned, Running),
+            (Assigned, Terminating),
+            (Assigned, Terminated),
+            (Running, Terminating),
+            (Running, Terminated),
             (Terminating, Terminated),
         ];
         check_table(AllocationState::ALL, &allowed, |a, b| a.can_become(b));

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use drover_core::hparams::{self, HyperparameterSpace};
 use drover_core::SplitMix64;
+use drover_core::hparams::{self, HyperparameterSpace};
 use serde::{Deserialize, Serialize};
 
 use crate::{Outcome, Proposal, RequestId, SearchMethod};
@@ -38,15 +38,7 @@ impl AshaSearch {
         let rungs = (0..num_rungs)
             .map(|i| Rung { units_needed: (max_time / divisor.powi((num_rungs - i - 1) as i32)).max(1.0), losses: Vec::new() })
             .collect();
-        AshaSearch {
-            space,
-            max_trials,
-            divisor,
-            rungs,
-            next_rung: BTreeMap::new(),
-            closed: BTreeSet::new(),
-            proposed: 0,
-        }
+        AshaSearch { space, max_trials, divisor, rungs, next_rung: BTreeMap::new(), closed: BTreeSet::new(), proposed: 0 }
     }
 
     /// How many of `n` trials recorded at a rung may go on: the top `n / divisor`, at least one.
@@ -145,8 +137,7 @@ impl AdaptiveAsha {
         let shapes = bracket_rungs(mode, max_rungs);
         let weights: Vec<f64> = shapes.iter().map(|&r| divisor.powi(r as i32 - 1) / r as f64).collect();
         let total_weight: f64 = weights.iter().sum();
-        let mut trials: Vec<usize> =
-            weights.iter().map(|w| ((max_trials as f64 * w / total_weight).round() as usize).max(1)).collect();
+        let mut trials: Vec<usize> = weights.iter().map(|w| ((max_trials as f64 * w / total_weight).round() as usize).max(1)).collect();
         // Rounding may miss the budget; settle the difference on the largest bracket.
         let assigned: usize = trials.iter().sum();
         let largest = (0..trials.len()).max_by_key(|&i| trials[i]).unwrap_or(0);
@@ -158,7 +149,12 @@ impl AdaptiveAsha {
         let per_bracket = (max_concurrent / shapes.len()).max(1);
         let brackets: Vec<AshaSearch> =
             shapes.iter().zip(&trials).map(|(&r, &n)| AshaSearch::new(space.clone(), n, r, divisor, max_time)).collect();
-        AdaptiveAsha { concurrency: vec![per_bracket; brackets.len()], live: vec![0; brackets.len()], brackets, bracket_of: BTreeMap::new() }
+        AdaptiveAsha {
+            concurrency: vec![per_bracket; brackets.len()],
+            live: vec![0; brackets.len()],
+            brackets,
+            bracket_of: BTreeMap::new(),
+        }
     }
 }
 

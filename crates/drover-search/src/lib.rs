@@ -12,18 +12,20 @@
 //! restarted from its store resumes a search exactly where it was.
 
 pub mod asha;
+pub mod pbt;
 pub mod simple;
 pub mod tpe;
 
 use std::collections::BTreeSet;
 
+use drover_core::SplitMix64;
 use drover_core::config::ExperimentConfig;
 use drover_core::hparams;
-use drover_core::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::asha::{AdaptiveAsha, AshaSearch};
+use crate::pbt::{PbtParams, PbtSearch};
 use crate::simple::{GridSearch, RandomSearch};
 use crate::tpe::TpeSearch;
 
@@ -34,10 +36,19 @@ pub type RequestId = u64;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     /// Create a trial; with `checkpoint_from`, it starts from that trial's latest checkpoint.
-    Create { request_id: RequestId, hparams: Map<String, Value>, seed: u64, checkpoint_from: Option<RequestId> },
-    Stop { request_id: RequestId },
+    Create {
+        request_id: RequestId,
+        hparams: Map<String, Value>,
+        seed: u64,
+        checkpoint_from: Option<RequestId>,
+    },
+    Stop {
+        request_id: RequestId,
+    },
     /// The search is over; `failure` when not one trial succeeded.
-    Shutdown { failure: bool },
+    Shutdown {
+        failure: bool,
+    },
 }
 
 /// What a method wants to run next.
@@ -71,6 +82,8 @@ pub trait SearchMethod {
         Vec::new()
     }
     fn exited(&mut self, _request_id: RequestId, _outcome: Outcome) {}
+    /// A checkpoint of the trial is stored, so another trial may start from it.
+    fn checkpointed(&mut self, _request_id: RequestId) {}
     /// No proposal will ever come again.
     fn exhausted(&self) -> bool;
     /// Trials the search runs in all, when known up front.
@@ -95,6 +108,7 @@ enum Method {
     AsyncHalving(AshaSearch),
     AdaptiveAsha(AdaptiveAsha),
     Tpe(TpeSearch),
+    Pbt(PbtSearch),
 }
 
 impl Method {
@@ -105,6 +119,7 @@ impl Method {
             Method::AsyncHalving(m) => m,
             Method::AdaptiveAsha(m) => m,
             Method::Tpe(m) => m,
+            Method::Pbt(m) => m,
         }
     }
 
@@ -115,6 +130,7 @@ impl Method {
             Method::AsyncHalving(m) => m,
             Method::AdaptiveAsha(m) => m,
             Method::Tpe(m) => m,
+            Method::Pbt(m) => m,
         }
     }
 }
@@ -172,8 +188,10 @@ impl Searcher {
                 max_time()?,
             )),
             "tpe" => Method::Tpe(
-                TpeSearch::new(space, need(s.max_trials, "max_trials")?, s.n_startup_trials, s.n_ei_candidates).map_err(SearchError::Config)?,
+                TpeSearch::new(space, need(s.max_trials, "max_trials")?, s.n_startup_trials, s.n_ei_candidates)
+                    .map_err(SearchError::Config)?,
             ),
+            "pbt" => Method::Pbt(PbtSearch::new(space, PbtParams::from_config(s).map_err(SearchError::Config)?, seed)),
             other => return Err(SearchError::Config(format!("unknown searcher `{other}`"))),
         };
         Ok(Searcher {
@@ -215,6 +233,21 @@ impl Searcher {
             }
         }
         self.after_event(actions)
+    }
+
+    /// A checkpoint of the trial is registered: from now on other trials may start from it.
+    pub fn checkpoint_saved(&mut self, request_id: RequestId) {
+        if self.live.contains(&request_id) {
+            self.method.get().checkpointed(request_id);
+        }
+    }
+
+    /// The population of a `pbt` search, when this is one.
+    pub fn pbt(&self) -> Option<&PbtSearch> {
+        match &self.method {
+            Method::Pbt(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// A trial ended for good (completed, stopped or canceled).

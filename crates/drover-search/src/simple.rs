@@ -1,7 +1,7 @@
 //! Random and grid search: propose until the budget or the grid is used up, observe nothing.
 
-use drover_core::hparams::{self, HyperparameterSpace};
 use drover_core::SplitMix64;
+use drover_core::hparams::{self, HyperparameterSpace};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -126,7 +126,8 @@ fn tpe_runs_through_the_searcher_and_learns_from_latest_results() {
 
     let e = ExperimentConfig::parse("name: t\nentrypoint: x\nsearcher: {name: tpe, metric: m}\n", None).unwrap_err();
     assert!(e.message.contains("needs `max_trials`"), "{e}");
-    let e = ExperimentConfig::parse("name: t\nentrypoint: x\nsearcher: {name: tpe, metric: m, max_trials: 3, n_ei_candidates: 0}\n", None).unwrap_err();
+    let e = ExperimentConfig::parse("name: t\nentrypoint: x\nsearcher: {name: tpe, metric: m, max_trials: 3, n_ei_candidates: 0}\n", None)
+        .unwrap_err();
     assert_eq!(e.field.as_deref(), Some("searcher.n_ei_candidates"), "{e}");
 }
 
@@ -232,5 +233,261 @@ proptest! {
             prop_assert_eq!(result.clone(), if expected_stop { vec![id] } else { vec![] });
             if expected_stop { stopped.insert(id); }
         }
+    }
+}
+
+fn pbt_config(extra: &str) -> ExperimentConfig {
+    let text = format!(
+        "name: t\nentrypoint: x\nhyperparameters:\n  lr: {{type: log, minval: -4, maxval: -1}}\n  width: {{type: int, minval: 1, maxval: 8}}\n  act: {{type: categorical, vals: [relu, tanh, gelu]}}\n  opt: {{momentum: {{type: double, minval: 0, maxval: 0.99}}, name: sgd}}\nsearcher: {{name: pbt, metric: loss, time_metric: epochs, population_size: 4, generation_length: 2{extra}}}\n"
+    );
+    ExperimentConfig::parse(&text, None).unwrap()
+}
+
+fn create_of(actions: &[Action], id: RequestId) -> (Map<String, Value>, Option<RequestId>) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Create { request_id, hparams, checkpoint_from, .. } if *request_id == id => Some((hparams.clone(), *checkpoint_from)),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn pbt_runs_synchronous_generations_and_copies_only_better_checkpointed_members() {
+    let mut s = Searcher::new(&pbt_config(", max_generations: 3"), 5).unwrap();
+    assert_eq!(s.total_trials(), Some(12));
+    let first = s.initial_trials();
+    assert_eq!(creates(&first), vec![1, 2, 3, 4]);
+    assert!(first.iter().all(|a| matches!(a, Action::Create { checkpoint_from: None, .. })));
+    // Losses 0.1 < 0.2 < 0.3 < 0.4: member 1 is best. Before the generation's end nothing stops.
+    for id in 1..=4 {
+        assert!(s.validation_completed(id, id as f64 / 10.0, 1.0).is_empty());
+        assert_eq!(stops(&s.validation_completed(id, id as f64 / 10.0, 2.0)), vec![id], "generation 0 ends at 2 epochs");
+        s.checkpoint_saved(id);
+    }
+    // The barrier: nobody starts generation 1 until all four are done.
+    assert!(s.trial_exited(1).is_empty());
+    assert!(s.trial_exited(2).is_empty());
+    assert!(s.trial_exited(3).is_empty());
+    let next = s.trial_exited(4);
+    assert_eq!(creates(&next), vec![5, 6, 7, 8]);
+    let pbt = s.pbt().unwrap();
+    for id in 5..=8 {
+        let (hp, from) = create_of(&next, id);
+        let member = &pbt.members()[&id];
+        let predecessor = id - 4;
+        assert_eq!(member.generation, 1);
+        assert_eq!(from, member.parent);
+        let parent = from.expect("everyone checkpointed, so everyone continues from one");
+        if member.exploited {
+            assert!(parent < predecessor, "member {id} copied {parent}, which is not better than {predecessor}");
+            let lr = hp["lr"].as_f64().unwrap();
+            let parent_lr = pbt.members()[&parent].hparams["lr"].as_f64().unwrap();
+            assert!(lr >= parent_lr * 0.8 - 1e-12 && lr <= parent_lr * 1.2 + 1e-12 || lr == 1e-4 || lr == 1e-1, "{lr} vs {parent_lr}");
+            assert_eq!(hp["opt"]["name"], "sgd", "constants stay");
+        } else {
+            assert_eq!(parent, predecessor);
+            assert_eq!(hp, pbt.members()[&predecessor].hparams);
+        }
+    }
+    assert!(!pbt.members()[&5].exploited, "the best member never loses its tournament");
+    // Generation 1 ends at epoch 4; generation 2 is the last.
+    for id in 5..=8 {
+        assert!(stops(&s.validation_completed(id, 0.5, 3.0)).is_empty());
+        s.validation_completed(id, 0.05, 4.0);
+        s.checkpoint_saved(id);
+    }
+    let mut last = Vec::new();
+    for id in 5..=8 {
+        last.extend(s.trial_exited(id));
+    }
+    assert_eq!(creates(&last), vec![9, 10, 11, 12]);
+    for id in 9..=12 {
+        s.validation_completed(id, 0.01, 6.0);
+        s.checkpoint_saved(id);
+    }
+    let mut end = Vec::new();
+    for id in 9..=12 {
+        end.extend(s.trial_exited(id));
+    }
+    assert_eq!(end, vec![Action::Shutdown { failure: false }]);
+    assert_eq!(s.pbt().unwrap().ended_because(), Some("all 3 generations ran"));
+}
+
+#[test]
+fn pbt_without_checkpoints_ends_as_a_failure_and_failed_members_always_lose() {
+    let mut s = Searcher::new(&pbt_config(", max_generations: 3"), 9).unwrap();
+    s.initial_trials();
+    for id in 1..=4 {
+        s.validation_completed(id, 0.3, 2.0);
+    }
+    let mut actions = Vec::new();
+    for id in 1..=4 {
+        actions.extend(s.trial_exited(id));
+    }
+    assert!(creates(&actions).is_empty());
+    assert_eq!(actions, vec![Action::Shutdown { failure: false }]);
+    assert!(
+        s.pbt().unwrap().ended_because().unwrap().contains("no member of generation 0 saved a checkpoint"),
+        "{:?}",
+        s.pbt().unwrap().ended_because()
+    );
+
+    // Member 2 fails (no score): whoever it meets is better, so it copies; member 1 is best.
+    let mut s = Searcher::new(&pbt_config(", max_generations: 3"), 9).unwrap();
+    s.initial_trials();
+    for id in [1, 3, 4] {
+        s.validation_completed(id, id as f64, 2.0);
+        s.checkpoint_saved(id);
+    }
+    s.trial_failed(2);
+    s.trial_exited(1);
+    s.trial_exited(3);
+    let next = s.trial_exited(4);
+    let (_, from) = create_of(&next, 6);
+    assert!(matches!(from, Some(1 | 3 | 4)), "the failed member copies a scored one, not itself: {from:?}");
+    assert!(s.pbt().unwrap().members()[&6].exploited);
+}
+
+#[test]
+fn pbt_stop_rule_and_config_errors() {
+    // No improvement at all over 1 generation stops the search after generation 1.
+    let mut s = Searcher::new(&pbt_config(", max_generations: 10, patience: 1, min_improvement: 0.01"), 3).unwrap();
+    s.initial_trials();
+    let mut id = 1;
+    for _generation in 0..2 {
+        let mut actions = Vec::new();
+        for _ in 0..4 {
+            s.validation_completed(id, 0.5, 100.0);
+            s.checkpoint_saved(id);
+            actions.extend(s.trial_exited(id));
+            id += 1;
+        }
+        if id > 5 {
+            assert_eq!(actions, vec![Action::Shutdown { failure: false }]);
+        }
+    }
+    assert!(s.pbt().unwrap().ended_because().unwrap().contains("less than min_improvement"));
+
+    let bad = |extra: &str| {
+        let text = format!(
+            "name: t\nentrypoint: x\nsearcher: {{name: pbt, metric: loss, time_metric: epochs, population_size: 4, max_generations: 3, generation_length: 2{extra}}}\n"
+        );
+        ExperimentConfig::parse(&text, None).unwrap_err()
+    };
+    assert_eq!(bad(", exploit: tournament").field.as_deref(), Some("searcher.exploit"));
+    assert!(bad(", exploit: tournament").message.contains("binary_tournament"));
+    assert_eq!(bad(", perturb_range: [1.2, 0.8]").field.as_deref(), Some("searcher.perturb_range"));
+    assert_eq!(bad(", max_trials: 5").field.as_deref(), Some("searcher.max_trials"));
+    let e = ExperimentConfig::parse(
+        "name: t\nentrypoint: x\nsearcher: {name: pbt, metric: loss, time_metric: epochs, population_size: 1, max_generations: 3, generation_length: 2}\n",
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("searcher.population_size"), "{e}");
+    assert_eq!(bad(", quantile_fraction: 0.7").field.as_deref(), Some("searcher.quantile_fraction"));
+    let e = ExperimentConfig::parse(
+        "name: t\nentrypoint: x\nsearcher: {name: pbt, metric: loss, time_metric: epochs, population_size: 4, max_generations: 3, generation_length: 2}\ncheckpoint_storage: {save_trial_latest: 0}\n",
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("checkpoint_storage.save_trial_latest"), "{e}");
+    let e = ExperimentConfig::parse("name: t\nentrypoint: x\nsearcher: {name: pbt, metric: loss, population_size: 4}\n", None).unwrap_err();
+    assert!(e.message.contains("max_generations"), "{e}");
+}
+
+#[test]
+fn pbt_explore_stays_in_bounds_and_moves_to_neighbours() {
+    let cfg = pbt_config(", max_generations: 3");
+    let mut rng = SplitMix64::new(4);
+    let mut source = hparams::sample_space(&cfg.hyperparameters, &mut rng);
+    source.insert("width".into(), Value::from(8));
+    source.insert("act".into(), Value::from("tanh"));
+    source.insert("lr".into(), Value::from(0.1));
+    for _ in 0..200 {
+        let out = pbt::explore_space(&cfg.hyperparameters, &source, [0.8, 1.2], 0.0, &mut rng);
+        let lr = out["lr"].as_f64().unwrap();
+        assert!((0.08 - 1e-12..=0.1 + 1e-12).contains(&lr), "clipped to maxval 1e-1: {lr}");
+        assert!([7, 8].contains(&out["width"].as_i64().unwrap()), "{}", out["width"]);
+        assert!(["relu", "gelu"].contains(&out["act"].as_str().unwrap()), "a neighbour of tanh: {}", out["act"]);
+        let m = out["opt"]["momentum"].as_f64().unwrap();
+        assert!((0.0..=0.99).contains(&m));
+    }
+}
+
+proptest! {
+    /// Whatever the order of validations, checkpoints, exits and failures: never more live than
+    /// max_concurrent nor more trials than population x generations; a member starts only from a
+    /// checkpoint that was registered before; a copied member's source scored better than the
+    /// member it replaces; and a snapshot restores to the very same future.
+    #[test]
+    fn pbt_invariants(
+        synchronous in any::<bool>(),
+        truncation in any::<bool>(),
+        population in 2usize..6,
+        generations in 1usize..4,
+        max_concurrent in 1usize..6,
+        seed in any::<u64>(),
+        events in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..6, 0.0f64..1.0, 1u32..8), 0..200),
+        snap_at in 0usize..200,
+    ) {
+        let exploit = if truncation { "truncation" } else { "binary_tournament" };
+        let cfg = config(&format!(
+            "{{name: pbt, metric: m, time_metric: t, population_size: {population}, max_generations: {generations}, generation_length: 3, synchronous: {synchronous}, exploit: {exploit}, max_concurrent_trials: {max_concurrent}, resample_probability: 0.2}}"
+        ));
+        let mut s = Searcher::new(&cfg, seed).unwrap();
+        let mut live: Vec<RequestId> = Vec::new();
+        let mut checkpointed = BTreeSet::new();
+        let mut created = 0;
+        let mut shutdowns = 0;
+        let mut restored: Option<Searcher> = None;
+        let mut check = |actions: &[Action], s: &Searcher, live: &mut Vec<RequestId>, checkpointed: &BTreeSet<RequestId>| -> Result<(), TestCaseError> {
+            for a in actions {
+                match a {
+                    Action::Create { request_id, checkpoint_from, .. } => {
+                        live.push(*request_id);
+                        created += 1;
+                        if let Some(from) = checkpoint_from {
+                            prop_assert!(checkpointed.contains(from), "member {} starts from {}, which has no checkpoint", request_id, from);
+                            let pbt = s.pbt().unwrap();
+                            let me = &pbt.members()[request_id];
+                            if me.exploited {
+                                // It replaces the previous member of its slot, which must have scored worse.
+                                let predecessor = pbt.members().iter().filter(|(id, m)| m.slot == me.slot && m.generation + 1 == me.generation && *id != request_id).map(|(id, _)| *id).next().unwrap();
+                                let source = pbt.members()[from].score.unwrap();
+                                prop_assert!(pbt.members()[&predecessor].score.is_none_or(|p| source < p), "{} copied {} ({}) over {:?}", request_id, from, source, pbt.members()[&predecessor].score);
+                            }
+                        }
+                    }
+                    Action::Shutdown { .. } => shutdowns += 1,
+                    Action::Stop { request_id } => prop_assert!(live.contains(request_id)),
+                }
+            }
+            prop_assert!(live.len() <= max_concurrent);
+            prop_assert!(created <= population * generations);
+            Ok(())
+        };
+        let first = s.initial_trials();
+        check(&first, &s, &mut live, &checkpointed)?;
+        for (i, (pick, kind, metric, time)) in events.iter().enumerate() {
+            if live.is_empty() { break; }
+            if i == snap_at { restored = Some(Searcher::restore(&s.snapshot()).unwrap()); }
+            let id = live[pick.index(live.len())];
+            let step = |s: &mut Searcher| match kind {
+                0 => s.trial_failed(id),
+                1 => s.trial_exited(id),
+                2 => { s.checkpoint_saved(id); Vec::new() }
+                _ => s.validation_completed(id, *metric, f64::from(*time)),
+            };
+            let actions = step(&mut s);
+            if let Some(r) = restored.as_mut() {
+                prop_assert_eq!(&step(r), &actions);
+            }
+            if *kind == 2 { checkpointed.insert(id); }
+            if *kind < 2 { live.retain(|x| *x != id); }
+            check(&actions, &s, &mut live, &checkpointed)?;
+        }
+        prop_assert_eq!(shutdowns, usize::from(live.is_empty()));
     }
 }
