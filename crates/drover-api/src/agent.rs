@@ -34,24 +34,48 @@ pub struct SlotSpec {
 pub enum AgentMessage {
     /// First frame after connecting. `running` lists allocations still alive from before a
     /// reconnect, so the master can reattach them.
-    Hello { agent_id: String, hostname: String, version: String, slots: Vec<SlotSpec>, running: Vec<String> },
+    Hello {
+        agent_id: String,
+        hostname: String,
+        version: String,
+        slots: Vec<SlotSpec>,
+        running: Vec<String>,
+    },
     Heartbeat,
-    TaskStarted { allocation_id: String, pid: u32 },
-    TaskLogs { allocation_id: String, lines: Vec<LogLine> },
+    TaskStarted {
+        allocation_id: String,
+        pid: u32,
+    },
+    TaskLogs {
+        allocation_id: String,
+        lines: Vec<LogLine>,
+    },
     /// The process ended (or never started: `error` says why).
-    TaskExited { allocation_id: String, exit_code: Option<i32>, signal: Option<i32>, error: Option<String> },
+    TaskExited {
+        allocation_id: String,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MasterMessage {
-    Welcome { heartbeat_interval_ms: u64 },
+    Welcome {
+        heartbeat_interval_ms: u64,
+    },
     StartTask(TaskSpec),
     /// Stop a task: SIGTERM to its process group, then SIGKILL after `grace_ms`
     /// (`grace_ms = 0` kills at once).
-    KillTask { allocation_id: String, grace_ms: u64 },
+    KillTask {
+        allocation_id: String,
+        grace_ms: u64,
+    },
     /// The master refuses this agent (e.g. a duplicate id); the agent should exit.
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -210,3 +210,39 @@ pub struct ClusterInfo {
     pub version: String,
     pub master_id: String,
 }
+
+/// The family tree of a `pbt` experiment: every member of every generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lineage {
+    pub experiment_id: i64,
+    pub metric: String,
+    pub smaller_is_better: bool,
+    pub population_size: usize,
+    pub max_generations: usize,
+    /// Best score of the population after each completed generation (over all generations so
+    /// far), in the metric's own orientation.
+    pub best_by_generation: Vec<Option<f64>>,
+    /// Why the search stopped starting generations, once it has.
+    pub ended_because: Option<String>,
+    /// Members by generation, then slot.
+    pub members: Vec<LineageMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LineageMember {
+    pub trial_id: i64,
+    pub generation: usize,
+    /// The line of the population it continues (0-based).
+    pub slot: usize,
+    /// The trial whose checkpoint it started from.
+    pub parent_trial_id: Option<i64>,
+    /// It copied a better member (and explored its hyperparameters) rather than continuing its
+    /// own line.
+    pub exploited: bool,
+    pub state: String,
+    #[schema(value_type = Object)]
+    pub hparams: Value,
+    /// The searcher metric at the end of its generation; none if it failed or reported none.
+    pub score: Option<f64>,
+    pub checkpoint: Option<String>,
+}

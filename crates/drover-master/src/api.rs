@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use utoipa::OpenApi;
 
-use crate::cluster::{now_ms, ExperimentCommand, Master};
+use crate::cluster::{ExperimentCommand, Master, now_ms};
 use crate::error::{Error, Result};
 use crate::lttb::lttb;
 
@@ -36,19 +36,14 @@ pub fn router(master: Arc<Master>) -> Router {
     Router::new()
         .route("/api/v1/info", get(info))
         .route("/api/v1/openapi.json", get(openapi_json))
-        .route(
-            "/api/v1/experiments",
-            get(list_experiments).post(create_experiment).layer(DefaultBodyLimit::max(context_body)),
-        )
+        .route("/api/v1/experiments", get(list_experiments).post(create_experiment).layer(DefaultBodyLimit::max(context_body)))
         .route("/api/v1/experiments/{id}", get(get_experiment).delete(delete_experiment))
         .route("/api/v1/experiments/{id}/{command}", post(experiment_command))
         .route("/api/v1/experiments/{id}/trials", get(list_trials))
         .route("/api/v1/experiments/{id}/context", get(get_context))
+        .route("/api/v1/experiments/{id}/lineage", get(get_lineage))
         .route("/api/v1/trials/{id}", get(get_trial))
-        .route(
-            "/api/v1/trials/{id}/metrics",
-            get(get_metrics).post(report_metrics).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
-        )
+        .route("/api/v1/trials/{id}/metrics", get(get_metrics).post(report_metrics).layer(DefaultBodyLimit::max(64 * 1024 * 1024)))
         .route("/api/v1/trials/{id}/signals", get(get_signals))
         .route("/api/v1/trials/{id}/logs", get(get_logs))
         .route("/api/v1/trials/{id}/checkpoints", get(list_checkpoints).post(register_checkpoint))
@@ -64,14 +59,46 @@ pub fn router(master: Arc<Master>) -> Router {
 #[openapi(
     info(title = "drover", description = "drover master REST API"),
     paths(
-        info, create_experiment, list_experiments, get_experiment, delete_experiment, experiment_command, list_trials,
-        get_context, get_trial, get_metrics, report_metrics, get_signals, get_logs, list_checkpoints,
-        register_checkpoint, get_checkpoint, list_agents
+        info,
+        create_experiment,
+        list_experiments,
+        get_experiment,
+        delete_experiment,
+        experiment_command,
+        list_trials,
+        get_context,
+        get_lineage,
+        get_trial,
+        get_metrics,
+        report_metrics,
+        get_signals,
+        get_logs,
+        list_checkpoints,
+        register_checkpoint,
+        get_checkpoint,
+        list_agents
     ),
     components(schemas(
-        ApiError, ErrorLocation, CreateExperimentRequest, Experiment, Trial, MetricSummary, ReportMetricsRequest,
-        MetricPoint, ReportMetricsResponse, TrialSignals, MetricSeries, TrialLogs, LogEntry, RegisterCheckpointRequest,
-        Checkpoint, Agent, Slot, ClusterInfo
+        ApiError,
+        ErrorLocation,
+        CreateExperimentRequest,
+        Experiment,
+        Trial,
+        MetricSummary,
+        ReportMetricsRequest,
+        MetricPoint,
+        ReportMetricsResponse,
+        TrialSignals,
+        MetricSeries,
+        TrialLogs,
+        LogEntry,
+        RegisterCheckpointRequest,
+        Checkpoint,
+        Agent,
+        Slot,
+        ClusterInfo,
+        Lineage,
+        LineageMember
     ))
 )]
 pub struct ApiDoc;
@@ -111,8 +138,7 @@ async fn experiment_view(master: &Master, row: ExperimentRow, counts: &[(i64, St
     let config: ExperimentConfig = serde_json::from_str(&row.config_json).map_err(|e| Error::internal(e.to_string()))?;
     let summaries = master.store.experiment_metric_summaries(row.id, "validation", &config.searcher.metric).await?;
     let best = best_of(&summaries, config.searcher.smaller_is_better);
-    let trial_counts: BTreeMap<String, i64> =
-        counts.iter().filter(|(e, _, _)| *e == row.id).map(|(_, s, n)| (s.clone(), *n)).collect();
+    let trial_counts: BTreeMap<String, i64> = counts.iter().filter(|(e, _, _)| *e == row.id).map(|(_, s, n)| (s.clone(), *n)).collect();
     Ok(Experiment {
         id: row.id,
         name: row.name,
@@ -131,7 +157,12 @@ async fn experiment_view(master: &Master, row: ExperimentRow, counts: &[(i64, St
     })
 }
 
-fn trial_view(row: TrialRow, summaries: Vec<MetricSummaryRow>, config: &ExperimentConfig, placements: &HashMap<i64, (String, Option<String>)>) -> Trial {
+fn trial_view(
+    row: TrialRow,
+    summaries: Vec<MetricSummaryRow>,
+    config: &ExperimentConfig,
+    placements: &HashMap<i64, (String, Option<String>)>,
+) -> Trial {
     let searcher_metric: Vec<MetricSummaryRow> =
         summaries.iter().filter(|s| s.group == "validation" && s.name == config.searcher.metric).cloned().collect();
     let best = best_of(&searcher_metric, config.searcher.smaller_is_better).map(|b| b.1);
@@ -148,7 +179,15 @@ fn trial_view(row: TrialRow, summaries: Vec<MetricSummaryRow>, config: &Experime
         latest_checkpoint: row.latest_checkpoint,
         summaries: summaries
             .into_iter()
-            .map(|s| MetricSummary { group: s.group, name: s.name, count: s.count, last: s.last, last_step: s.last_step, min: s.min, max: s.max })
+            .map(|s| MetricSummary {
+                group: s.group,
+                name: s.name,
+                count: s.count,
+                last: s.last,
+                last_step: s.last_step,
+                min: s.min,
+                max: s.max,
+            })
             .collect(),
         allocation_id: placement.map(|p| p.0.clone()),
         agent_id: placement.and_then(|p| p.1.clone()),
@@ -245,10 +284,15 @@ async fn list_trials(State(master): State<Arc<Master>>, Path(id): Path<String>) 
         summaries.entry(s.trial_id).or_default().push(s);
     }
     let trials = master.store.list_trials(id).await?;
-    Ok(Json(trials.into_iter().map(|t| {
-        let s = summaries.remove(&t.id).unwrap_or_default();
-        trial_view(t, s, &config, &placements)
-    }).collect()))
+    Ok(Json(
+        trials
+            .into_iter()
+            .map(|t| {
+                let s = summaries.remove(&t.id).unwrap_or_default();
+                trial_view(t, s, &config, &placements)
+            })
+            .collect(),
+    ))
 }
 
 /// The experiment's context tarball, for the agent starting one of its tasks.
@@ -279,7 +323,11 @@ async fn get_trial(State(master): State<Arc<Master>>, Path(id): Path<String>) ->
     params(("id" = i64, Path), ("name" = String, Query), ("group" = Option<String>, Query, description = "training (default) or validation"),
         ("max_points" = Option<usize>, Query, description = "default 500")),
     responses((status = 200, body = MetricSeries), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
-async fn get_metrics(State(master): State<Arc<Master>>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Result<Json<MetricSeries>> {
+async fn get_metrics(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<MetricSeries>> {
     let id = parse_id(&id, "trial id")?;
     master.store.get_trial(id).await?;
     let name = q.get("name").ok_or_else(|| Error::bad_field("name", "query parameter `name` (the metric) is required"))?;
@@ -292,13 +340,23 @@ async fn get_metrics(State(master): State<Arc<Master>>, Path(id): Path<String>, 
         return Err(Error::bad_field("max_points", "must be between 2 and 100000"));
     }
     let rows = master.store.metric_series(id, group, name, max_points).await?;
-    Ok(Json(MetricSeries { group: group.into(), name: name.clone(), total_points: rows.total_points, points: lttb(&rows.points, max_points) }))
+    Ok(Json(MetricSeries {
+        group: group.into(),
+        name: name.clone(),
+        total_points: rows.total_points,
+        points: lttb(&rows.points, max_points),
+    }))
 }
 
 /// Report training or validation metrics. Idempotent by (trial, group, metric, step).
 #[utoipa::path(post, path = "/api/v1/trials/{id}/metrics", params(("id" = i64, Path)), request_body = ReportMetricsRequest,
     responses((status = 200, body = ReportMetricsResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Json<ReportMetricsResponse>> {
+async fn report_metrics(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ReportMetricsResponse>> {
     let id = parse_id(&id, "trial id")?;
     let auth = master.authenticate(bearer(&headers), id)?;
     let req: ReportMetricsRequest = parse_json(&body)?;
@@ -311,8 +369,9 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
     let mut searcher_values = Vec::new();
     // Check everything before storing anything: a bad report changes nothing.
     for (i, p) in req.points.iter().enumerate() {
-        let group = MetricGroup::parse(&p.group)
-            .ok_or_else(|| Error::bad_field(format!("points[{i}].group"), format!("unknown metric group `{}`; use training or validation", p.group)))?;
+        let group = MetricGroup::parse(&p.group).ok_or_else(|| {
+            Error::bad_field(format!("points[{i}].group"), format!("unknown metric group `{}`; use training or validation", p.group))
+        })?;
         if p.step < 0 {
             return Err(Error::bad_field(format!("points[{i}].step"), format!("step {} is negative", p.step)));
         }
@@ -325,15 +384,12 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
                 Value::Number(num) => num.as_f64().filter(|v| v.is_finite()),
                 _ => None,
             }
-            .ok_or_else(|| Error::bad_field(field.clone(), format!("metric `{name}` at step {} is {value}, not a finite number", p.step)))?;
+            .ok_or_else(|| {
+                Error::bad_field(field.clone(), format!("metric `{name}` at step {} is {value}, not a finite number", p.step))
+            })?;
             if group == MetricGroup::Validation && name.as_str() == &*auth.searcher_metric {
                 // Training time is the report's time metric when it carries one, else its step.
-                let time = auth
-                    .time_metric
-                    .as_ref()
-                    .and_then(|t| p.metrics.get(&**t))
-                    .and_then(Value::as_f64)
-                    .unwrap_or(p.step as f64);
+                let time = auth.time_metric.as_ref().and_then(|t| p.metrics.get(&**t)).and_then(Value::as_f64).unwrap_or(p.step as f64);
                 searcher_values.push((value, time));
             }
             rows.push(MetricRow { group, name: name.clone(), step: p.step, value, ts_ms: ts });
@@ -341,10 +397,8 @@ async fn report_metrics(State(master): State<Arc<Master>>, Path(id): Path<String
     }
     let stored = master.store.add_metrics(id, &rows).await?;
     master.counters.metric_points.fetch_add(stored as u64, Ordering::Relaxed);
-    if stored > 0 {
-        for (value, time) in searcher_values {
-            master.validation_reported(auth.experiment_id, id, value, time).await?;
-        }
+    if stored > 0 && !searcher_values.is_empty() {
+        master.validation_reported(auth.experiment_id, id, &searcher_values).await?;
     }
     Ok(Json(ReportMetricsResponse { stored, stop_requested: auth.stop_requested.load(Ordering::Relaxed) }))
 }
@@ -363,7 +417,11 @@ async fn get_signals(State(master): State<Arc<Master>>, Path(id): Path<String>, 
     params(("id" = i64, Path), ("after" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("follow" = Option<bool>, Query),
         ("timeout_ms" = Option<u64>, Query)),
     responses((status = 200, body = TrialLogs), (status = 404, body = ApiError)))]
-async fn get_logs(State(master): State<Arc<Master>>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Result<Json<TrialLogs>> {
+async fn get_logs(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<TrialLogs>> {
     let id = parse_id(&id, "trial id")?;
     let after: i64 = query_num(&q, "after", 0)?;
     let limit: i64 = query_num(&q, "limit", 1000)?;
@@ -405,6 +463,15 @@ fn checkpoint_view(c: CheckpointRow) -> Checkpoint {
     }
 }
 
+/// The family tree of a `pbt` experiment: every member of every generation, its parent, score
+/// and checkpoint. 400 for any other searcher.
+#[utoipa::path(get, path = "/api/v1/experiments/{id}/lineage", params(("id" = i64, Path)),
+    responses((status = 200, body = Lineage), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_lineage(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Lineage>> {
+    let id = parse_id(&id, "experiment id")?;
+    Ok(Json(master.lineage(id).await?))
+}
+
 #[utoipa::path(get, path = "/api/v1/trials/{id}/checkpoints", params(("id" = i64, Path)),
     responses((status = 200, body = [Checkpoint])))]
 async fn list_checkpoints(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Vec<Checkpoint>>> {
@@ -416,7 +483,12 @@ async fn list_checkpoints(State(master): State<Arc<Master>>, Path(id): Path<Stri
 /// Register a checkpoint whose files are already in the experiment's checkpoint storage.
 #[utoipa::path(post, path = "/api/v1/trials/{id}/checkpoints", params(("id" = i64, Path)), request_body = RegisterCheckpointRequest,
     responses((status = 200, body = Checkpoint), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
-async fn register_checkpoint(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Json<Checkpoint>> {
+async fn register_checkpoint(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Checkpoint>> {
     let id = parse_id(&id, "trial id")?;
     let auth = master.authenticate(bearer(&headers), id)?;
     let req: RegisterCheckpointRequest = parse_json(&body)?;
@@ -426,7 +498,10 @@ async fn register_checkpoint(State(master): State<Arc<Master>>, Path(id): Path<S
     for path in req.resources.keys() {
         let p = std::path::Path::new(path);
         if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(Error::bad_field(format!("resources.{path}"), "checkpoint file paths must be relative and stay inside the checkpoint"));
+            return Err(Error::bad_field(
+                format!("resources.{path}"),
+                "checkpoint file paths must be relative and stay inside the checkpoint",
+            ));
         }
     }
     let row = CheckpointRow {
@@ -463,7 +538,12 @@ async fn prometheus(State(master): State<Arc<Master>>) -> Response {
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
-    metric("drover_experiments_created_total", "counter", "Experiments created since start.", c.experiments_created.load(Ordering::Relaxed));
+    metric(
+        "drover_experiments_created_total",
+        "counter",
+        "Experiments created since start.",
+        c.experiments_created.load(Ordering::Relaxed),
+    );
     metric("drover_trials_started_total", "counter", "Trial allocations started since start.", c.trials_started.load(Ordering::Relaxed));
     metric("drover_trials_finished_total", "counter", "Trials that reached a terminal state.", c.trials_finished.load(Ordering::Relaxed));
     metric("drover_metric_points_total", "counter", "Metric points stored.", c.metric_points.load(Ordering::Relaxed));

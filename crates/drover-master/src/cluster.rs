@@ -14,16 +14,15 @@ use std::time::{Duration, Instant};
 
 use drover_api::agent::{AgentMessage, MasterMessage, SlotSpec, TaskSpec};
 use drover_api::env;
-use drover_core::state::{AllocationState, ExperimentState, TrialState};
 use drover_core::ExperimentConfig;
+use drover_core::state::{AllocationState, ExperimentState, TrialState};
 use drover_search::{Action, RequestId, Searcher};
-use drover_store::{
-    AllocationUpdate, LogRow, NewAllocation, NewExperiment, NewTrial, Store, TrialRow, TrialUpdate,
-};
+use drover_store::{AllocationUpdate, LogRow, NewAllocation, NewExperiment, NewTrial, Store, TrialRow, TrialUpdate};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::error::{Error, Result};
+use crate::lineage::{self, MemberTrial};
 
 /// Grace given to a task between SIGTERM and SIGKILL when it is stopped politely.
 const STOP_GRACE_MS: u64 = 10_000;
@@ -121,6 +120,8 @@ struct ExperimentRuntime {
     searcher: Searcher,
     trials: HashMap<i64, TrialRuntime>,
     by_request: HashMap<RequestId, i64>,
+    /// For `pbt`: trials that had ended when the lineage files were last written.
+    lineage_written: usize,
 }
 
 struct TrialRuntime {
@@ -199,8 +200,15 @@ impl Master {
                 None => return Err(Error::internal(format!("experiment {} has no searcher snapshot", row.id))),
             };
             let has_context = self.store.has_context(row.id).await?;
-            let mut runtime =
-                ExperimentRuntime { config, state, has_context, searcher, trials: HashMap::new(), by_request: HashMap::new() };
+            let mut runtime = ExperimentRuntime {
+                config,
+                state,
+                has_context,
+                searcher,
+                trials: HashMap::new(),
+                by_request: HashMap::new(),
+                lineage_written: 0,
+            };
             for t in self.store.list_trials(row.id).await? {
                 let mut trial = trial_runtime(&t)?;
                 if trial.state.has_process() {
@@ -249,7 +257,15 @@ impl Master {
         for a in live_allocations {
             if !inner.allocations.contains_key(&a.id) {
                 self.store
-                    .update_allocation(&a.id, AllocationUpdate { state: Some("TERMINATED".into()), ended_at: Some(now_ms()), error: Some("master restarted".into()), ..Default::default() })
+                    .update_allocation(
+                        &a.id,
+                        AllocationUpdate {
+                            state: Some("TERMINATED".into()),
+                            ended_at: Some(now_ms()),
+                            error: Some("master restarted".into()),
+                            ..Default::default()
+                        },
+                    )
                     .await?;
             }
         }
@@ -312,7 +328,15 @@ impl Master {
         let actions = searcher.initial_trials();
         inner.experiments.insert(
             id,
-            ExperimentRuntime { config, state, has_context, searcher, trials: HashMap::new(), by_request: HashMap::new() },
+            ExperimentRuntime {
+                config,
+                state,
+                has_context,
+                searcher,
+                trials: HashMap::new(),
+                by_request: HashMap::new(),
+                lineage_written: 0,
+            },
         );
         self.apply_actions(&mut inner, id, actions).await?;
         self.schedule(&mut inner).await?;
@@ -349,11 +373,21 @@ impl Master {
                         .and_then(|source| exp.trials.get(source))
                         .and_then(|source| source.latest_checkpoint.clone());
                     if let Some(uuid) = &latest_checkpoint {
-                        self.store.update_trial(trial_id, TrialUpdate { latest_checkpoint: Some(uuid.clone()), ..Default::default() }).await?;
+                        self.store
+                            .update_trial(trial_id, TrialUpdate { latest_checkpoint: Some(uuid.clone()), ..Default::default() })
+                            .await?;
                     }
                     exp.trials.insert(
                         trial_id,
-                        TrialRuntime { request_id, state: trial_state, restarts: 0, allocation: None, hparams, seed: seed as i64, latest_checkpoint },
+                        TrialRuntime {
+                            request_id,
+                            state: trial_state,
+                            restarts: 0,
+                            allocation: None,
+                            hparams,
+                            seed: seed as i64,
+                            latest_checkpoint,
+                        },
                     );
                     exp.by_request.insert(request_id, trial_id);
                     pending.extend(exp.searcher.trial_created(request_id));
@@ -367,6 +401,9 @@ impl Master {
                     }
                 }
                 Action::Shutdown { failure } => {
+                    if let Some(why) = exp.searcher.pbt().and_then(|p| p.ended_because()) {
+                        tracing::info!(experiment = exp_id, "pbt ends: {why}");
+                    }
                     if exp.state == ExperimentState::Active || exp.state == ExperimentState::Paused {
                         let to = if failure { ExperimentState::StoppingError } else { ExperimentState::StoppingCompleted };
                         self.set_experiment_state(inner, exp_id, to).await?;
@@ -374,8 +411,9 @@ impl Master {
                 }
             }
         }
-        if let Some(exp) = inner.experiments.get(&exp_id) {
+        if let Some(exp) = inner.experiments.get_mut(&exp_id) {
             self.store.save_searcher_snapshot(exp_id, &exp.searcher.snapshot()).await?;
+            self.write_lineage(exp_id, exp);
         }
         self.settle_if_done(inner, exp_id).await
     }
@@ -416,9 +454,7 @@ impl Master {
             .ok_or_else(|| Error::not_found(format!("trial {trial_id}")))?;
         let to = trial.state.transition(to).map_err(|e| Error::conflict(e.to_string()))?;
         let ended = to.is_terminal().then(now_ms);
-        self.store
-            .update_trial(trial_id, TrialUpdate { state: Some(to.as_str().into()), ended_at: ended, ..Default::default() })
-            .await?;
+        self.store.update_trial(trial_id, TrialUpdate { state: Some(to.as_str().into()), ended_at: ended, ..Default::default() }).await?;
         trial.state = to;
         if to.is_terminal() {
             self.counters.trials_finished.fetch_add(1, Ordering::Relaxed);
@@ -646,11 +682,19 @@ impl Master {
         inner.experiments.get_mut(&exp_id).unwrap().trials.get_mut(&trial_id).unwrap().allocation = Some(allocation_id.clone());
         inner.allocations.insert(
             allocation_id.clone(),
-            LiveAllocation { trial_id, experiment_id: exp_id, agent_id: Some(agent_id), slot_ids, state: AllocationState::Assigned, reattach_deadline: None },
+            LiveAllocation {
+                trial_id,
+                experiment_id: exp_id,
+                agent_id: Some(agent_id),
+                slot_ids,
+                state: AllocationState::Assigned,
+                reattach_deadline: None,
+            },
         );
         self.counters.trials_started.fetch_add(1, Ordering::Relaxed);
         if !sent {
-            Box::pin(self.allocation_ended(inner, &allocation_id, None, Some("the agent went away before the task started".into()))).await?;
+            Box::pin(self.allocation_ended(inner, &allocation_id, None, Some("the agent went away before the task started".into())))
+                .await?;
         }
         Ok(())
     }
@@ -678,7 +722,8 @@ impl Master {
         let (exp_id, trial_id) = (alloc.experiment_id, alloc.trial_id);
         if let Some(reason) = &error {
             // Put the reason where the user looks first: the trial's own log.
-            let line = LogRow { id: 0, ts_ms: now_ms(), stream: "master".into(), line: format!("allocation {allocation_id} ended: {reason}") };
+            let line =
+                LogRow { id: 0, ts_ms: now_ms(), stream: "master".into(), line: format!("allocation {allocation_id} ended: {reason}") };
             self.store.append_logs(trial_id, allocation_id, &[line]).await?;
         }
         let Some(exp) = inner.experiments.get_mut(&exp_id) else { return Ok(()) };
@@ -750,15 +795,21 @@ impl Master {
         let used = inner.agents.get(agent_id).map(|a| a.used.clone()).unwrap_or_default();
         inner.agents.insert(
             agent_id.to_string(),
-            AgentEntry { hostname, version, slots, used, sender: Some(sender), connection, connected_at: now, last_heartbeat: now, disconnected_at: None },
+            AgentEntry {
+                hostname,
+                version,
+                slots,
+                used,
+                sender: Some(sender),
+                connection,
+                connected_at: now,
+                last_heartbeat: now,
+                disconnected_at: None,
+            },
         );
         // Reattach what still runs; what the agent no longer has is lost.
-        let mine: Vec<String> = inner
-            .allocations
-            .iter()
-            .filter(|(_, a)| a.agent_id.as_deref() == Some(agent_id))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let mine: Vec<String> =
+            inner.allocations.iter().filter(|(_, a)| a.agent_id.as_deref() == Some(agent_id)).map(|(id, _)| id.clone()).collect();
         for id in mine {
             if running.contains(&id) {
                 let alloc = inner.allocations.get_mut(&id).unwrap();
@@ -853,9 +904,7 @@ impl Master {
         let lost: Vec<String> = inner
             .allocations
             .iter()
-            .filter(|(_, a)| {
-                a.reattach_deadline.is_some_and(|d| now > d) || a.agent_id.as_ref().is_some_and(|id| lost_agents.contains(id))
-            })
+            .filter(|(_, a)| a.reattach_deadline.is_some_and(|d| now > d) || a.agent_id.as_ref().is_some_and(|id| lost_agents.contains(id)))
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
@@ -876,7 +925,9 @@ impl Master {
         let auth = self.auth.read().unwrap().get(token).cloned();
         match auth {
             None => Err(Error::unauthorized("unknown or expired trial token")),
-            Some(a) if a.trial_id != trial_id => Err(Error::forbidden(format!("this token belongs to trial {}, not trial {trial_id}", a.trial_id))),
+            Some(a) if a.trial_id != trial_id => {
+                Err(Error::forbidden(format!("this token belongs to trial {}, not trial {trial_id}", a.trial_id)))
+            }
             Some(a) => Ok(a),
         }
     }
@@ -892,15 +943,23 @@ impl Master {
         }
     }
 
-    /// Tells the searcher about a validation of its metric at training time `time`.
-    pub async fn validation_reported(&self, experiment_id: i64, trial_id: i64, value: f64, time: f64) -> Result<()> {
+    /// Tells the searcher about validations of its metric, each as (value, training time).
+    pub async fn validation_reported(&self, experiment_id: i64, trial_id: i64, values: &[(f64, f64)]) -> Result<()> {
         let mut inner = self.inner.lock().await;
         let Some(exp) = inner.experiments.get_mut(&experiment_id) else { return Ok(()) };
         let Some(trial) = exp.trials.get(&trial_id) else { return Ok(()) };
-        let actions = exp.searcher.validation_completed(trial.request_id, value, time);
+        let request_id = trial.request_id;
+        let mut actions = Vec::new();
+        for &(value, time) in values {
+            actions.extend(exp.searcher.validation_completed(request_id, value, time));
+        }
         if !actions.is_empty() {
             self.apply_actions(&mut inner, experiment_id, actions).await?;
             self.schedule(&mut inner).await?;
+        } else if exp.searcher.learns_from_validations() {
+            // Nothing to do now, but the searcher remembers the result (a rung, a score): a
+            // restarted master must too.
+            self.store.save_searcher_snapshot(experiment_id, &exp.searcher.snapshot()).await?;
         }
         Ok(())
     }
@@ -908,10 +967,76 @@ impl Master {
     pub async fn checkpoint_registered(&self, experiment_id: i64, trial_id: i64, uuid: &str) -> Result<()> {
         self.store.update_trial(trial_id, TrialUpdate { latest_checkpoint: Some(uuid.to_string()), ..Default::default() }).await?;
         let mut inner = self.inner.lock().await;
-        if let Some(t) = inner.experiments.get_mut(&experiment_id).and_then(|e| e.trials.get_mut(&trial_id)) {
-            t.latest_checkpoint = Some(uuid.to_string());
+        let Some(exp) = inner.experiments.get_mut(&experiment_id) else { return Ok(()) };
+        let Some(t) = exp.trials.get_mut(&trial_id) else { return Ok(()) };
+        t.latest_checkpoint = Some(uuid.to_string());
+        // Only now may another trial start from this one (PBT copies only stored weights).
+        let request_id = t.request_id;
+        exp.searcher.checkpoint_saved(request_id);
+        if exp.searcher.pbt().is_some() {
+            self.store.save_searcher_snapshot(experiment_id, &exp.searcher.snapshot()).await?;
         }
         Ok(())
+    }
+
+    /// The family tree of a `pbt` experiment, live or finished.
+    pub async fn lineage(&self, experiment_id: i64) -> Result<drover_api::rest::Lineage> {
+        let live = {
+            let inner = self.inner.lock().await;
+            inner.experiments.get(&experiment_id).map(|exp| (exp.config.clone(), exp.searcher.clone()))
+        };
+        let (config, searcher) = match live {
+            Some(found) => found,
+            None => {
+                let row = self.store.get_experiment(experiment_id).await?;
+                let config: ExperimentConfig = serde_json::from_str(&row.config_json).map_err(|e| Error::internal(e.to_string()))?;
+                let snapshot = match config.searcher.name.as_str() {
+                    "pbt" => self.store.load_searcher_snapshot(experiment_id).await?,
+                    _ => None,
+                };
+                match snapshot {
+                    Some(s) => (config, Searcher::restore(&s).map_err(|e| Error::internal(e.to_string()))?),
+                    None => return Err(not_pbt(experiment_id, &config)),
+                }
+            }
+        };
+        let trials: Vec<MemberTrial> = self
+            .store
+            .list_trials(experiment_id)
+            .await?
+            .into_iter()
+            .map(|t| MemberTrial { id: t.id, request_id: t.request_id as u64, state: t.state, checkpoint: t.latest_checkpoint })
+            .collect();
+        lineage::lineage(experiment_id, &config, &searcher, &trials).ok_or_else(|| not_pbt(experiment_id, &config))
+    }
+
+    /// Rewrites a `pbt` experiment's lineage files when another member has ended. A failure to
+    /// write is logged, not fatal: the store holds the same facts.
+    fn write_lineage(&self, exp_id: i64, exp: &mut ExperimentRuntime) {
+        if exp.searcher.pbt().is_none() {
+            return;
+        }
+        let ended = exp.trials.values().filter(|t| t.state.is_terminal()).count();
+        if ended == exp.lineage_written {
+            return;
+        }
+        let trials: Vec<MemberTrial> = exp
+            .trials
+            .iter()
+            .map(|(id, t)| MemberTrial {
+                id: *id,
+                request_id: t.request_id,
+                state: t.state.as_str().to_string(),
+                checkpoint: t.latest_checkpoint.clone(),
+            })
+            .collect();
+        let Some(view) = lineage::lineage(exp_id, &exp.config, &exp.searcher, &trials) else { return };
+        let root = self.checkpoint_dir(&exp.config);
+        let dir = root.join("pbt").join(format!("experiment-{exp_id}"));
+        match lineage::write_files(&view, &dir, &root) {
+            Ok(()) => exp.lineage_written = ended,
+            Err(e) => tracing::warn!(experiment = exp_id, "cannot write the pbt lineage under {}: {e}", dir.display()),
+        }
     }
 
     // ----- views -------------------------------------------------------------------------
@@ -958,6 +1083,13 @@ impl Master {
         let (total, used, n) = connected.fold((0, 0, 0), |acc, a| (acc.0 + a.slots.len(), acc.1 + a.used.len(), acc.2 + 1));
         (total, used, n, inner.queue.len())
     }
+}
+
+fn not_pbt(experiment_id: i64, config: &ExperimentConfig) -> Error {
+    Error::bad_field(
+        "searcher.name",
+        format!("experiment {experiment_id} uses the `{}` searcher; only `pbt` has a lineage", config.searcher.name),
+    )
 }
 
 fn trial_runtime(t: &TrialRow) -> Result<TrialRuntime> {

@@ -1,8 +1,8 @@
 //! The one place where failures become HTTP statuses and JSON bodies.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use drover_api::rest::{ApiError, ErrorLocation};
 use drover_core::ConfigError;
 use drover_store::StoreError;

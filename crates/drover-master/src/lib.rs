@@ -12,6 +12,7 @@ pub mod cluster;
 mod context;
 pub mod error;
 pub mod gateway;
+mod lineage;
 mod lttb;
 
 use std::net::SocketAddr;
@@ -82,9 +83,8 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
-    });
+    let task =
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await });
     tracing::info!("master listening on http://{addr}");
     Ok(RunningMaster { addr, master, task })
 }

@@ -242,6 +242,12 @@ impl Searcher {
         }
     }
 
+    /// Whether a validation can change this search's state (and so must be saved): every
+    /// method but those that fix their trials up front.
+    pub fn learns_from_validations(&self) -> bool {
+        !matches!(self.method, Method::Random(_) | Method::Grid(_))
+    }
+
     /// The population of a `pbt` search, when this is one.
     pub fn pbt(&self) -> Option<&PbtSearch> {
         match &self.method {

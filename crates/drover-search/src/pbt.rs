@@ -154,6 +154,11 @@ impl PbtSearch {
         &self.members
     }
 
+    /// Best loss of the population after each completed generation, over all generations so far.
+    pub fn best_by_generation(&self) -> &[Option<f64>] {
+        &self.best_by_generation
+    }
+
     pub fn ended_because(&self) -> Option<&str> {
         self.ended_because.as_deref()
     }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use drover_api::rest::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const TRIAL: &str = env!("CARGO_BIN_EXE_drover-trivial-trial");
@@ -115,9 +115,7 @@ impl Cluster {
 }
 
 fn config(searcher: &str, hparams: &str, extra: &str) -> String {
-    format!(
-        "name: e2e\nentrypoint: [\"{TRIAL}\"]\nhyperparameters:\n{hparams}\nsearcher: {searcher}\n{extra}"
-    )
+    format!("name: e2e\nentrypoint: [\"{TRIAL}\"]\nhyperparameters:\n{hparams}\nsearcher: {searcher}\n{extra}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +341,8 @@ async fn a_restarted_master_reattaches_running_trials_and_resumes_the_search() {
     let Cluster { master, agent_stop, agent, http, _dir } = cluster;
     let addr = master.addr;
     master.shutdown().await.unwrap();
-    let config = drover_master::MasterConfig::new(format!("sqlite://{}", _dir.path().join("drover.db").display()), _dir.path().join("checkpoints"));
+    let config =
+        drover_master::MasterConfig::new(format!("sqlite://{}", _dir.path().join("drover.db").display()), _dir.path().join("checkpoints"));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let master = drover_master::start(config, listener).await.unwrap();
     let cluster = Cluster { master, agent_stop, agent, http, _dir };
@@ -377,7 +376,11 @@ async fn async_halving_stops_bad_trials_early() {
     assert_eq!(trials.len(), 8);
     let epochs_run = |t: &Trial| t.summaries.iter().find(|s| s.name == "epochs").map_or(0, |s| s.count);
     let stopped_early: Vec<&Trial> = trials.iter().filter(|t| epochs_run(t) < 16).collect();
-    assert!(!stopped_early.is_empty(), "some trials must have been stopped before max_time: {:?}", trials.iter().map(epochs_run).collect::<Vec<_>>());
+    assert!(
+        !stopped_early.is_empty(),
+        "some trials must have been stopped before max_time: {:?}",
+        trials.iter().map(epochs_run).collect::<Vec<_>>()
+    );
     // Rungs are at 4, 8 and 16 epochs; a stopped trial stopped right at a rung.
     for t in &stopped_early {
         assert!([4, 8].contains(&epochs_run(t)), "trial {} ran {} epochs", t.id, epochs_run(t));
@@ -385,5 +388,80 @@ async fn async_halving_stops_bad_trials_early() {
     // The best trial was never stopped before the top rung.
     let best = trials.iter().min_by(|a, b| a.best_metric.unwrap().total_cmp(&b.best_metric.unwrap())).unwrap();
     assert_eq!(epochs_run(best), 16);
+    cluster.stop().await;
+}
+
+/// Population based training end to end: members stop at each generation's end, the weak start
+/// from a better member's checkpoint, and the checkpoints themselves prove it: each member's
+/// saved state carries its parent's training history (`lineage`) and epoch count on top of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbt_clones_resume_from_their_parents_checkpoints() {
+    let cluster = Cluster::start(4).await;
+    let yaml = config(
+        "{name: pbt, metric: validation_loss, time_metric: epochs, population_size: 4, max_generations: 3, generation_length: 2, max_concurrent_trials: 4}",
+        "  x: {type: double, minval: 0.02, maxval: 0.6}\n  n_metrics: 100\n  pbt: true",
+        "",
+    );
+    let e = cluster.create(&yaml).await;
+    assert_eq!(e.planned_trials, Some(12));
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(120)).await;
+    assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
+
+    let lineage: Lineage = cluster.get(&format!("/api/v1/experiments/{}/lineage", e.id)).await;
+    assert_eq!(lineage.members.len(), 12, "{lineage:?}");
+    assert_eq!(lineage.ended_because.as_deref(), Some("all 3 generations ran"));
+    assert_eq!(lineage.best_by_generation.len(), 3);
+    let checkpoints = cluster._dir.path().join("checkpoints");
+    let state_of = |m: &LineageMember| -> Value {
+        let uuid = m.checkpoint.as_deref().unwrap_or_else(|| panic!("member {} has no checkpoint", m.trial_id));
+        serde_json::from_str(&std::fs::read_to_string(checkpoints.join(uuid).join("state.json")).unwrap()).unwrap()
+    };
+    let by_trial: std::collections::HashMap<i64, &LineageMember> = lineage.members.iter().map(|m| (m.trial_id, m)).collect();
+    let mut exploited = 0;
+    for m in &lineage.members {
+        let state = state_of(m);
+        assert_eq!(state["epoch"], json!(2 * (m.generation + 1)), "member {} of generation {}: {state}", m.trial_id, m.generation);
+        let own_history: Vec<i64> = state["lineage"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        match m.parent_trial_id {
+            None => {
+                assert_eq!(m.generation, 0);
+                assert_eq!(own_history, vec![m.trial_id]);
+            }
+            Some(parent) => {
+                let p = by_trial[&parent];
+                assert_eq!(p.generation + 1, m.generation);
+                let mut expected: Vec<i64> = state_of(p)["lineage"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+                expected.push(m.trial_id);
+                assert_eq!(own_history, expected, "member {} did not resume from parent {parent}'s checkpoint", m.trial_id);
+                if m.exploited {
+                    exploited += 1;
+                    // It replaced the previous member of its slot, which scored worse.
+                    let replaced = lineage.members.iter().find(|o| o.slot == m.slot && o.generation + 1 == m.generation).unwrap();
+                    assert!(p.score.unwrap() < replaced.score.unwrap(), "{} copied {} over {}", m.trial_id, parent, replaced.trial_id);
+                    assert_ne!(m.hparams["x"], p.hparams["x"], "a copied member explores its hyperparameters");
+                } else {
+                    assert_eq!(p.slot, m.slot);
+                    assert_eq!(m.hparams, p.hparams);
+                }
+            }
+        }
+    }
+    assert!(exploited >= 2, "the worst member loses its tournament each generation");
+
+    // The same family tree as plain files beside the checkpoints.
+    let files = checkpoints.join("pbt").join(format!("experiment-{}", e.id));
+    let table = std::fs::read_to_string(files.join("members.csv")).unwrap();
+    assert_eq!(table.lines().count(), 13, "{table}");
+    let last = files.join("g002_w03");
+    let member: Value = serde_json::from_str(&std::fs::read_to_string(last.join("member.json")).unwrap()).unwrap();
+    assert_eq!(member["generation"], json!(2));
+    assert!(last.join("checkpoint").join("state.json").is_file(), "the member's folder links to its weights");
+    assert!(std::fs::read_to_string(files.join("generations.csv")).unwrap().lines().count() == 4);
+
+    // Any other searcher has no lineage, and says why.
+    let other = cluster.create(&config("{name: single, metric: validation_loss}", "  x: 0.3", "")).await;
+    let r = cluster.http.get(cluster.url(&format!("/api/v1/experiments/{}/lineage", other.id))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("searcher.name"));
     cluster.stop().await;
 }

@@ -10,6 +10,11 @@
 //! - `curve` (bool): instead, report `validation_loss = (x - 0.3)^2 + 1/epoch` and `epochs`
 //!   for epochs `1..=n_metrics`, flushing each and stopping when the searcher asks.
 //! - `checkpoint` (bool): save `state.json` = `{"step": n, "x": x}` as a checkpoint at step n.
+//! - `pbt` (bool): a toy model for population based training. Its one weight `w` starts at 0
+//!   and each epoch moves `x` of the way to 1; it reports `validation_loss = (1 - w)^2` and
+//!   `epochs` each epoch up to `n_metrics`, stops when asked, and then checkpoints
+//!   `{"epoch", "w", "lineage"}`, where `lineage` lists the trial ids whose training the weight
+//!   carries (its ancestors' from the checkpoint it started from, then its own).
 //!
 //! On a restart with a latest checkpoint, it restores it and prints its `state.json` first.
 //!
@@ -20,7 +25,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use drover_sdk::{Context, SdkError};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// How often the sleep checks for a stop request.
 const STOP_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -50,17 +55,16 @@ fn run() -> Result<ExitCode, SdkError> {
     let fail: bool = ctx.hparam_opt("fail")?.unwrap_or(false);
     let save_checkpoint: bool = ctx.hparam_opt("checkpoint")?.unwrap_or(false);
     let curve: bool = ctx.hparam_opt("curve")?.unwrap_or(false);
+    if ctx.hparam_opt::<bool>("pbt")?.unwrap_or(false) {
+        return toy_pbt_member(ctx, x, n_metrics);
+    }
     println!("trial {} of experiment {}: x={x} n_metrics={n_metrics}", ctx.trial_id(), ctx.experiment_id());
 
     if let Some(uuid) = ctx.latest_checkpoint() {
         let dir = scratch_dir(&ctx, "restore")?;
         ctx.checkpoint_restore(uuid, &dir)?;
         let state_path = dir.join("state.json");
-        let state = std::fs::read_to_string(&state_path).map_err(|source| SdkError::Io {
-            action: "read",
-            path: state_path,
-            source,
-        })?;
+        let state = std::fs::read_to_string(&state_path).map_err(|source| SdkError::Io { action: "read", path: state_path, source })?;
         println!("resumed from checkpoint {uuid}: {state}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -106,11 +110,7 @@ fn run() -> Result<ExitCode, SdkError> {
         let dir = scratch_dir(&ctx, "save")?;
         let state_path = dir.join("state.json");
         let state = json!({"step": n_metrics, "x": x}).to_string();
-        std::fs::write(&state_path, state).map_err(|source| SdkError::Io {
-            action: "write",
-            path: state_path,
-            source,
-        })?;
+        std::fs::write(&state_path, state).map_err(|source| SdkError::Io { action: "write", path: state_path, source })?;
         let uuid = ctx.checkpoint_save(n_metrics, &dir, json!({"source": "drover-trivial-trial"}))?;
         println!("saved checkpoint {uuid}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -120,10 +120,45 @@ fn run() -> Result<ExitCode, SdkError> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn toy_pbt_member(ctx: Context, x: f64, n_metrics: i64) -> Result<ExitCode, SdkError> {
+    let (mut epoch, mut w, mut lineage) = (0i64, 0.0f64, Vec::<Value>::new());
+    if let Some(uuid) = ctx.latest_checkpoint() {
+        let dir = scratch_dir(&ctx, "restore")?;
+        ctx.checkpoint_restore(uuid, &dir)?;
+        let path = dir.join("state.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| SdkError::Io { action: "read", path: path.clone(), source })?;
+        let state: Value = serde_json::from_str(&text).map_err(|e| SdkError::Io { action: "parse", path, source: e.into() })?;
+        epoch = state["epoch"].as_i64().unwrap_or(0);
+        w = state["w"].as_f64().unwrap_or(0.0);
+        lineage = state["lineage"].as_array().cloned().unwrap_or_default();
+        println!("resumed from checkpoint {uuid}: epoch {epoch}, w {w}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    lineage.push(json!(ctx.trial_id()));
+    while epoch < n_metrics {
+        epoch += 1;
+        w += x.clamp(0.0, 1.0) * (1.0 - w);
+        ctx.report_validation(epoch, &[("validation_loss", (1.0 - w).powi(2)), ("epochs", epoch as f64)]);
+        ctx.flush()?;
+        if ctx.should_stop() {
+            println!("the generation ends after epoch {epoch}");
+            break;
+        }
+    }
+    let dir = scratch_dir(&ctx, "save")?;
+    let path = dir.join("state.json");
+    let state = json!({"epoch": epoch, "w": w, "lineage": lineage}).to_string();
+    std::fs::write(&path, state).map_err(|source| SdkError::Io { action: "write", path, source })?;
+    let uuid = ctx.checkpoint_save(epoch, &dir, json!({"source": "drover-trivial-trial", "pbt": true}))?;
+    println!("saved checkpoint {uuid} at epoch {epoch}");
+    let _ = std::fs::remove_dir_all(&dir);
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A fresh directory of this process's own, so concurrent trials on one host do not collide.
 fn scratch_dir(ctx: &Context, purpose: &str) -> Result<std::path::PathBuf, SdkError> {
-    let dir =
-        std::env::temp_dir().join(format!("drover-trivial-trial-{}-{}-{purpose}", ctx.trial_id(), std::process::id()));
+    let dir = std::env::temp_dir().join(format!("drover-trivial-trial-{}-{}-{purpose}", ctx.trial_id(), std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|source| SdkError::Io { action: "create", path: dir.clone(), source })?;
     Ok(dir)

@@ -1,0 +1,163 @@
+//! The family tree of a `pbt` search, as the REST API shows it and as plain files on the
+//! experiment's checkpoint storage, laid out the way AutoLFADS keeps its runs: a folder per
+//! member of each generation (`g003_w07`) with its hyperparameters and a link to its weights,
+//! and tables of the whole run, so that a file browser or a spreadsheet is enough to read it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use drover_api::rest::{Lineage, LineageMember};
+use drover_core::config::ExperimentConfig;
+use drover_search::Searcher;
+use serde_json::Value;
+
+/// What the lineage needs to know of a trial.
+pub struct MemberTrial {
+    pub id: i64,
+    pub request_id: u64,
+    pub state: String,
+    pub checkpoint: Option<String>,
+}
+
+/// The lineage of a `pbt` search; `None` for any other searcher.
+pub fn lineage(experiment_id: i64, config: &ExperimentConfig, searcher: &Searcher, trials: &[MemberTrial]) -> Option<Lineage> {
+    let pbt = searcher.pbt()?;
+    let by_request: HashMap<u64, &MemberTrial> = trials.iter().map(|t| (t.request_id, t)).collect();
+    let trial_id = |request: u64| by_request.get(&request).map(|t| t.id);
+    // The searcher keeps losses (smaller is better); users read their metric as reported.
+    let sign = if config.searcher.smaller_is_better { 1.0 } else { -1.0 };
+    let mut members: Vec<LineageMember> = pbt
+        .members()
+        .iter()
+        .filter_map(|(request, m)| {
+            let row = by_request.get(request)?;
+            Some(LineageMember {
+                trial_id: row.id,
+                generation: m.generation,
+                slot: m.slot,
+                parent_trial_id: m.parent.and_then(trial_id),
+                exploited: m.exploited,
+                state: row.state.clone(),
+                hparams: Value::Object(m.hparams.clone()),
+                score: m.score.map(|s| s * sign),
+                checkpoint: row.checkpoint.clone(),
+            })
+        })
+        .collect();
+    members.sort_by_key(|m| (m.generation, m.slot));
+    let params = pbt.params();
+    Some(Lineage {
+        experiment_id,
+        metric: config.searcher.metric.clone(),
+        smaller_is_better: config.searcher.smaller_is_better,
+        population_size: params.population,
+        max_generations: params.max_generations,
+        best_by_generation: pbt.best_by_generation().iter().map(|b| b.map(|s| s * sign)).collect(),
+        ended_because: pbt.ended_because().map(str::to_string),
+        members,
+    })
+}
+
+/// Writes the run's tables and one folder per member under `dir`:
+/// - `members.csv`: generation, slot, trial, parent, exploited, state, score, checkpoint, hyperparameters;
+/// - `generations.csv`: the best score after each generation;
+/// - `g{generation:03}_w{slot:02}/member.json`, and `checkpoint`, a relative link to the
+///   member's latest checkpoint directory beside `dir`'s parent (where checkpoints live).
+///
+/// Only members that have ended get a folder; a folder once written is not rewritten.
+pub fn write_files(lineage: &Lineage, dir: &Path, checkpoint_root: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut members = String::from("generation,slot,trial_id,parent_trial_id,exploited,state,score,checkpoint,hparams\n");
+    for m in &lineage.members {
+        let _ = writeln!(
+            members,
+            "{},{},{},{},{},{},{},{},{}",
+            m.generation,
+            m.slot,
+            m.trial_id,
+            m.parent_trial_id.map(|p| p.to_string()).unwrap_or_default(),
+            m.exploited,
+            m.state,
+            m.score.map(|s| s.to_string()).unwrap_or_default(),
+            m.checkpoint.as_deref().unwrap_or(""),
+            csv_field(&m.hparams.to_string()),
+        );
+    }
+    replace(&dir.join("members.csv"), members.as_bytes())?;
+    let mut generations = format!("generation,best_{}\n", csv_field(&lineage.metric));
+    for (g, best) in lineage.best_by_generation.iter().enumerate() {
+        let _ = writeln!(generations, "{g},{}", best.map(|b| b.to_string()).unwrap_or_default());
+    }
+    replace(&dir.join("generations.csv"), generations.as_bytes())?;
+    let run = serde_json::json!({
+        "experiment_id": lineage.experiment_id,
+        "metric": lineage.metric,
+        "smaller_is_better": lineage.smaller_is_better,
+        "population_size": lineage.population_size,
+        "max_generations": lineage.max_generations,
+        "ended_because": lineage.ended_because,
+    });
+    replace(&dir.join("run.json"), serde_json::to_string_pretty(&run).unwrap_or_default().as_bytes())?;
+
+    for m in lineage.members.iter().filter(|m| is_final(&m.state)) {
+        let folder = dir.join(format!("g{:03}_w{:02}", m.generation, m.slot));
+        if folder.join("member.json").exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&folder)?;
+        #[cfg(unix)]
+        if let Some(uuid) = &m.checkpoint {
+            let target = checkpoint_root.join(uuid);
+            if target.is_dir() {
+                let _ = std::os::unix::fs::symlink(relative_to(&target, &folder), folder.join("checkpoint"));
+            }
+        }
+        replace(&folder.join("member.json"), serde_json::to_string_pretty(m).unwrap_or_default().as_bytes())?;
+    }
+    Ok(())
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "COMPLETED" | "CANCELED" | "ERROR")
+}
+
+/// Quotes a CSV field when it needs it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a table.
+fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `target` as seen from `from`, both absolute or both relative to the same base; a link that
+/// survives moving the whole storage elsewhere.
+fn relative_to(target: &Path, from: &Path) -> std::path::PathBuf {
+    let t: Vec<_> = target.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut out = std::path::PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_links_and_csv_quoting() {
+        assert_eq!(relative_to(Path::new("/a/b/uuid"), Path::new("/a/b/pbt/experiment-1/g000_w00")), Path::new("../../../uuid"));
+        assert_eq!(csv_field(r#"{"a":1,"b":"x"}"#), r#""{""a"":1,""b"":""x""}""#);
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}
