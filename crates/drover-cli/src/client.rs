@@ -1,9 +1,9 @@
 //! A small typed client of the master's REST API for the CLI.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use drover_api::rest::*;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub struct Client {
     base: String,
@@ -35,8 +35,7 @@ impl Client {
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let response =
-            self.http.post(&url).json(body).send().await.with_context(|| format!("cannot reach the master at {}", self.base))?;
+        let response = self.http.post(&url).json(body).send().await.with_context(|| format!("cannot reach the master at {}", self.base))?;
         self.decode(response).await
     }
 
@@ -67,6 +66,10 @@ impl Client {
 
     pub async fn trials(&self, experiment_id: i64) -> Result<Vec<Trial>> {
         self.get(&format!("/api/v1/experiments/{experiment_id}/trials")).await
+    }
+
+    pub async fn lineage(&self, experiment_id: i64) -> Result<Lineage> {
+        self.get(&format!("/api/v1/experiments/{experiment_id}/lineage")).await
     }
 
     pub async fn trial(&self, id: i64) -> Result<Trial> {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use drover_agent::SlotOptions;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,12 @@ struct SlotArgs {
 impl SlotArgs {
     fn options(&self) -> SlotOptions {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        SlotOptions { cpu_slots: Some(self.cpu_slots.unwrap_or(cores)), slots_override: self.slots, slots_per_gpu: self.slots_per_gpu, nvidia_smi: None }
+        SlotOptions {
+            cpu_slots: Some(self.cpu_slots.unwrap_or(cores)),
+            slots_override: self.slots,
+            slots_per_gpu: self.slots_per_gpu,
+            nvidia_smi: None,
+        }
     }
 }
 
@@ -144,23 +149,47 @@ enum ExperimentCommand {
         follow: bool,
     },
     List,
-    Describe { id: i64 },
-    Pause { id: i64 },
-    Activate { id: i64 },
-    Cancel { id: i64 },
-    Kill { id: i64 },
-    Delete { id: i64 },
+    Describe {
+        id: i64,
+    },
+    Pause {
+        id: i64,
+    },
+    Activate {
+        id: i64,
+    },
+    Cancel {
+        id: i64,
+    },
+    Kill {
+        id: i64,
+    },
+    Delete {
+        id: i64,
+    },
     /// Wait until the experiment ends; exits non-zero unless it COMPLETED.
-    Wait { id: i64 },
+    Wait {
+        id: i64,
+    },
     /// Print the logs of all its trials.
-    Logs { id: i64 },
+    Logs {
+        id: i64,
+    },
+    /// Draw the family tree of a population based training experiment.
+    Lineage {
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
 enum TrialCommand {
     /// List the trials of an experiment.
-    List { experiment_id: i64 },
-    Describe { id: i64 },
+    List {
+        experiment_id: i64,
+    },
+    Describe {
+        id: i64,
+    },
     Logs {
         id: i64,
         /// Keep printing new lines until the trial ends.
@@ -171,6 +200,15 @@ enum TrialCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `drover experiment lineage 3 | head` must end quietly when the reader goes away, as other
+    // command-line tools do, rather than panic on a failed print. Not for the long-running
+    // commands: a server must never die of a signal from a pipe it writes to.
+    if !matches!(cli.command, Command::Up { .. } | Command::Run { .. } | Command::Master { .. } | Command::Agent { .. }) {
+        // SAFETY: before any thread exists; SIG_DFL is always a valid handler.
+        unsafe {
+            let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
     if matches!(cli.command, Command::Up { .. } | Command::Run { .. }) {
         embedded::put_own_directory_on_path();
     }
@@ -218,7 +256,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let output = cli.output;
     match cli.command {
         Command::Up { port, bind, db, data, slots } => {
-            let cluster = Embedded::start(EmbeddedOptions { data_dir: data_dir(&data), bind: format!("{bind}:{port}"), db, slots: slots.options() }).await?;
+            let cluster =
+                Embedded::start(EmbeddedOptions { data_dir: data_dir(&data), bind: format!("{bind}:{port}"), db, slots: slots.options() })
+                    .await?;
             eprintln!("drover is up at {} (data in {})", cluster.url(), data_dir(&data).display());
             shutdown_on_signal().cancelled().await;
             cluster.stop().await?;
@@ -251,7 +291,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let context = context_or_config_dir(&file, context);
             // Everything is checked before the cluster starts: a bad file starts nothing.
             let req = run::create_request(&file, context.as_deref(), true)?;
-            let cluster = Embedded::start(EmbeddedOptions { data_dir: data_dir(&data), bind: "127.0.0.1:0".into(), db: None, slots: slots.options() }).await?;
+            let cluster = Embedded::start(EmbeddedOptions {
+                data_dir: data_dir(&data),
+                bind: "127.0.0.1:0".into(),
+                db: None,
+                slots: slots.options(),
+            })
+            .await?;
             let client = Client::new(&cluster.url());
             let interrupted = shutdown_on_signal();
             let result = tokio::select! {
@@ -312,6 +358,7 @@ async fn experiment(client: &Client, command: ExperimentCommand, output: Output)
                 return Ok(ExitCode::FAILURE);
             }
         }
+        ExperimentCommand::Lineage { id } => output::lineage(&client.lineage(id).await?, output),
         ExperimentCommand::Logs { id } => {
             for t in client.trials(id).await? {
                 print_logs(client, t.id, false, Some(&format!("[trial {}] ", t.id))).await?;

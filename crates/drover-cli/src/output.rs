@@ -2,7 +2,7 @@
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
-use drover_api::rest::{Agent, Experiment, Trial};
+use drover_api::rest::{Agent, Experiment, Lineage, LineageMember, Trial};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -153,7 +153,14 @@ pub fn agents(list: &[Agent], output: Output) {
         let used = a.slots.iter().filter(|s| s.allocation_id.is_some()).count();
         let mut devices: Vec<String> = a.slots.iter().map(|s| format!("{} ({})", s.device, s.kind)).collect();
         devices.dedup();
-        t.add_row(vec![a.id.clone(), a.hostname.clone(), a.connected.to_string(), a.slots.len().to_string(), used.to_string(), devices.join(", ")]);
+        t.add_row(vec![
+            a.id.clone(),
+            a.hostname.clone(),
+            a.connected.to_string(),
+            a.slots.len().to_string(),
+            used.to_string(),
+            devices.join(", "),
+        ]);
     }
     println!("{t}");
 }
@@ -167,4 +174,77 @@ mod tests {
         let h = serde_json::json!({"lr": 0.00012345, "hidden": 64, "opt": "adam", "d": 0.5});
         assert_eq!(super::hparams(&h), "d=0.5 hidden=64 lr=1.234e-4 opt=adam");
     }
+}
+
+/// The family tree of a PBT experiment: each member under the member it started from, the weak
+/// that copied a stronger one marked with what they changed, and the best member's line starred.
+pub fn lineage(l: &Lineage, output: Output) {
+    if output == Output::Json {
+        return print_json(l);
+    }
+    let direction = if l.smaller_is_better { "smaller is better" } else { "larger is better" };
+    println!(
+        "Experiment {}: population {} over {} of at most {} generations; {} ({direction})",
+        l.experiment_id,
+        l.population_size,
+        l.best_by_generation.len(),
+        l.max_generations,
+        l.metric
+    );
+    if !l.best_by_generation.is_empty() {
+        let best: Vec<String> = l.best_by_generation.iter().map(|b| metric(*b)).collect();
+        println!("Best after each generation: {}", best.join("  "));
+    }
+    if let Some(why) = &l.ended_because {
+        println!("Ended: {why}");
+    }
+    let ranked = |m: &&LineageMember| m.score.map(|s| if l.smaller_is_better { s } else { -s });
+    let best = l.members.iter().filter(|m| m.score.is_some()).min_by(|a, b| ranked(a).unwrap().total_cmp(&ranked(b).unwrap()));
+    let mut starred = std::collections::HashSet::new();
+    let mut current = best.map(|b| b.trial_id);
+    while let Some(id) = current {
+        if !starred.insert(id) {
+            break;
+        }
+        current = l.members.iter().find(|m| m.trial_id == id).and_then(|m| m.parent_trial_id);
+    }
+    let known: std::collections::HashSet<i64> = l.members.iter().map(|m| m.trial_id).collect();
+    for root in l.members.iter().filter(|m| m.parent_trial_id.is_none_or(|p| !known.contains(&p))) {
+        print_member(l, root, "", "", &starred);
+    }
+}
+
+fn print_member(l: &Lineage, m: &LineageMember, lead: &str, child_lead: &str, starred: &std::collections::HashSet<i64>) {
+    let star = if starred.contains(&m.trial_id) { "★ " } else { "" };
+    let note = match (m.exploited, m.parent_trial_id.and_then(|p| l.members.iter().find(|o| o.trial_id == p))) {
+        (true, Some(parent)) => format!("  copied into slot {}: {}", m.slot, changes(&parent.hparams, &m.hparams)),
+        (false, None) if m.generation > 0 => "  started afresh".to_string(),
+        _ => String::new(),
+    };
+    let state = if m.state == "COMPLETED" { String::new() } else { format!(" {}", m.state.to_lowercase()) };
+    println!(
+        "{lead}{star}trial {} (g{} w{}) {}{state}{}",
+        m.trial_id,
+        m.generation,
+        m.slot,
+        metric(m.score),
+        if m.parent_trial_id.is_none() { format!("  {}", hparams(&m.hparams)) } else { note }
+    );
+    let children: Vec<&LineageMember> = l.members.iter().filter(|c| c.parent_trial_id == Some(m.trial_id)).collect();
+    for (i, child) in children.iter().enumerate() {
+        let last = i + 1 == children.len();
+        let (branch, next) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+        print_member(l, child, &format!("{child_lead}{branch}"), &format!("{child_lead}{next}"), starred);
+    }
+}
+
+/// What exploring changed, e.g. `lr 0.01→0.012`.
+fn changes(before: &serde_json::Value, after: &serde_json::Value) -> String {
+    let (serde_json::Value::Object(b), serde_json::Value::Object(a)) = (before, after) else { return String::new() };
+    let diffs: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k} {}→{}", b.get(k).map(compact).unwrap_or_default(), compact(v)))
+        .collect();
+    if diffs.is_empty() { "same hyperparameters".into() } else { diffs.join(" ") }
 }

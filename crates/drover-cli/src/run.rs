@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
-use drover_api::rest::{CreateExperimentRequest, Experiment, Trial};
+use anyhow::{Context as _, Result, bail};
+use drover_api::rest::{CreateExperimentRequest, Experiment, Lineage, Trial};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -80,6 +80,20 @@ pub struct RunSummary {
     pub best_trial: Option<TrialSummary>,
     /// Trials with a value of the searcher metric, best first.
     pub trials: Vec<TrialSummary>,
+    /// For population based training: how the generations went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pbt: Option<PbtSummary>,
+}
+
+#[derive(Serialize, Clone)]
+pub struct PbtSummary {
+    pub population_size: usize,
+    pub generations_run: usize,
+    /// Best score after each generation, over all generations so far.
+    pub best_by_generation: Vec<Option<f64>>,
+    pub ended_because: Option<String>,
+    /// The best trial's ancestry, from generation 0 to itself.
+    pub best_ancestry: Vec<i64>,
 }
 
 #[derive(Serialize, Clone)]
@@ -89,6 +103,15 @@ pub struct TrialSummary {
     pub best_value: Option<f64>,
     pub hparams: serde_json::Value,
     pub restarts: i64,
+    /// PBT: the member's generation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<usize>,
+    /// PBT: the trial whose checkpoint it started from (`null` in generation 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_trial_id: Option<Option<i64>>,
+    /// PBT: it copied a better member instead of continuing its own line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exploited: Option<bool>,
 }
 
 fn counts_line(e: &Experiment) -> (u64, String) {
@@ -135,10 +158,20 @@ pub async fn follow(client: &Client, id: i64, quiet: bool) -> Result<Experiment>
     }
 }
 
-pub fn summarise(e: &Experiment, trials: &[Trial], elapsed: Duration) -> RunSummary {
+pub fn summarise(e: &Experiment, trials: &[Trial], lineage: Option<&Lineage>, elapsed: Duration) -> RunSummary {
+    let member = |id: i64| lineage.and_then(|l| l.members.iter().find(|m| m.trial_id == id));
     let mut ranked: Vec<TrialSummary> = trials
         .iter()
-        .map(|t| TrialSummary { trial_id: t.id, state: t.state.clone(), best_value: t.best_metric, hparams: t.hparams.clone(), restarts: t.restarts })
+        .map(|t| TrialSummary {
+            trial_id: t.id,
+            state: t.state.clone(),
+            best_value: t.best_metric,
+            hparams: t.hparams.clone(),
+            restarts: t.restarts,
+            generation: member(t.id).map(|m| m.generation),
+            parent_trial_id: member(t.id).map(|m| m.parent_trial_id),
+            exploited: member(t.id).map(|m| m.exploited),
+        })
         .collect();
     ranked.sort_by(|a, b| match (a.best_value, b.best_value) {
         (Some(x), Some(y)) if e.smaller_is_better => x.total_cmp(&y),
@@ -156,8 +189,30 @@ pub fn summarise(e: &Experiment, trials: &[Trial], elapsed: Duration) -> RunSumm
         elapsed_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         trial_counts: e.trial_counts.clone(),
         best_trial: ranked.first().filter(|t| t.best_value.is_some()).cloned(),
+        pbt: lineage.map(|l| PbtSummary {
+            population_size: l.population_size,
+            generations_run: l.members.iter().map(|m| m.generation + 1).max().unwrap_or(0),
+            best_by_generation: l.best_by_generation.clone(),
+            ended_because: l.ended_because.clone(),
+            best_ancestry: ranked.first().map(|b| ancestry(l, b.trial_id)).unwrap_or_default(),
+        }),
         trials: ranked,
     }
+}
+
+/// `trial` and its ancestors, oldest first.
+pub fn ancestry(lineage: &Lineage, trial: i64) -> Vec<i64> {
+    let mut chain = vec![trial];
+    let mut current = trial;
+    while let Some(parent) = lineage.members.iter().find(|m| m.trial_id == current).and_then(|m| m.parent_trial_id) {
+        if chain.contains(&parent) {
+            break;
+        }
+        chain.push(parent);
+        current = parent;
+    }
+    chain.reverse();
+    chain
 }
 
 pub fn print_summary(summary: &RunSummary, output: Output, top: usize) {
@@ -175,11 +230,28 @@ pub fn print_summary(summary: &RunSummary, output: Output, top: usize) {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED).set_header(vec!["Rank", "Trial", "State", &summary.metric, "Hyperparameters"]);
     for (i, tr) in summary.trials.iter().take(top).enumerate() {
-        t.add_row(vec![(i + 1).to_string(), tr.trial_id.to_string(), tr.state.clone(), output::metric(tr.best_value), output::hparams(&tr.hparams)]);
+        t.add_row(vec![
+            (i + 1).to_string(),
+            tr.trial_id.to_string(),
+            tr.state.clone(),
+            output::metric(tr.best_value),
+            output::hparams(&tr.hparams),
+        ]);
     }
     println!("{t}");
     if let Some(best) = &summary.best_trial {
         println!("Best: trial {} with {} = {:.4}", best.trial_id, summary.metric, best.best_value.unwrap_or(f64::NAN));
+    }
+    if let Some(pbt) = &summary.pbt {
+        let chain: Vec<String> = pbt.best_ancestry.iter().map(i64::to_string).collect();
+        println!(
+            "PBT: {} generations of {}; the best descends from {}{}",
+            pbt.generations_run,
+            pbt.population_size,
+            chain.join(" → "),
+            pbt.ended_because.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
+        );
+        println!("Family tree: drover experiment lineage {}", summary.experiment_id);
     }
 }
 
@@ -190,7 +262,8 @@ pub async fn run_on(client: &Client, req: &CreateExperimentRequest, output: Outp
     }
     let e = follow(client, e.id, output == Output::Json).await?;
     let trials = client.trials(e.id).await?;
-    Ok(summarise(&e, &trials, started.elapsed()))
+    let lineage = if e.searcher == "pbt" { Some(client.lineage(e.id).await?) } else { None };
+    Ok(summarise(&e, &trials, lineage.as_ref(), started.elapsed()))
 }
 
 #[cfg(test)]

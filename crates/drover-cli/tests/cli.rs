@@ -81,7 +81,8 @@ fn a_broken_config_names_its_line_and_starts_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail");
         assert!(stderr.contains("broken.yaml:"), "{args:?}: the error names the file: {stderr}");
-        let line: usize = stderr.split("broken.yaml:").nth(1).and_then(|rest| rest.split(':').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let line: usize =
+            stderr.split("broken.yaml:").nth(1).and_then(|rest| rest.split(':').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
         assert!((8..=10).contains(&line), "{args:?}: the error names the line: {stderr}");
         assert!(!stderr.contains("cannot reach"), "{args:?}: nothing was contacted: {stderr}");
     }
@@ -102,4 +103,79 @@ fn list_commands_speak_json_and_report_an_unreachable_master() {
     let out = drover(&["experiment", "list", "--output", "json"], dir.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the master at http://127.0.0.1:9"));
+}
+
+/// A PBT member in Python over plain REST: continues the weight `w` from the checkpoint it was
+/// given, reports a validation per epoch until the searcher says stop, then saves and registers
+/// a checkpoint.
+const PBT_TRIAL_PY: &str = r#"
+import json, os, uuid, urllib.request
+env = os.environ
+hp = json.loads(env["DROVER_HPARAMS"])
+def call(path, body=None):
+    req = urllib.request.Request(env["DROVER_MASTER"] + path, data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer " + env["DROVER_TRIAL_TOKEN"]})
+    return json.loads(urllib.request.urlopen(req).read() or b"null")
+root, trial = env["DROVER_CHECKPOINT_DIR"], env["DROVER_TRIAL_ID"]
+epoch, w = 0, 0.0
+if env.get("DROVER_LATEST_CHECKPOINT"):
+    state = json.load(open(os.path.join(root, env["DROVER_LATEST_CHECKPOINT"], "state.json")))
+    epoch, w = state["epoch"], state["w"]
+while epoch < 50:
+    epoch += 1
+    w += hp["x"] * (1 - w)
+    r = call("/api/v1/trials/" + trial + "/metrics",
+             {"points": [{"group": "validation", "step": epoch, "metrics": {"loss": (1 - w) ** 2, "epochs": epoch}}]})
+    if r["stop_requested"]:
+        break
+name = str(uuid.uuid4())
+os.makedirs(os.path.join(root, name))
+data = json.dumps({"epoch": epoch, "w": w})
+open(os.path.join(root, name, "state.json"), "w").write(data)
+call("/api/v1/trials/" + trial + "/checkpoints", {"uuid": name, "step": epoch, "resources": {"state.json": len(data)}})
+"#;
+
+#[test]
+fn a_pbt_run_names_each_members_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("trial.py"), PBT_TRIAL_PY).unwrap();
+    let config = "\
+name: cli-pbt
+entrypoint: python3 trial.py
+hyperparameters:
+  x: {type: double, minval: 0.01, maxval: 0.5}
+searcher:
+  name: pbt
+  metric: loss
+  time_metric: epochs
+  population_size: 3
+  generation_length: 2
+  max_generations: 3
+  max_concurrent_trials: 3
+";
+    std::fs::write(ctx.join("pbt.yaml"), config).unwrap();
+    let data = dir.path().join("data");
+    let out = drover(&["run", ctx.join("pbt.yaml").to_str().unwrap(), "--output", "json", "--cpu-slots", "3"], &data);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(summary["trial_counts"]["COMPLETED"], 9, "{summary}");
+    let trials = summary["trials"].as_array().unwrap();
+    let generation = |t: &serde_json::Value| t["generation"].as_u64().unwrap();
+    for t in trials {
+        let parent = &t["parent_trial_id"];
+        if generation(t) == 0 {
+            assert!(parent.is_null(), "{t}");
+        } else {
+            let p = trials.iter().find(|o| o["trial_id"] == *parent).unwrap_or_else(|| panic!("{t} names no parent"));
+            assert_eq!(generation(p) + 1, generation(t));
+        }
+    }
+    let ancestry = summary["pbt"]["best_ancestry"].as_array().unwrap();
+    assert_eq!(ancestry.last(), Some(&summary["best_trial"]["trial_id"]));
+    assert_eq!(summary["pbt"]["ended_because"], "all 3 generations ran");
+    assert!(data.join("checkpoints/pbt/experiment-1/members.csv").is_file());
 }
