@@ -120,6 +120,14 @@ enum Command {
         #[command(flatten)]
         slots: SlotArgs,
     },
+    /// Simulate a config's searcher on a synthetic objective and print its plan (rungs and how
+    /// many trials reach each; generations and how many members are replaced), using no slot.
+    PreviewSearch {
+        file: PathBuf,
+        /// Seed of the simulated search (default: the config's `searcher.seed`, else 0).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Manage experiments.
     #[command(subcommand, alias = "e")]
     Experiment(ExperimentCommand),
@@ -203,7 +211,7 @@ fn main() -> ExitCode {
     // `drover experiment lineage 3 | head` must end quietly when the reader goes away, as other
     // command-line tools do, rather than panic on a failed print. Not for the long-running
     // commands: a server must never die of a signal from a pipe it writes to.
-    if !matches!(cli.command, Command::Up { .. } | Command::Run { .. } | Command::Master { .. } | Command::Agent { .. }) {
+    if !matches!(cli.command, Command::Up { .. } | Command::Run { .. } | Command::Master { .. } | Command::Agent { command: None, .. }) {
         // SAFETY: before any thread exists; SIG_DFL is always a valid handler.
         unsafe {
             let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
@@ -273,6 +281,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             eprintln!("master listening on {}", master.url());
             shutdown_on_signal().cancelled().await;
             master.shutdown().await?;
+        }
+        Command::PreviewSearch { file, seed } => {
+            let text = run::read_config(&file)?;
+            let config =
+                drover_core::ExperimentConfig::parse(&text, Some(&file.display().to_string())).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let seed = seed.or(config.searcher.seed).unwrap_or(0);
+            let plan = drover_search::preview::preview(&config, seed)?;
+            output::preview(&plan, &config, output);
         }
         Command::Agent { command: Some(AgentCommand::List), .. } => output::agents(&client.agents().await?, output),
         Command::Agent { command: None, id, work_dir, slots } => {

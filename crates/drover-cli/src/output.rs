@@ -248,3 +248,56 @@ fn changes(before: &serde_json::Value, after: &serde_json::Value) -> String {
         .collect();
     if diffs.is_empty() { "same hyperparameters".into() } else { diffs.join(" ") }
 }
+
+/// The plan of a simulated search.
+pub fn preview(p: &drover_search::preview::Preview, config: &drover_core::ExperimentConfig, output: Output) {
+    if output == Output::Json {
+        return print_json(p);
+    }
+    let unit = config.searcher.time_metric.as_deref().unwrap_or("units");
+    let full = p.trials as f64 * p.time_per_trial;
+    println!("Simulated `{}` on a synthetic objective (loss = quality + 1/(1 + {unit}); nothing runs):", p.searcher);
+    if !p.generations.is_empty() {
+        println!(
+            "{} members in {} generations of {} {unit}: {} {unit} of training in all",
+            p.trials,
+            p.generations.len(),
+            p.time_per_trial,
+            p.total_time
+        );
+    } else if p.time_per_trial > 1.0 {
+        println!(
+            "{} trials, {} {unit} of training in all ({:.0}% of the {} that {} trials of {} {unit} would take)",
+            p.trials,
+            p.total_time,
+            100.0 * p.total_time / full.max(1.0),
+            full,
+            p.trials,
+            p.time_per_trial
+        );
+    } else {
+        println!("{} trials", p.trials);
+    }
+    for (i, b) in p.brackets.iter().enumerate() {
+        let mut t = Table::new();
+        t.load_style(UTF8_FULL_CONDENSED).set_header(vec![format!("Rung ({unit})"), "Trials reaching it".into()]);
+        for r in &b.rungs {
+            t.add_row(vec![format!("{}", (r.time * 100.0).round() / 100.0), r.reached.to_string()]);
+        }
+        if p.brackets.len() > 1 {
+            println!("Bracket {} of {} ({} trials):", i + 1, p.brackets.len(), b.trials);
+        }
+        println!("{t}");
+    }
+    if !p.generations.is_empty() {
+        let mut t = Table::new();
+        t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["Generation", "Members", "Replaced", "Best synthetic loss"]);
+        for g in &p.generations {
+            t.add_row(vec![g.generation.to_string(), g.members.to_string(), g.replaced.to_string(), metric(g.best_loss)]);
+        }
+        println!("{t}");
+        if let Some(why) = &p.ended_because {
+            println!("Ends: {why}");
+        }
+    }
+}

@@ -179,3 +179,27 @@ searcher:
     assert_eq!(summary["pbt"]["ended_because"], "all 3 generations ran");
     assert!(data.join("checkpoints/pbt/experiment-1/members.csv").is_file());
 }
+
+#[test]
+fn preview_search_prints_the_plan_without_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("asha.yaml");
+    std::fs::write(
+        &file,
+        "name: p\nentrypoint: x\nhyperparameters:\n  lr: {type: log, minval: -4, maxval: -1}\nsearcher: {name: async_halving, metric: loss, max_trials: 27, num_rungs: 3, divisor: 3, time_metric: epochs, max_time: 9}\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let out = drover(&["preview-search", file.to_str().unwrap(), "--output", "json"], &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reached: Vec<u64> = plan["brackets"][0]["rungs"].as_array().unwrap().iter().map(|r| r["reached"].as_u64().unwrap()).collect();
+    assert_eq!(reached[0], 27);
+    assert!(reached[1] < 27 && reached[2] <= reached[1], "{plan}");
+    assert!(!data.exists(), "a preview starts no cluster");
+
+    std::fs::write(&file, "name: p\nentrypoint: x\nsearcher: {name: pbt, metric: loss, population_size: 4}\n").unwrap();
+    let out = drover(&["preview-search", file.to_str().unwrap()], &data);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("asha.yaml"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -28,7 +28,7 @@ pub struct AshaSearch {
     /// The next rung each live trial has yet to reach.
     next_rung: BTreeMap<RequestId, usize>,
     /// Trials already told to stop (or done); later validations of theirs are ignored.
-    closed: BTreeSet<RequestId>,
+    pub(crate) closed: BTreeSet<RequestId>,
     proposed: usize,
 }
 

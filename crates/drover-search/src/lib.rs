@@ -13,6 +13,7 @@
 
 pub mod asha;
 pub mod pbt;
+pub mod preview;
 pub mod simple;
 pub mod tpe;
 
