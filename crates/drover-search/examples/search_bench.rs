@@ -12,6 +12,10 @@
 //! 2. Quality: median (over seeds) best-found regret after 100 sequential evaluations on
 //!    Branin (2-d) and Hartmann-6, for `tpe` and `random`.
 //!
+//! 3. Decisions: an adaptive search of 10,000 trials (ASHA, adaptive ASHA, PBT synchronous and
+//!    asynchronous) with every call that decides (a validation, an exit) timed; `--only
+//!    decisions` runs only these.
+//!
 //! Prints a human-readable report and, last, one JSON line with every number.
 
 use std::fs::File;
@@ -190,6 +194,66 @@ fn hartmann6(h: &Map<String, Value>) -> f64 {
         .sum::<f64>()
 }
 
+/// Times every searcher call of a whole adaptive search with many trials: validations at
+/// doubling times (1, 2, 4, ... up to `max_time`) or, for PBT, at each generation's end; a
+/// checkpoint after each; the exit when stopped or done. Returns the microseconds of each call
+/// that decides something (validation, exit) and the number of trials.
+fn decision_times(yaml_searcher: &str, step_to: &dyn Fn(f64) -> f64, max_time: f64) -> (Vec<f64>, usize) {
+    let cfg = config_with(&throughput_space(8), yaml_searcher);
+    let mut s = Searcher::new(&cfg, 1).expect("searcher");
+    let mut live: std::collections::VecDeque<(u64, f64)> = Default::default();
+    let mut stop = std::collections::HashSet::new();
+    let mut times = Vec::new();
+    let mut created = 0;
+    let mut pending: Vec<Action> = s.initial_trials();
+    let mut rng = drover_core::SplitMix64::new(7);
+    let mut reached = std::collections::HashMap::new();
+    loop {
+        for a in pending.drain(..) {
+            match a {
+                Action::Create { request_id, checkpoint_from, .. } => {
+                    created += 1;
+                    // A PBT member continues its parent's training time.
+                    live.push_back((request_id, checkpoint_from.and_then(|p| reached.get(&p).copied()).unwrap_or(0.0)));
+                }
+                Action::Stop { request_id } => {
+                    stop.insert(request_id);
+                }
+                Action::Shutdown { .. } => {}
+            }
+        }
+        let Some((id, t)) = live.pop_front() else { break };
+        if stop.remove(&id) || t >= max_time {
+            reached.insert(id, t);
+            s.checkpoint_saved(id);
+            let started = Instant::now();
+            pending = s.trial_exited(id);
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+            continue;
+        }
+        let t = step_to(t);
+        let loss = rng.next_f64() + 1.0 / (1.0 + t);
+        let started = Instant::now();
+        pending = s.validation_completed(id, loss, t);
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+        s.checkpoint_saved(id);
+        live.push_back((id, t));
+    }
+    assert!(s.is_shut_down());
+    (times, created)
+}
+
+fn config_with(space: &str, searcher: &str) -> ExperimentConfig {
+    let text = format!("name: bench\nentrypoint: x\nhyperparameters:\n{space}searcher: {searcher}\n");
+    ExperimentConfig::parse(&text, None).expect("bench config parses")
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
 }
@@ -208,6 +272,40 @@ fn main() {
     let path: PathBuf = dir.join("searcher.json");
     let mut report = Map::new();
 
+    if only.as_deref().is_none_or(|o| o == "decisions") {
+        println!("== decisions: microseconds per searcher call that decides (a validation or an exit), 10,000 trials, median of {runs} runs");
+        println!("{:<44} {:>8} {:>8} {:>8} {:>9} {:>9}", "searcher", "trials", "calls", "p50 us", "p99 us", "max us");
+        let doubling = |t: f64| if t == 0.0 { 1.0 } else { t * 2.0 };
+        let cases: [(&str, String, &dyn Fn(f64) -> f64, f64); 6] = [
+            ("async_halving, 100 running", "{name: async_halving, metric: loss, max_trials: 10000, max_concurrent_trials: 100, num_rungs: 4, divisor: 4, time_metric: t, max_time: 64}".into(), &doubling, 64.0),
+            ("adaptive_asha, 100 running", "{name: adaptive_asha, metric: loss, max_trials: 10000, max_concurrent_trials: 100, max_rungs: 5, divisor: 4, time_metric: t, max_time: 256}".into(), &doubling, 256.0),
+            ("pbt sync, population 100 x 100 generations", "{name: pbt, metric: loss, population_size: 100, max_generations: 100, generation_length: 4, time_metric: t, max_concurrent_trials: 100, min_improvement: 0}".into(), &|t: f64| t + 4.0, 400.0),
+            ("pbt async, population 100 x 100", "{name: pbt, metric: loss, population_size: 100, max_generations: 100, generation_length: 4, time_metric: t, max_concurrent_trials: 100, min_improvement: 0, synchronous: false}".into(), &|t: f64| t + 4.0, 400.0),
+            ("pbt sync, population 1000 x 10", "{name: pbt, metric: loss, population_size: 1000, max_generations: 10, generation_length: 4, time_metric: t, max_concurrent_trials: 100, min_improvement: 0}".into(), &|t: f64| t + 4.0, 40.0),
+            ("pbt async truncation, population 1000 x 10", "{name: pbt, metric: loss, population_size: 1000, max_generations: 10, generation_length: 4, time_metric: t, max_concurrent_trials: 100, min_improvement: 0, synchronous: false, exploit: truncation}".into(), &|t: f64| t + 4.0, 40.0),
+        ];
+        for (name, searcher, step, max_time) in cases {
+            // Medians over runs of each run's percentiles.
+            let (mut p50s, mut p99s, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
+            let mut calls = 0;
+            let mut created = 0;
+            for _ in 0..runs {
+                let (times, c) = decision_times(&searcher, step, max_time);
+                p50s.push(percentile(&times, 0.5));
+                p99s.push(percentile(&times, 0.99));
+                maxes.push(percentile(&times, 1.0));
+                (calls, created) = (times.len(), c);
+            }
+            let (p50, p99, max) = (median(p50s), median(p99s), median(maxes));
+            println!("{name:<44} {created:>8} {calls:>8} {p50:>8.1} {p99:>9.1} {max:>9.1}");
+            report.insert(format!("decisions.{name}"), json!({"trials": created, "calls": calls, "p50_us": p50, "p99_us": p99, "max_us": max}));
+        }
+        println!();
+    }
+    if only.as_deref() == Some("decisions") {
+        println!("JSON {}", Value::Object(report));
+        return;
+    }
     println!("== throughput: {trials} trials, 5 hyperparameters (int 1..{int_max}), one at a time, median of {runs} runs");
     println!(
         "{:<8} {:<16} {:>9} {:>9} {:>11} {:>22} {:>14}",

@@ -21,7 +21,7 @@
 //! A member that fails, or never reports the searcher metric, has no score: it always loses its
 //! tournament and is never copied. A NaN is no score either.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use drover_core::SplitMix64;
 use drover_core::config::SearcherConfig;
@@ -105,6 +105,20 @@ struct Planned {
     exploited: bool,
 }
 
+/// The members one or more decisions are judged among, ranked once.
+struct Pool {
+    /// (loss, id), best first; no score ranks last.
+    ranked: Vec<(f64, RequestId)>,
+    /// The checkpointed part of `ranked`.
+    checkpointed: Vec<(f64, RequestId)>,
+    /// Members with a score, best first.
+    scored: Vec<RequestId>,
+    /// Truncation: size of the top and bottom quantiles.
+    q: usize,
+    /// Truncation: checkpointed members of the top quantile, best first.
+    top_checkpointed: Vec<(f64, RequestId)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PbtSearch {
     space: HyperparameterSpace,
@@ -115,8 +129,11 @@ pub struct PbtSearch {
     queue: VecDeque<Planned>,
     /// Generation-0 members not yet drawn.
     unseeded: usize,
-    /// Latest member of each slot.
-    latest: Vec<Option<RequestId>>,
+    /// Latest member of each slot that has ended.
+    latest_done: Vec<Option<RequestId>>,
+    /// Members of each generation, and how many of them have ended.
+    by_generation: Vec<Vec<RequestId>>,
+    done_by_generation: Vec<usize>,
     /// Best score of the population after each completed generation (smaller is better).
     pub(crate) best_by_generation: Vec<Option<f64>>,
     /// No generation will start any more (max_generations reached, the stop rule fired, or no
@@ -137,7 +154,9 @@ impl PbtSearch {
             members: BTreeMap::new(),
             queue: VecDeque::new(),
             unseeded: population,
-            latest: vec![None; population],
+            latest_done: vec![None; population],
+            by_generation: Vec::new(),
+            done_by_generation: Vec::new(),
             best_by_generation: Vec::new(),
             finished: false,
             ended_because: None,
@@ -171,9 +190,13 @@ impl PbtSearch {
     /// Members of `generation`, in slot order.
     fn generation_members(&self, generation: usize) -> Vec<RequestId> {
         let mut ids: Vec<(usize, RequestId)> =
-            self.members.iter().filter(|(_, m)| m.generation == generation).map(|(id, m)| (m.slot, *id)).collect();
+            self.by_generation.get(generation).map_or(&[][..], Vec::as_slice).iter().map(|id| (self.members[id].slot, *id)).collect();
         ids.sort();
         ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn done_in(&self, generation: usize) -> usize {
+        self.done_by_generation.get(generation).copied().unwrap_or(0)
     }
 
     /// Whether `a` scored strictly better than `b`; no score never wins.
@@ -190,26 +213,48 @@ impl PbtSearch {
         explore_space(&self.space, source, self.params.perturb_range, self.params.resample_probability, rng)
     }
 
-    /// Decides what follows `id` (a member that just ended its generation) given the `peers` it
-    /// may copy (done members of other slots). Returns the plan for its slot's next generation.
-    fn successor(&self, id: RequestId, peers: &[RequestId], rng: &mut SplitMix64) -> Planned {
+    /// The members `pool` ranks, ready for many decisions at once: a synchronous generation
+    /// decides the whole population against one pool, so each decision is a few lookups.
+    fn pool(&self, ids: &[RequestId]) -> Pool {
+        let key = |id: &RequestId| self.members[id].score.unwrap_or(f64::INFINITY);
+        let mut ranked: Vec<(f64, RequestId)> = ids.iter().map(|id| (key(id), *id)).collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let checkpointed: Vec<(f64, RequestId)> = ranked.iter().copied().filter(|(_, id)| self.members[id].checkpointed).collect();
+        let scored: Vec<RequestId> = ranked.iter().filter(|(s, _)| s.is_finite()).map(|(_, id)| *id).collect();
+        let n = ranked.len();
+        let q = ((n as f64 * self.params.quantile_fraction).ceil() as usize).min(n / 2);
+        let top_checkpointed: Vec<(f64, RequestId)> = ranked[..q].iter().copied().filter(|(_, id)| self.members[id].checkpointed).collect();
+        Pool { ranked, checkpointed, scored, q, top_checkpointed }
+    }
+
+    /// Decides what follows `id` (a member that just ended its generation), judged within
+    /// `pool` (itself and the done members it may copy). Returns its slot's next member.
+    fn successor(&self, id: RequestId, pool: &Pool, rng: &mut SplitMix64) -> Planned {
         let member = &self.members[&id];
-        let copyable: Vec<RequestId> = peers.iter().copied().filter(|p| self.members[p].checkpointed && self.better(*p, id)).collect();
+        let my_key = member.score.unwrap_or(f64::INFINITY);
+        // Checkpointed members that scored strictly better: a prefix of the ranking.
+        let better = &pool.checkpointed[..pool.checkpointed.partition_point(|(s, _)| *s < my_key)];
+        let pick_better = |rng: &mut SplitMix64| (!better.is_empty()).then(|| better[rng.index(better.len())].1);
         let source = match self.params.exploit {
             Exploit::BinaryTournament => {
-                // AutoLFADS: one random competitor among those with a score; copy it if better.
-                let scored: Vec<RequestId> = peers.iter().copied().filter(|p| self.members[p].score.is_some()).collect();
-                if scored.is_empty() {
+                // AutoLFADS: one random competitor among the others with a score; copy it if better.
+                let rivals = pool.scored.len() - usize::from(pool.scored.contains(&id));
+                if rivals == 0 {
                     None
                 } else {
-                    let rival = scored[rng.index(scored.len())];
-                    // A rival that won but left no checkpoint cannot be copied; another better
-                    // member with one stands in, as the member must not keep losing weights.
+                    let mut rival = pool.scored[rng.index(pool.scored.len() - usize::from(pool.scored.contains(&id)))];
+                    if rival == id {
+                        // Skip over itself: the last scored member takes its place in the draw.
+                        rival = *pool.scored.last().expect("rivals > 0");
+                    }
                     if self.better(rival, id) {
+                        // A rival that won but left no checkpoint cannot be copied; another
+                        // better member with one stands in, so the member does not keep a
+                        // line that has no weights.
                         if self.members[&rival].checkpointed {
                             Some(rival)
-                        } else if !member.checkpointed && !copyable.is_empty() {
-                            Some(copyable[rng.index(copyable.len())])
+                        } else if !member.checkpointed {
+                            pick_better(rng)
                         } else {
                             None
                         }
@@ -219,24 +264,23 @@ impl PbtSearch {
                 }
             }
             Exploit::Truncation => {
-                // Rank the member among its peers; the bottom quantile copies a random member of
-                // the top quantile (Ray Tune: ceil(n * q), at most n / 2).
-                let mut ranked: Vec<RequestId> = peers.to_vec();
-                ranked.push(id);
-                ranked.sort_by(|a, b| {
-                    let key = |r: &RequestId| self.members[r].score.unwrap_or(f64::INFINITY);
-                    key(a).total_cmp(&key(b)).then(a.cmp(b))
-                });
-                let n = ranked.len();
-                let q = ((n as f64 * self.params.quantile_fraction).ceil() as usize).min(n / 2);
-                let position = ranked.iter().position(|r| *r == id).unwrap_or(0);
-                let in_bottom = member.score.is_none() || (q > 0 && position >= n - q);
+                // The bottom quantile copies a random member of the top quantile (Ray Tune:
+                // ceil(n * q) members, at most n / 2).
+                let n = pool.ranked.len();
+                let position = pool.ranked.partition_point(|(s, r)| s.total_cmp(&my_key).then(r.cmp(&id)).is_lt());
+                let in_bottom = member.score.is_none() || (pool.q > 0 && position >= n - pool.q);
+                // Only members that scored strictly better are copied, even from the top.
+                let top = &pool.top_checkpointed[..pool.top_checkpointed.partition_point(|(s, _)| *s < my_key)];
                 if in_bottom {
-                    let top: Vec<RequestId> = ranked[..q].iter().copied().filter(|r| copyable.contains(r)).collect();
-                    let pool = if top.is_empty() && !member.checkpointed { &copyable } else { &top };
-                    (!pool.is_empty()).then(|| pool[rng.index(pool.len())])
-                } else if !member.checkpointed && !copyable.is_empty() {
-                    Some(copyable[rng.index(copyable.len())])
+                    if !top.is_empty() {
+                        Some(top[rng.index(top.len())].1)
+                    } else if !member.checkpointed {
+                        pick_better(rng)
+                    } else {
+                        None
+                    }
+                } else if !member.checkpointed {
+                    pick_better(rng)
                 } else {
                     None
                 }
@@ -255,9 +299,7 @@ impl PbtSearch {
                 Planned { slot: member.slot, generation, hparams: member.hparams.clone(), parent: Some(id), exploited: false }
             }
             // Nothing to continue from: a fresh member, which starts the time metric over.
-            None => {
-                Planned { slot: member.slot, generation, hparams: hparams::sample_space(&self.space, rng), parent: None, exploited: false }
-            }
+            None => Planned { slot: member.slot, generation, hparams: hparams::sample_space(&self.space, rng), parent: None, exploited: false },
         }
     }
 
@@ -310,17 +352,17 @@ impl PbtSearch {
     /// The synchronous barrier: once every member of the current generation is done, the
     /// whole population is judged at once.
     fn evolve_synchronously(&mut self, generation: usize, rng: &mut SplitMix64) {
-        let ids = self.generation_members(generation);
-        if ids.len() < self.params.population || !ids.iter().all(|id| self.members[id].done) {
+        if self.done_in(generation) < self.params.population {
             return;
         }
+        let ids = self.generation_members(generation);
         self.generation_completed(generation);
         if self.finished {
             return;
         }
+        let pool = self.pool(&ids);
         for &id in &ids {
-            let peers: Vec<RequestId> = ids.iter().copied().filter(|p| *p != id).collect();
-            let plan = self.successor(id, &peers, rng);
+            let plan = self.successor(id, &pool, rng);
             self.queue.push_back(plan);
         }
     }
@@ -330,23 +372,17 @@ impl PbtSearch {
     fn evolve_alone(&mut self, id: RequestId, rng: &mut SplitMix64) {
         let (generation, slot) = (self.members[&id].generation, self.members[&id].slot);
         // The generation counts as complete (for the stop rule) once every slot has finished it.
-        let everyone_done =
-            self.members.values().filter(|m| m.generation == generation && m.done).map(|m| m.slot).collect::<BTreeSet<_>>().len()
-                == self.params.population;
-        if everyone_done && self.best_by_generation.len() == generation {
+        if self.done_in(generation) == self.params.population && self.best_by_generation.len() == generation {
             self.generation_completed(generation);
         }
         if self.finished || generation + 1 >= self.params.max_generations {
             return;
         }
-        let peers: Vec<RequestId> = (0..self.params.population).filter(|s| *s != slot).filter_map(|s| self.latest_done(s)).collect();
-        let plan = self.successor(id, &peers, rng);
+        let mut peers: Vec<RequestId> = (0..self.params.population).filter(|s| *s != slot).filter_map(|s| self.latest_done[s]).collect();
+        peers.push(id);
+        let pool = self.pool(&peers);
+        let plan = self.successor(id, &pool, rng);
         self.queue.push_back(plan);
-    }
-
-    /// The most recent member of `slot` that has ended.
-    fn latest_done(&self, slot: usize) -> Option<RequestId> {
-        self.members.iter().rev().find(|(_, m)| m.slot == slot && m.done).map(|(id, _)| *id)
     }
 }
 
@@ -359,7 +395,11 @@ impl SearchMethod for PbtSearch {
         } else {
             self.queue.pop_front()?
         };
-        self.latest[plan.slot] = Some(request_id);
+        if self.by_generation.len() <= plan.generation {
+            self.by_generation.resize(plan.generation + 1, Vec::new());
+            self.done_by_generation.resize(plan.generation + 1, 0);
+        }
+        self.by_generation[plan.generation].push(request_id);
         self.members.insert(
             request_id,
             Member {
@@ -410,6 +450,9 @@ impl SearchMethod for PbtSearch {
             m.failed = true;
             m.score = None;
         }
+        let (generation, slot) = (m.generation, m.slot);
+        self.done_by_generation[generation] += 1;
+        self.latest_done[slot] = Some(request_id);
         if self.finished {
             return;
         }
