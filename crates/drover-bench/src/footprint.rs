@@ -14,8 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::cluster::{Rest, trivial_experiment};
-use crate::throughput::timed_experiment;
 use crate::report::{Table, median, num, ratio, runs_list};
+use crate::throughput::timed_experiment;
 use crate::{FootprintArgs, peer, sibling};
 
 pub const TARGET_IDLE_MB: f64 = 50.0;
@@ -121,7 +121,15 @@ pub async fn run(args: &FootprintArgs, runs: usize, no_peer: bool) -> Result<()>
         "1.00x".into(),
     ]);
     if ray.is_empty() {
-        t.row(vec![format!("Ray head: skipped ({})", ray_skipped.as_deref().unwrap_or("no result")), "—".into(), "—".into(), "—".into(), "—".into(), "—".into(), "—".into()]);
+        t.row(vec![
+            format!("Ray head: skipped ({})", ray_skipped.as_deref().unwrap_or("no result")),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+        ]);
     } else {
         t.row(vec![
             ray_note,

@@ -309,17 +309,18 @@ async fn sqlx_floor_once(t: usize, p: usize, numbered: bool) -> Result<f64> {
     .await?;
     let ts = drover_master::cluster::now_ms();
     let rows: Vec<(i64, &str, i64, f64)> = (1..=t as i64)
-        .flat_map(|trial| (0..p).map(move |i| {
-            let (name, step, value) = point(i);
-            (trial, name, step, value)
-        }))
+        .flat_map(|trial| {
+            (0..p).map(move |i| {
+                let (name, step, value) = point(i);
+                (trial, name, step, value)
+            })
+        })
         .collect();
     let statement = |n: usize| {
         let mut sql = String::from("INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES ");
         if numbered {
-            let groups: Vec<String> = (0..n)
-                .map(|r| format!("({})", (1..=6).map(|c| format!("${}", r * 6 + c)).collect::<Vec<_>>().join(",")))
-                .collect();
+            let groups: Vec<String> =
+                (0..n).map(|r| format!("({})", (1..=6).map(|c| format!("${}", r * 6 + c)).collect::<Vec<_>>().join(","))).collect();
             sql.push_str(&groups.join(","));
         } else {
             sql.push_str(&vec!["(?,?,?,?,?,?)"; n].join(","));

@@ -16,6 +16,7 @@ mod footprint;
 mod ingest;
 mod peer;
 mod report;
+mod searchers;
 mod throughput;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ enum Command {
     Ingest(IngestArgs),
     /// Resident memory of a `drover master` process: idle, and after a throughput workload.
     Footprint(FootprintArgs),
+    /// Random, adaptive ASHA and PBT on the digits example at the same epoch budget.
+    Searchers,
     /// throughput, ingest and footprint with their defaults.
     All,
 }
@@ -89,10 +92,7 @@ fn main() -> Result<()> {
     // DROVER_BENCH_LOG=info (an EnvFilter) shows the in-process master's and agent's logs on
     // stderr, with timestamps, to see where a trial's time goes.
     if let Ok(filter) = std::env::var("DROVER_BENCH_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .init();
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::stderr).init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let runs = cli.runs;
@@ -102,6 +102,7 @@ fn main() -> Result<()> {
             Command::Throughput(args) => throughput::run(&args, runs, no_peer).await,
             Command::Ingest(args) => ingest::run(&args, runs, no_peer).await,
             Command::Footprint(args) => footprint::run(&args, runs, no_peer).await,
+            Command::Searchers => tokio::task::spawn_blocking(move || searchers::run(runs)).await?,
             Command::All => {
                 throughput::run(&ThroughputArgs { trials: 200, slots: 4 }, runs, no_peer).await?;
                 ingest::run(&IngestArgs { trials: 8, points: 100_000 }, runs, no_peer).await?;

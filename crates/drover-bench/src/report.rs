@@ -29,7 +29,13 @@ impl Table {
     pub fn print(&self) {
         let widths: Vec<usize> = (0..self.header.len())
             .map(|c| {
-                self.rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).chain([self.header[c].chars().count()]).max().unwrap_or(3).max(3)
+                self.rows
+                    .iter()
+                    .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                    .chain([self.header[c].chars().count()])
+                    .max()
+                    .unwrap_or(3)
+                    .max(3)
             })
             .collect();
         let line = |cells: &[String]| {

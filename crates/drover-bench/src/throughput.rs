@@ -171,10 +171,7 @@ pub fn floor_once(trial: &Path, n: usize, slots: usize) -> Result<f64> {
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     while next.fetch_add(1, Ordering::Relaxed) < n {
-                        let out = Command::new(trial)
-                            .env("DROVER_TRIVIAL_OFFLINE", "1")
-                            .stdin(Stdio::null())
-                            .output()?;
+                        let out = Command::new(trial).env("DROVER_TRIVIAL_OFFLINE", "1").stdin(Stdio::null()).output()?;
                         let lines = out.stdout.iter().filter(|b| **b == b'\n').count();
                         if !out.status.success() || lines != 10 {
                             bail!("offline trial: {} with {lines} lines of output", out.status);

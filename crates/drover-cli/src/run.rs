@@ -103,6 +103,9 @@ pub struct TrialSummary {
     pub best_value: Option<f64>,
     pub hparams: serde_json::Value,
     pub restarts: i64,
+    /// The step of its last report of the searcher metric (for an epoch-stepped trial, how far
+    /// it trained).
+    pub last_step: Option<i64>,
     /// PBT: the member's generation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<usize>,
@@ -168,6 +171,7 @@ pub fn summarise(e: &Experiment, trials: &[Trial], lineage: Option<&Lineage>, el
             best_value: t.best_metric,
             hparams: t.hparams.clone(),
             restarts: t.restarts,
+            last_step: t.summaries.iter().find(|m| m.group == "validation" && m.name == e.metric).map(|m| m.last_step),
             generation: member(t.id).map(|m| m.generation),
             parent_trial_id: member(t.id).map(|m| m.parent_trial_id),
             exploited: member(t.id).map(|m| m.exploited),
