@@ -273,7 +273,9 @@ fn main() {
     let mut report = Map::new();
 
     if only.as_deref().is_none_or(|o| o == "decisions") {
-        println!("== decisions: microseconds per searcher call that decides (a validation or an exit), 10,000 trials, median of {runs} runs");
+        println!(
+            "== decisions: microseconds per searcher call that decides (a validation or an exit), 10,000 trials, median of {runs} runs"
+        );
         println!("{:<44} {:>8} {:>8} {:>8} {:>9} {:>9}", "searcher", "trials", "calls", "p50 us", "p99 us", "max us");
         let doubling = |t: f64| if t == 0.0 { 1.0 } else { t * 2.0 };
         let cases: [(&str, String, &dyn Fn(f64) -> f64, f64); 6] = [
@@ -298,7 +300,10 @@ fn main() {
             }
             let (p50, p99, max) = (median(p50s), median(p99s), median(maxes));
             println!("{name:<44} {created:>8} {calls:>8} {p50:>8.1} {p99:>9.1} {max:>9.1}");
-            report.insert(format!("decisions.{name}"), json!({"trials": created, "calls": calls, "p50_us": p50, "p99_us": p99, "max_us": max}));
+            report.insert(
+                format!("decisions.{name}"),
+                json!({"trials": created, "calls": calls, "p50_us": p50, "p99_us": p99, "max_us": max}),
+            );
         }
         println!();
     }

@@ -87,6 +87,11 @@ pub trait SearchMethod {
     fn checkpointed(&mut self, _request_id: RequestId) {}
     /// No proposal will ever come again.
     fn exhausted(&self) -> bool;
+    /// The search cannot succeed whatever its trials did (e.g. PBT whose trials save no
+    /// checkpoint); it then ends as a failure.
+    fn cannot_succeed(&self) -> bool {
+        false
+    }
     /// Trials the search runs in all, when known up front.
     fn total_trials(&self) -> Option<usize>;
 }
@@ -320,7 +325,8 @@ impl Searcher {
         }
         if !self.shut_down && self.live.is_empty() && self.method.view().exhausted() {
             self.shut_down = true;
-            actions.push(Action::Shutdown { failure: self.exited > 0 && self.failed == self.exited });
+            let failure = (self.exited > 0 && self.failed == self.exited) || self.method.view().cannot_succeed();
+            actions.push(Action::Shutdown { failure });
         }
         actions
     }

@@ -143,6 +143,8 @@ pub struct PbtSearch {
     pub(crate) ended_because: Option<String>,
     /// Draws for exploit and explore.
     rng: SplitMix64,
+    /// The entrypoint saves no checkpoints, so PBT cannot work: the search ends as a failure.
+    no_checkpoints: bool,
 }
 
 impl PbtSearch {
@@ -162,6 +164,7 @@ impl PbtSearch {
             ended_because: None,
             // Not the Searcher's stream: the two must not draw the same numbers.
             rng: SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15),
+            no_checkpoints: false,
         }
     }
 
@@ -299,7 +302,9 @@ impl PbtSearch {
                 Planned { slot: member.slot, generation, hparams: member.hparams.clone(), parent: Some(id), exploited: false }
             }
             // Nothing to continue from: a fresh member, which starts the time metric over.
-            None => Planned { slot: member.slot, generation, hparams: hparams::sample_space(&self.space, rng), parent: None, exploited: false },
+            None => {
+                Planned { slot: member.slot, generation, hparams: hparams::sample_space(&self.space, rng), parent: None, exploited: false }
+            }
         }
     }
 
@@ -313,6 +318,7 @@ impl PbtSearch {
         };
         self.best_by_generation.push(best_so_far);
         if ids.iter().all(|id| !self.members[id].checkpointed) {
+            self.no_checkpoints = true;
             self.finish(format!(
                 "no member of generation {generation} saved a checkpoint: a pbt entrypoint must save checkpoints (and stop when asked)"
             ));
@@ -475,6 +481,10 @@ impl SearchMethod for PbtSearch {
 
     fn total_trials(&self) -> Option<usize> {
         Some(self.params.population * self.params.max_generations)
+    }
+
+    fn cannot_succeed(&self) -> bool {
+        self.no_checkpoints
     }
 }
 

@@ -327,7 +327,7 @@ fn pbt_without_checkpoints_ends_as_a_failure_and_failed_members_always_lose() {
         actions.extend(s.trial_exited(id));
     }
     assert!(creates(&actions).is_empty());
-    assert_eq!(actions, vec![Action::Shutdown { failure: false }]);
+    assert_eq!(actions, vec![Action::Shutdown { failure: true }], "without checkpoints PBT cannot work: the experiment errs");
     assert!(
         s.pbt().unwrap().ended_because().unwrap().contains("no member of generation 0 saved a checkpoint"),
         "{:?}",
