@@ -4,14 +4,16 @@
 //! length; searchers only observe validations, as in Determined 0.38+.
 //!
 //! [`Searcher`] does the bookkeeping every method shares (request ids, the concurrency limit,
-//! when to shut down); each method (`simple`, `asha`) only proposes hyperparameters and decides
-//! which trials to stop.
+//! when to shut down); each method (`simple`, `asha`, `tpe`) only proposes hyperparameters and
+//! decides which trials to stop. `custom` proposes nothing: an external advisor posts actions
+//! ([`Searcher::external_actions`]) and reads the search's event log.
 //!
 //! Architecture invariant: no IO, no clock, no global randomness. The same events give the same
 //! actions, and [`Searcher::snapshot`] / [`Searcher::restore`] capture everything, so a master
 //! restarted from its store resumes a search exactly where it was.
 
 pub mod asha;
+pub mod custom;
 pub mod simple;
 pub mod tpe;
 
@@ -24,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::asha::{AdaptiveAsha, AshaSearch};
+use crate::custom::CustomSearch;
+pub use crate::custom::{AdvisorAction, Event, SequencedEvent};
 use crate::simple::{GridSearch, RandomSearch};
 use crate::tpe::TpeSearch;
 
@@ -83,6 +87,12 @@ pub enum SearchError {
     Config(String),
     #[error("cannot restore the searcher: {0}")]
     Snapshot(String),
+    /// An advisor's actions were refused; none of them was applied.
+    #[error("{field}: {message}")]
+    Refused { field: String, message: String },
+    /// The search takes no more actions.
+    #[error("{0}")]
+    Closed(String),
 }
 
 // Externally tagged: an internally tagged enum buffers its content, and integer map keys
@@ -95,6 +105,7 @@ enum Method {
     AsyncHalving(AshaSearch),
     AdaptiveAsha(AdaptiveAsha),
     Tpe(TpeSearch),
+    Custom(CustomSearch),
 }
 
 impl Method {
@@ -105,6 +116,7 @@ impl Method {
             Method::AsyncHalving(m) => m,
             Method::AdaptiveAsha(m) => m,
             Method::Tpe(m) => m,
+            Method::Custom(m) => m,
         }
     }
 
@@ -115,6 +127,7 @@ impl Method {
             Method::AsyncHalving(m) => m,
             Method::AdaptiveAsha(m) => m,
             Method::Tpe(m) => m,
+            Method::Custom(m) => m,
         }
     }
 }
@@ -174,6 +187,9 @@ impl Searcher {
             "tpe" => Method::Tpe(
                 TpeSearch::new(space, need(s.max_trials, "max_trials")?, s.n_startup_trials, s.n_ei_candidates).map_err(SearchError::Config)?,
             ),
+            "custom" => {
+                Method::Custom(CustomSearch::new(space, &s.metric, s.smaller_is_better, s.max_trials, s.max_concurrent_trials.max(1)))
+            }
             other => return Err(SearchError::Config(format!("unknown searcher `{other}`"))),
         };
         Ok(Searcher {
@@ -197,7 +213,8 @@ impl Searcher {
     }
 
     /// A trial the master created for a `Create` action now exists.
-    pub fn trial_created(&mut self, _request_id: RequestId) -> Vec<Action> {
+    pub fn trial_created(&mut self, request_id: RequestId) -> Vec<Action> {
+        self.custom_trial_created(request_id);
         Vec::new()
     }
 
