@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::error::{Error, Result};
 
+mod advisor;
+
 /// Grace given to a task between SIGTERM and SIGKILL when it is stopped politely.
 const STOP_GRACE_MS: u64 = 10_000;
 
@@ -98,6 +100,8 @@ struct Inner {
     /// Trials waiting for slots, oldest first.
     queue: VecDeque<i64>,
     next_connection: u64,
+    /// Per custom experiment with an advisor waiting: the last event it has been woken for.
+    searcher_watch: HashMap<i64, watch::Sender<u64>>,
 }
 
 struct AgentEntry {
@@ -376,6 +380,7 @@ impl Master {
         }
         if let Some(exp) = inner.experiments.get(&exp_id) {
             self.store.save_searcher_snapshot(exp_id, &exp.searcher.snapshot()).await?;
+            advisor::wake_advisors(inner, exp_id);
         }
         self.settle_if_done(inner, exp_id).await
     }
@@ -388,6 +393,8 @@ impl Master {
         exp.state = to;
         if to.is_terminal() {
             inner.experiments.remove(&exp_id);
+            // Dropping the sender wakes waiting advisors, which then read the final log.
+            inner.searcher_watch.remove(&exp_id);
         }
         self.bump();
         Ok(())
@@ -898,7 +905,8 @@ impl Master {
         let Some(exp) = inner.experiments.get_mut(&experiment_id) else { return Ok(()) };
         let Some(trial) = exp.trials.get(&trial_id) else { return Ok(()) };
         let actions = exp.searcher.validation_completed(trial.request_id, value, time);
-        if !actions.is_empty() {
+        // A custom search logged the validation for its advisor: save and announce it.
+        if !actions.is_empty() || exp.searcher.is_custom() {
             self.apply_actions(&mut inner, experiment_id, actions).await?;
             self.schedule(&mut inner).await?;
         }
