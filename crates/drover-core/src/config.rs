@@ -322,10 +322,8 @@ impl ExperimentConfig {
                 }
             }
             // An external advisor proposes the trials; `max_trials` is an optional cap on it.
-            "custom" => {
-                if searcher.max_trials == Some(0) {
-                    return Err(at_path("searcher.max_trials", "must be at least 1".into()));
-                }
+            "custom" if searcher.max_trials == Some(0) => {
+                return Err(at_path("searcher.max_trials", "must be at least 1".into()));
             }
             "grid" => {
                 let n = hparams::grid_size(&hyperparameters, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?;

@@ -169,13 +169,13 @@ impl Searcher {
                         }
                     }
                     creates += 1;
-                    if let Some(max) = custom.max_trials {
-                        if self.created + creates > max {
-                            return Err(refused(
-                                field,
-                                format!("would create trial {} of a search capped at searcher.max_trials = {max}", self.created + creates),
-                            ));
-                        }
+                    if let Some(max) = custom.max_trials
+                        && self.created + creates > max
+                    {
+                        return Err(refused(
+                            field,
+                            format!("would create trial {} of a search capped at searcher.max_trials = {max}", self.created + creates),
+                        ));
                     }
                     if self.live.len() + creates > self.max_concurrent {
                         return Err(refused(
@@ -231,10 +231,10 @@ impl Searcher {
 
     /// The master created the trial for `request_id`: that is the advisor's `trial_created`.
     pub(crate) fn custom_trial_created(&mut self, request_id: RequestId) {
-        if let Method::Custom(custom) = &mut self.method {
-            if let Some((hparams, checkpoint_from)) = custom.pending.remove(&request_id) {
-                custom.record(Event::TrialCreated { request_id, hparams, checkpoint_from });
-            }
+        if let Method::Custom(custom) = &mut self.method
+            && let Some((hparams, checkpoint_from)) = custom.pending.remove(&request_id)
+        {
+            custom.record(Event::TrialCreated { request_id, hparams, checkpoint_from });
         }
     }
 
