@@ -246,3 +246,125 @@ pub struct LineageMember {
     pub score: Option<f64>,
     pub checkpoint: Option<String>,
 }
+
+/// One event of a `custom` search, for its advisor: `{"seq": 4, "type": "validation_completed",
+/// "request_id": 2, "metric": 0.91, "time": 10}`. Sequence numbers start at 1 and have no gaps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearcherEvent {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub kind: SearcherEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SearcherEventKind {
+    /// The search exists; always event 1. `hyperparameters` is the experiment's space, in the
+    /// shape of the `config` of [`Experiment`].
+    Initialized {
+        metric: String,
+        smaller_is_better: bool,
+        max_trials: Option<u64>,
+        max_concurrent_trials: u64,
+        #[schema(value_type = Object)]
+        hyperparameters: Value,
+    },
+    /// A trial the advisor asked for now exists.
+    TrialCreated {
+        request_id: u64,
+        #[schema(value_type = Object)]
+        hparams: serde_json::Map<String, Value>,
+        checkpoint_from: Option<u64>,
+    },
+    /// A trial reported the searcher metric (as reported, whatever `smaller_is_better`) when its
+    /// time metric, or else its step, stood at `time`.
+    ValidationCompleted { request_id: u64, metric: f64, time: f64 },
+    /// A trial ended: completed, stopped when asked, or canceled.
+    TrialExited { request_id: u64 },
+    /// A trial failed beyond its restarts.
+    TrialFailed { request_id: u64 },
+}
+
+/// A page of a custom search's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearcherEvents {
+    pub events: Vec<SearcherEvent>,
+    /// Pass as `after` next time (which acknowledges these events): the last event's `seq`, or
+    /// the `after` of the request when there was none.
+    pub next_after: u64,
+    /// The search has shut down and takes no more actions.
+    pub shut_down: bool,
+    /// The experiment's state, e.g. `ACTIVE`, `STOPPING_COMPLETED` or `COMPLETED`.
+    pub experiment_state: String,
+}
+
+/// What an advisor asks of a custom search: `{"type": "create", "hparams": {...}}`,
+/// `{"type": "stop", "request_id": 3}` or `{"type": "shutdown", "failure": false}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdvisorAction {
+    /// Run a trial with these hyperparameters (a point of the experiment's space), from the
+    /// latest checkpoint of trial `checkpoint_from` (a request id) if given and it has one.
+    Create {
+        #[schema(value_type = Object)]
+        hparams: serde_json::Map<String, Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint_from: Option<u64>,
+    },
+    /// Ask a live trial to stop; it ends with `trial_exited`. Stopping it again is a no-op.
+    Stop { request_id: u64 },
+    /// End the search. Trials still running finish; then the experiment completes, or errors
+    /// with `failure`.
+    Shutdown {
+        #[serde(default)]
+        failure: bool,
+    },
+}
+
+/// A batch of actions, checked whole: if one is refused, none is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdvisorActionsRequest {
+    pub actions: Vec<AdvisorAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdvisorActionsResponse {
+    /// The trials the batch's `create` actions made, in order.
+    pub created: Vec<CreatedTrial>,
+    /// The search has shut down.
+    pub shut_down: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedTrial {
+    /// The search's id for the trial, used in events and in `stop`.
+    pub request_id: u64,
+    pub trial_id: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn advisor_wire_shapes_are_flat() {
+        let event = SearcherEvent { seq: 4, kind: SearcherEventKind::ValidationCompleted { request_id: 2, metric: 0.5, time: 10.0 } };
+        let text = serde_json::to_value(&event).unwrap();
+        assert_eq!(text, json!({"seq": 4, "type": "validation_completed", "request_id": 2, "metric": 0.5, "time": 10.0}));
+        assert_eq!(serde_json::from_value::<SearcherEvent>(text).unwrap(), event);
+
+        let actions: AdvisorActionsRequest = serde_json::from_value(json!({"actions": [
+            {"type": "create", "hparams": {"lr": 0.1}},
+            {"type": "stop", "request_id": 3},
+            {"type": "shutdown"},
+        ]}))
+        .unwrap();
+        assert_eq!(actions.actions[2], AdvisorAction::Shutdown { failure: false });
+        assert!(matches!(&actions.actions[0], AdvisorAction::Create { checkpoint_from: None, .. }));
+        // A misspelt field is an error, not a silently ignored option.
+        let typo = serde_json::from_value::<AdvisorAction>(json!({"type": "create", "hparams": {}, "checkpoint_form": 1}));
+        assert!(typo.unwrap_err().to_string().contains("checkpoint_form"));
+    }
+}

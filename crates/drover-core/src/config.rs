@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::hparams::{self, HyperparameterSpace, did_you_mean};
 
 /// Searchers this build knows; an unknown name is refused with a suggestion.
-pub const SEARCHERS: [&str; 7] = ["single", "random", "grid", "async_halving", "adaptive_asha", "tpe", "pbt"];
+pub const SEARCHERS: [&str; 8] = ["single", "random", "grid", "async_halving", "adaptive_asha", "tpe", "pbt", "custom"];
 
 /// How `pbt` picks the members that copy another: AutoLFADS' binary tournament, or truncation
 /// selection (the bottom `quantile_fraction` copy the top, as Ray Tune does).
@@ -440,6 +440,10 @@ impl ExperimentConfig {
                     ));
                 }
             }
+            // An external advisor proposes the trials; `max_trials` is an optional cap on it.
+            "custom" if searcher.max_trials == Some(0) => {
+                return Err(at_path("searcher.max_trials", "must be at least 1".into()));
+            }
             "grid" => {
                 let n = hparams::grid_size(&hyperparameters, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?;
                 if n > MAX_GRID_POINTS {
@@ -480,7 +484,7 @@ impl ExperimentConfig {
     pub fn planned_trials(&self) -> Option<usize> {
         match self.searcher.name.as_str() {
             "single" => Some(1),
-            "random" | "async_halving" | "adaptive_asha" | "tpe" => self.searcher.max_trials,
+            "random" | "async_halving" | "adaptive_asha" | "tpe" | "custom" => self.searcher.max_trials,
             "pbt" => Some(self.searcher.population_size? * self.searcher.max_generations?),
             "grid" => hparams::grid_size(&self.hyperparameters, "hyperparameters").ok(),
             _ => None,
@@ -687,6 +691,21 @@ environment:
         let e = ExperimentConfig::parse(&adaptive, None).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("searcher.mode"));
         assert!(e.message.contains("did you mean `aggressive`"), "{e}");
+    }
+
+    #[test]
+    fn custom_searcher_takes_an_optional_cap() {
+        let custom = GOOD.replace("name: random", "name: custom");
+        let c = ExperimentConfig::parse(&custom, None).unwrap();
+        assert_eq!((c.searcher.name.as_str(), c.planned_trials()), ("custom", Some(4)));
+        let c = ExperimentConfig::parse(&custom.replace("  max_trials: 4\n", ""), None).unwrap();
+        assert_eq!(c.planned_trials(), None);
+        let e = ExperimentConfig::parse(&custom.replace("max_trials: 4", "max_trials: 0"), Some("c.yaml")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("searcher.max_trials"));
+        assert_eq!((e.line, e.column), (Some(10), Some(3)), "{e}");
+        assert!(e.to_string().starts_with("c.yaml:10:3: searcher.max_trials: "), "{e}");
+        let e = ExperimentConfig::parse(&GOOD.replace("name: random", "name: custon"), None).unwrap_err();
+        assert!(e.message.contains("did you mean `custom`"), "{e}");
     }
 
     #[test]

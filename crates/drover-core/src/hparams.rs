@@ -296,6 +296,117 @@ pub fn grid_size(space: &HyperparameterSpace, prefix: &str) -> Result<usize, Spa
     Ok(total)
 }
 
+/// Checks that `point` lies in `space`: every hyperparameter has a value and nothing else does,
+/// each value has its hyperparameter's type and lies in its range, constants are equal.
+/// Sampled points pass by construction; this is for points proposed from outside (a custom
+/// searcher's advisor), which the master must not pass to trials unchecked. `prefix` is the
+/// path of the point itself (e.g. `actions[0].hparams`), so the error names the exact field.
+pub fn validate_point(space: &HyperparameterSpace, point: &serde_json::Map<String, Value>, prefix: &str) -> Result<(), SpaceError> {
+    if let Some(unknown) = point.keys().find(|k| !space.contains_key(*k)) {
+        let names: Vec<&str> = space.keys().map(String::as_str).collect();
+        return Err(space_err(
+            &format!("{prefix}.{unknown}"),
+            format!("not a hyperparameter of this experiment{}; expected {}", did_you_mean(unknown, &names), expected_names(&names)),
+        ));
+    }
+    for (name, hp) in space {
+        let path = format!("{prefix}.{name}");
+        let value = point.get(name).ok_or_else(|| space_err(&path, "missing; every hyperparameter of the experiment needs a value"))?;
+        hp.validate(value, &path)?;
+    }
+    Ok(())
+}
+
+fn expected_names(names: &[&str]) -> String {
+    if names.is_empty() { "no hyperparameters at all".into() } else { format!("one of {}", names.join(", ")) }
+}
+
+impl Hyperparameter {
+    fn validate(&self, value: &Value, path: &str) -> Result<(), SpaceError> {
+        let number = || value.as_f64().ok_or_else(|| space_err(path, format!("expected a number, found {}", describe_json(value))));
+        match self {
+            Hyperparameter::Const { val } => {
+                if !json_eq(val, value) {
+                    return Err(space_err(path, format!("must be the constant {val}, not {value}")));
+                }
+            }
+            Hyperparameter::Int { minval, maxval, .. } => {
+                let Some(v) = value.as_i64() else {
+                    // A u64 beyond i64 is an integer, just far too large.
+                    if value.is_u64() {
+                        return Err(space_err(path, format!("{value} is above maxval {maxval}")));
+                    }
+                    return Err(space_err(path, format!("expected an integer, found {}", describe_json(value))));
+                };
+                if v < *minval {
+                    return Err(space_err(path, format!("{v} is below minval {minval}")));
+                }
+                if v > *maxval {
+                    return Err(space_err(path, format!("{v} is above maxval {maxval}")));
+                }
+            }
+            Hyperparameter::Double { minval, maxval, .. } => {
+                let v = number()?;
+                if v < *minval {
+                    return Err(space_err(path, format!("{v:?} is below minval {minval:?}")));
+                }
+                if v > *maxval {
+                    return Err(space_err(path, format!("{v:?} is above maxval {maxval:?}")));
+                }
+            }
+            Hyperparameter::Log { minval, maxval, base, .. } => {
+                let v = number()?;
+                let (lo, hi) = (base.powf(*minval), base.powf(*maxval));
+                let (lo, hi, low_exp, high_exp) = if lo <= hi { (lo, hi, minval, maxval) } else { (hi, lo, maxval, minval) };
+                // base^x is rounded, so a value computed from an in-range exponent may land an
+                // ulp or so outside [lo, hi]; it is still that exponent's value.
+                let slack = 1e-12;
+                if v < lo * (1.0 - slack) {
+                    return Err(space_err(path, format!("{v:?} is below {base}^{low_exp} = {lo:?}")));
+                }
+                if v > hi * (1.0 + slack) {
+                    return Err(space_err(path, format!("{v:?} is above {base}^{high_exp} = {hi:?}")));
+                }
+            }
+            Hyperparameter::Categorical { vals } => {
+                if !vals.iter().any(|c| json_eq(c, value)) {
+                    let list: Vec<String> = vals.iter().map(Value::to_string).collect();
+                    return Err(space_err(path, format!("{value} is not one of {}", list.join(", "))));
+                }
+            }
+            Hyperparameter::Nested { fields } => {
+                let Value::Object(map) = value else {
+                    return Err(space_err(path, format!("expected a map of nested hyperparameters, found {}", describe_json(value))));
+                };
+                validate_point(fields, map, path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// JSON equality where numbers compare by value, so that a constant 32 accepts 32.0: clients
+/// in other languages do not always keep the integer/float distinction.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w))),
+        _ => a == b,
+    }
+}
+
+fn describe_json(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a map".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +471,55 @@ mod tests {
         let s = space("d: {type: double, minval: 0, maxval: 1}").unwrap();
         let e = grid(&s, "hyperparameters").unwrap_err();
         assert_eq!(e.path, "hyperparameters.d");
+    }
+
+    #[test]
+    fn points_are_validated_naming_the_field() {
+        let s = space(
+            "lr: {type: log, minval: -4, maxval: -1}\nh: {type: int, minval: 16, maxval: 64}\nx: {type: double, minval: 0, maxval: 1}\n\
+             opt: {type: categorical, vals: [adam, sgd]}\nbatch: 32\nmodel: {depth: {type: int, minval: 1, maxval: 3}}\n",
+        )
+        .unwrap();
+        let good = serde_json::json!({"lr": 0.01, "h": 16, "x": 1, "opt": "sgd", "batch": 32.0, "model": {"depth": 3}});
+        let check = |v: Value| validate_point(&s, v.as_object().unwrap(), "actions[2].hparams");
+        check(good.clone()).unwrap();
+        let mut rng = SplitMix64::new(5);
+        for _ in 0..200 {
+            validate_point(&s, &sample_space(&s, &mut rng), "p").unwrap();
+        }
+        let bad = |patch: Value| {
+            let mut v = good.clone();
+            for (k, val) in patch.as_object().unwrap() {
+                if val.is_null() {
+                    v.as_object_mut().unwrap().remove(k);
+                } else {
+                    v[k] = val.clone();
+                }
+            }
+            check(v).unwrap_err()
+        };
+        let e = bad(serde_json::json!({"x": 3.5}));
+        assert_eq!(e.to_string(), "actions[2].hparams.x: 3.5 is above maxval 1.0");
+        assert_eq!(bad(serde_json::json!({"x": -0.5})).message, "-0.5 is below minval 0.0");
+        assert_eq!(bad(serde_json::json!({"x": "0.5"})).message, "expected a number, found the string \"0.5\"");
+        assert_eq!(bad(serde_json::json!({"h": 65})).message, "65 is above maxval 64");
+        assert_eq!(bad(serde_json::json!({"h": 20.0})).message, "expected an integer, found the number 20.0");
+        assert_eq!(bad(serde_json::json!({"h": u64::MAX})).message, format!("{} is above maxval 64", u64::MAX));
+        assert_eq!(bad(serde_json::json!({"lr": 0.5})).message, "0.5 is above 10^-1 = 0.1");
+        assert_eq!(bad(serde_json::json!({"lr": 1e-5})).message, "1e-5 is below 10^-4 = 0.0001");
+        assert_eq!(bad(serde_json::json!({"opt": "rmsprop"})).message, "\"rmsprop\" is not one of \"adam\", \"sgd\"");
+        assert_eq!(bad(serde_json::json!({"batch": 64})).message, "must be the constant 32, not 64");
+        let e = bad(serde_json::json!({"model": {"depth": 0}}));
+        assert_eq!(e.path, "actions[2].hparams.model.depth");
+        assert_eq!(bad(serde_json::json!({"model": 1})).path, "actions[2].hparams.model");
+        let e = bad(serde_json::json!({"h": null}));
+        assert_eq!((e.path.as_str(), e.message.contains("missing")), ("actions[2].hparams.h", true));
+        let e = bad(serde_json::json!({"optt": "adam"}));
+        assert_eq!(e.path, "actions[2].hparams.optt");
+        assert!(e.message.contains("did you mean `opt`"), "{e}");
+        // The ends of a log range, computed the way sampling computes them, are inside.
+        check(serde_json::json!({"lr": 10f64.powf(-4.0), "h": 64, "x": 0, "opt": "adam", "batch": 32, "model": {"depth": 1}})).unwrap();
+        check(serde_json::json!({"lr": 10f64.powf(-1.0), "h": 64, "x": 0, "opt": "adam", "batch": 32, "model": {"depth": 1}})).unwrap();
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::lttb::lttb;
 /// Most points one metrics report may carry.
 const MAX_POINTS_PER_REPORT: usize = 200_000;
 const MAX_METRIC_NAME: usize = 256;
+/// Longest wait for a custom search's events; advisors poll again.
+const MAX_EVENTS_WAIT_MS: u64 = 60_000;
 
 pub fn router(master: Arc<Master>) -> Router {
     let context_body = master.config.max_context_bytes / 3 * 4 + 1024 * 1024;
@@ -42,6 +44,8 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/experiments/{id}/trials", get(list_trials))
         .route("/api/v1/experiments/{id}/context", get(get_context))
         .route("/api/v1/experiments/{id}/lineage", get(get_lineage))
+        .route("/api/v1/experiments/{id}/searcher/events", get(searcher_events))
+        .route("/api/v1/experiments/{id}/searcher/actions", post(searcher_actions))
         .route("/api/v1/trials/{id}", get(get_trial))
         .route("/api/v1/trials/{id}/metrics", get(get_metrics).post(report_metrics).layer(DefaultBodyLimit::max(64 * 1024 * 1024)))
         .route("/api/v1/trials/{id}/signals", get(get_signals))
@@ -59,46 +63,15 @@ pub fn router(master: Arc<Master>) -> Router {
 #[openapi(
     info(title = "drover", description = "drover master REST API"),
     paths(
-        info,
-        create_experiment,
-        list_experiments,
-        get_experiment,
-        delete_experiment,
-        experiment_command,
-        list_trials,
-        get_context,
-        get_lineage,
-        get_trial,
-        get_metrics,
-        report_metrics,
-        get_signals,
-        get_logs,
-        list_checkpoints,
-        register_checkpoint,
-        get_checkpoint,
-        list_agents
+        info, create_experiment, list_experiments, get_experiment, delete_experiment, experiment_command, list_trials,
+        get_context, get_lineage, get_trial, get_metrics, report_metrics, get_signals, get_logs, list_checkpoints,
+        register_checkpoint, get_checkpoint, list_agents, searcher_events, searcher_actions
     ),
     components(schemas(
-        ApiError,
-        ErrorLocation,
-        CreateExperimentRequest,
-        Experiment,
-        Trial,
-        MetricSummary,
-        ReportMetricsRequest,
-        MetricPoint,
-        ReportMetricsResponse,
-        TrialSignals,
-        MetricSeries,
-        TrialLogs,
-        LogEntry,
-        RegisterCheckpointRequest,
-        Checkpoint,
-        Agent,
-        Slot,
-        ClusterInfo,
-        Lineage,
-        LineageMember
+        ApiError, ErrorLocation, CreateExperimentRequest, Experiment, Trial, MetricSummary, ReportMetricsRequest,
+        MetricPoint, ReportMetricsResponse, TrialSignals, MetricSeries, TrialLogs, LogEntry, RegisterCheckpointRequest,
+        Checkpoint, Agent, Slot, ClusterInfo, Lineage, LineageMember, SearcherEvent, SearcherEventKind, SearcherEvents,
+        AdvisorAction, AdvisorActionsRequest, AdvisorActionsResponse, CreatedTrial
     ))
 )]
 pub struct ApiDoc;
@@ -305,6 +278,57 @@ async fn get_context(State(master): State<Arc<Master>>, Path(id): Path<String>, 
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response()),
         None => Err(Error::not_found(format!("experiment {id} has no context"))),
     }
+}
+
+/// A custom search's events after `after`, for its advisor. Asking with `after` acknowledges
+/// every event up to it (the master may forget them). With no newer event, waits up to
+/// `timeout_ms` for one and answers an empty page if none comes.
+#[utoipa::path(get, path = "/api/v1/experiments/{id}/searcher/events",
+    params(("id" = i64, Path), ("after" = Option<u64>, Query, description = "the last event seen (default 0)"),
+        ("timeout_ms" = Option<u64>, Query, description = "default 30000, at most 60000")),
+    responses((status = 200, body = SearcherEvents), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn searcher_events(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<SearcherEvents>> {
+    let id = parse_id(&id, "experiment id")?;
+    let after: u64 = query_num(&q, "after", 0)?;
+    let timeout = Duration::from_millis(query_num::<u64>(&q, "timeout_ms", 30_000)?.min(MAX_EVENTS_WAIT_MS));
+    Ok(Json(master.searcher_events(id, after, timeout).await?))
+}
+
+/// Actions of a custom search's advisor: create trials, stop them, shut the search down. The
+/// batch is checked whole; when one action is refused, none is applied.
+#[utoipa::path(post, path = "/api/v1/experiments/{id}/searcher/actions", params(("id" = i64, Path)), request_body = AdvisorActionsRequest,
+    responses((status = 200, body = AdvisorActionsResponse), (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn searcher_actions(State(master): State<Arc<Master>>, Path(id): Path<String>, body: Bytes) -> Result<Json<AdvisorActionsResponse>> {
+    let id = parse_id(&id, "experiment id")?;
+    let actions = parse_actions(&body)?;
+    Ok(Json(master.advisor_actions(id, actions).await?))
+}
+
+/// `{"actions": [...]}`, or a bare list; each action is parsed on its own so that an error
+/// names its index.
+fn parse_actions(body: &Bytes) -> Result<Vec<AdvisorAction>> {
+    let list = match parse_json::<Value>(body)? {
+        Value::Array(list) => list,
+        Value::Object(mut map) => {
+            if let Some(other) = map.keys().find(|k| *k != "actions") {
+                return Err(Error::bad_field(other.clone(), format!("unknown field `{other}`; expected `actions`")));
+            }
+            match map.remove("actions") {
+                Some(Value::Array(list)) => list,
+                _ => return Err(Error::bad_field("actions", "expected `actions`, a list of actions")),
+            }
+        }
+        _ => return Err(Error::bad_request("expected {\"actions\": [...]}")),
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| serde_json::from_value(v).map_err(|e| Error::bad_field(format!("actions[{i}]"), format!("actions[{i}]: {e}"))))
+        .collect()
 }
 
 #[utoipa::path(get, path = "/api/v1/trials/{id}", params(("id" = i64, Path)),

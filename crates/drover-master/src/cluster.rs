@@ -24,6 +24,8 @@ use tokio::sync::{Mutex, mpsc, watch};
 use crate::error::{Error, Result};
 use crate::lineage::{self, MemberTrial};
 
+mod advisor;
+
 /// Grace given to a task between SIGTERM and SIGKILL when it is stopped politely.
 const STOP_GRACE_MS: u64 = 10_000;
 
@@ -97,6 +99,8 @@ struct Inner {
     /// Trials waiting for slots, oldest first.
     queue: VecDeque<i64>,
     next_connection: u64,
+    /// Per custom experiment with an advisor waiting: the last event it has been woken for.
+    searcher_watch: HashMap<i64, watch::Sender<u64>>,
 }
 
 struct AgentEntry {
@@ -414,6 +418,7 @@ impl Master {
         if let Some(exp) = inner.experiments.get_mut(&exp_id) {
             self.store.save_searcher_snapshot(exp_id, &exp.searcher.snapshot()).await?;
             self.write_lineage(exp_id, exp);
+            advisor::wake_advisors(inner, exp_id);
         }
         self.settle_if_done(inner, exp_id).await
     }
@@ -426,6 +431,8 @@ impl Master {
         exp.state = to;
         if to.is_terminal() {
             inner.experiments.remove(&exp_id);
+            // Dropping the sender wakes waiting advisors, which then read the final log.
+            inner.searcher_watch.remove(&exp_id);
         }
         self.bump();
         Ok(())
@@ -953,7 +960,8 @@ impl Master {
         for &(value, time) in values {
             actions.extend(exp.searcher.validation_completed(request_id, value, time));
         }
-        if !actions.is_empty() {
+        // A custom search logged the validations for its advisor: save and announce them.
+        if !actions.is_empty() || exp.searcher.is_custom() {
             self.apply_actions(&mut inner, experiment_id, actions).await?;
             self.schedule(&mut inner).await?;
         } else if exp.searcher.learns_from_validations() {

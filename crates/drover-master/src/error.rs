@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use drover_api::rest::{ApiError, ErrorLocation};
 use drover_core::ConfigError;
+use drover_search::SearchError;
 use drover_store::StoreError;
 
 #[derive(Debug)]
@@ -75,6 +76,18 @@ impl From<ConfigError> for Error {
         err.body.error = "invalid_config".into();
         err.body.location = Some(ErrorLocation { field: e.field.clone(), line: e.line, column: e.column });
         err
+    }
+}
+
+impl From<SearchError> for Error {
+    fn from(e: SearchError) -> Error {
+        match e {
+            SearchError::Refused { ref field, .. } => Error::bad_field(field.clone(), e.to_string()),
+            SearchError::Config(message) => Error::bad_field("searcher", message),
+            // A search that has shut down is a state, not a malformed request.
+            SearchError::Closed(message) => Error::conflict(message),
+            SearchError::Snapshot(message) => Error::internal(message),
+        }
     }
 }
 

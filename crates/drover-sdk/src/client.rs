@@ -85,7 +85,7 @@ impl MasterClient {
 
 /// The master's `ApiError` message with its location, or the start of the raw body when the
 /// error did not come from the API's own handlers (a proxy, a framework rejection).
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     if let Ok(api) = serde_json::from_slice::<ApiError>(body) {
         let location = api.location.as_ref().and_then(|loc| loc.field.as_deref());
         return match location {

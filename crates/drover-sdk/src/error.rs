@@ -50,6 +50,9 @@ pub enum SdkError {
 
     #[error("the metrics reporter thread stopped unexpectedly")]
     ReporterDied,
+
+    #[error("experiment {experiment_id} uses the `{searcher}` searcher; an advisor needs a `custom` one")]
+    NotCustom { experiment_id: i64, searcher: String },
 }
 
 impl SdkError {

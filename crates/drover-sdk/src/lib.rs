@@ -34,7 +34,11 @@
 //!     ctx.close() // waits until the master has every metric
 //! }
 //! ```
+//!
+//! [`advisor`] is the other side of a `custom` search: a client for the process that decides
+//! which trials run.
 
+pub mod advisor;
 mod checkpoint;
 mod client;
 mod context;

@@ -4,8 +4,9 @@
 //! length; searchers only observe validations, as in Determined 0.38+.
 //!
 //! [`Searcher`] does the bookkeeping every method shares (request ids, the concurrency limit,
-//! when to shut down); each method (`simple`, `asha`) only proposes hyperparameters and decides
-//! which trials to stop.
+//! when to shut down); each method (`simple`, `asha`, `tpe`) only proposes hyperparameters and
+//! decides which trials to stop. `custom` proposes nothing: an external advisor posts actions
+//! ([`Searcher::external_actions`]) and reads the search's event log.
 //!
 //! Architecture invariant: no IO, no clock, no global randomness. The same events give the same
 //! actions, and [`Searcher::snapshot`] / [`Searcher::restore`] capture everything, so a master
@@ -14,6 +15,7 @@
 pub mod asha;
 pub mod pbt;
 pub mod preview;
+pub mod custom;
 pub mod simple;
 pub mod tpe;
 
@@ -27,6 +29,8 @@ use serde_json::{Map, Value};
 
 use crate::asha::{AdaptiveAsha, AshaSearch};
 use crate::pbt::{PbtParams, PbtSearch};
+use crate::custom::CustomSearch;
+pub use crate::custom::{AdvisorAction, Event, SequencedEvent};
 use crate::simple::{GridSearch, RandomSearch};
 use crate::tpe::TpeSearch;
 
@@ -102,6 +106,12 @@ pub enum SearchError {
     Config(String),
     #[error("cannot restore the searcher: {0}")]
     Snapshot(String),
+    /// An advisor's actions were refused; none of them was applied.
+    #[error("{field}: {message}")]
+    Refused { field: String, message: String },
+    /// The search takes no more actions.
+    #[error("{0}")]
+    Closed(String),
 }
 
 // Externally tagged: an internally tagged enum buffers its content, and integer map keys
@@ -115,6 +125,7 @@ enum Method {
     AdaptiveAsha(AdaptiveAsha),
     Tpe(TpeSearch),
     Pbt(PbtSearch),
+    Custom(CustomSearch),
 }
 
 impl Method {
@@ -126,6 +137,7 @@ impl Method {
             Method::AdaptiveAsha(m) => m,
             Method::Tpe(m) => m,
             Method::Pbt(m) => m,
+            Method::Custom(m) => m,
         }
     }
 
@@ -137,6 +149,7 @@ impl Method {
             Method::AdaptiveAsha(m) => m,
             Method::Tpe(m) => m,
             Method::Pbt(m) => m,
+            Method::Custom(m) => m,
         }
     }
 }
@@ -198,6 +211,9 @@ impl Searcher {
                     .map_err(SearchError::Config)?,
             ),
             "pbt" => Method::Pbt(PbtSearch::new(space, PbtParams::from_config(s).map_err(SearchError::Config)?, seed)),
+            "custom" => {
+                Method::Custom(CustomSearch::new(space, &s.metric, s.smaller_is_better, s.max_trials, s.max_concurrent_trials.max(1)))
+            }
             other => return Err(SearchError::Config(format!("unknown searcher `{other}`"))),
         };
         Ok(Searcher {
@@ -221,7 +237,8 @@ impl Searcher {
     }
 
     /// A trial the master created for a `Create` action now exists.
-    pub fn trial_created(&mut self, _request_id: RequestId) -> Vec<Action> {
+    pub fn trial_created(&mut self, request_id: RequestId) -> Vec<Action> {
+        self.custom_trial_created(request_id);
         Vec::new()
     }
 

@@ -70,6 +70,9 @@ struct SimTrial {
 
 /// Runs the search of `config` with seed `seed` against the synthetic objective.
 pub fn preview(config: &ExperimentConfig, seed: u64) -> Result<Preview, SearchError> {
+    if config.searcher.name == "custom" {
+        return Err(SearchError::Config("a `custom` search is planned by its advisor, not by drover: there is nothing to preview".into()));
+    }
     let mut searcher = Searcher::new(config, seed)?;
     let s = &config.searcher;
     // Searchers that stop trials train them in time-metric units; others report once.
