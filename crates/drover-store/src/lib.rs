@@ -85,4 +85,28 @@ pub trait Store: Send + Sync + 'static {
     async fn add_checkpoint(&self, checkpoint: CheckpointRow) -> StoreResult<()>;
     async fn get_checkpoint(&self, uuid: &str) -> StoreResult<CheckpointRow>;
     async fn list_checkpoints(&self, trial_id: i64) -> StoreResult<Vec<CheckpointRow>>;
+
+    // Parameter database: versions are immutable once added; tags move.
+    /// Adds a version and points `tags` at it, in one transaction; `Conflict` when the version
+    /// (or its storage key) exists.
+    async fn add_param_version(&self, row: ParamVersionRow, tags: &[String]) -> StoreResult<()>;
+    async fn get_param_version(&self, name: &str, version: i64) -> StoreResult<ParamVersionRow>;
+    /// The highest version of `name`.
+    async fn latest_param_version(&self, name: &str) -> StoreResult<ParamVersionRow>;
+    async fn param_version_by_tag(&self, name: &str, tag: &str) -> StoreResult<ParamVersionRow>;
+    /// Every version of `name`, lowest first.
+    async fn list_param_versions(&self, name: &str) -> StoreResult<Vec<ParamVersionRow>>;
+    /// Every tag of `name`, by tag.
+    async fn list_param_tags(&self, name: &str) -> StoreResult<Vec<ParamTagRow>>;
+    /// Points `tag` at `version` (moving it if it exists); `NotFound` when the version does not.
+    async fn set_param_tag(&self, name: &str, tag: &str, version: i64, updated_at: i64) -> StoreResult<()>;
+    /// Removes a tag; `NotFound` when there is none.
+    async fn delete_param_tag(&self, name: &str, tag: &str) -> StoreResult<()>;
+    /// Replaces a version's metadata (a JSON object).
+    async fn update_param_metadata(&self, name: &str, version: i64, metadata_json: &str) -> StoreResult<()>;
+    /// Deletes these versions of `name` and any tags on them; returns how many versions went.
+    /// Versions already gone are skipped.
+    async fn delete_param_versions(&self, name: &str, versions: &[i64]) -> StoreResult<usize>;
+    /// Every parameter name with at least one version, by name.
+    async fn list_param_names(&self) -> StoreResult<Vec<ParamNameRow>>;
 }

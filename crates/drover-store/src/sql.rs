@@ -164,6 +164,31 @@ fn migrations(d: Dialect) -> Vec<(i64, String)> {
                 PRIMARY KEY (trial_id, grp, name, level, bucket)
             ){clustered};"
         ),
+    ), (
+        3,
+        // The parameter database: immutable versions of named blobs (the bytes live in the
+        // parameter storage under `storage_key`) and movable tags. A tag can only name a
+        // version that exists.
+        "CREATE TABLE param_versions (
+                name TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                size BIGINT NOT NULL,
+                sha256 TEXT NOT NULL,
+                metadata TEXT NOT NULL,
+                storage_key TEXT NOT NULL UNIQUE,
+                PRIMARY KEY (name, version)
+            );
+            CREATE TABLE param_tags (
+                name TEXT NOT NULL,
+                tag TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                PRIMARY KEY (name, tag),
+                FOREIGN KEY (name, version) REFERENCES param_versions (name, version) ON DELETE CASCADE
+            );
+            CREATE INDEX param_tags_version ON param_tags (name, version);"
+            .to_string(),
     )]
 }
 
@@ -513,6 +538,34 @@ const EXPERIMENT_COLUMNS: &str = "id, name, description, state, config, config_y
 const TRIAL_COLUMNS: &str =
     "id, experiment_id, request_id, state, hparams, seed, restarts, stop_requested, latest_checkpoint, created_at, ended_at";
 const ALLOCATION_COLUMNS: &str = "id, trial_id, token, state, agent_id, slot_ids, exit_code, error, created_at, ended_at";
+const PARAM_VERSION_COLUMNS: &str = "name, version, created_at, size, sha256, metadata, storage_key";
+
+fn param_version_from(row: &AnyRow) -> StoreResult<ParamVersionRow> {
+    Ok(ParamVersionRow {
+        name: row.try_get(0)?,
+        version: row.try_get(1)?,
+        created_at: row.try_get(2)?,
+        size: row.try_get(3)?,
+        sha256: row.try_get(4)?,
+        metadata_json: row.try_get(5)?,
+        storage_key: row.try_get(6)?,
+    })
+}
+
+/// Points `tag` at `version`, creating or moving it.
+async fn upsert_tag(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str, tag: &str, version: i64, at: i64) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO param_tags (name, tag, version, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name, tag) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(tag)
+    .bind(version)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 #[async_trait]
 impl Store for SqlStore {
@@ -1019,6 +1072,161 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(checkpoint_from).collect()
+    }
+
+    async fn add_param_version(&self, row: ParamVersionRow, tags: &[String]) -> StoreResult<()> {
+        let _writing = self.writing().await;
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO param_versions ({PARAM_VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+        )))
+        .bind(row.name.as_str())
+        .bind(row.version)
+        .bind(row.created_at)
+        .bind(row.size)
+        .bind(row.sha256.as_str())
+        .bind(row.metadata_json.as_str())
+        .bind(row.storage_key.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!("version {} of parameter `{}` already exists", row.version, row.name)));
+        }
+        for tag in tags {
+            upsert_tag(&mut tx, &row.name, tag, row.version, row.created_at).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_param_version(&self, name: &str, version: i64) -> StoreResult<ParamVersionRow> {
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {PARAM_VERSION_COLUMNS} FROM param_versions WHERE name = $1 AND version = $2")))
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| not_found(format!("version {version} of parameter `{name}`")))?;
+        param_version_from(&row)
+    }
+
+    async fn latest_param_version(&self, name: &str) -> StoreResult<ParamVersionRow> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PARAM_VERSION_COLUMNS} FROM param_versions WHERE name = $1 ORDER BY version DESC LIMIT 1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| not_found(format!("a version of parameter `{name}`")))?;
+        param_version_from(&row)
+    }
+
+    async fn param_version_by_tag(&self, name: &str, tag: &str) -> StoreResult<ParamVersionRow> {
+        let columns = PARAM_VERSION_COLUMNS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", ");
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {columns} FROM param_tags t JOIN param_versions v ON v.name = t.name AND v.version = t.version
+             WHERE t.name = $1 AND t.tag = $2"
+        )))
+        .bind(name)
+        .bind(tag)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| not_found(format!("tag `{tag}` of parameter `{name}`")))?;
+        param_version_from(&row)
+    }
+
+    async fn list_param_versions(&self, name: &str) -> StoreResult<Vec<ParamVersionRow>> {
+        let rows =
+            sqlx::query(AssertSqlSafe(format!("SELECT {PARAM_VERSION_COLUMNS} FROM param_versions WHERE name = $1 ORDER BY version")))
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(param_version_from).collect()
+    }
+
+    async fn list_param_tags(&self, name: &str) -> StoreResult<Vec<ParamTagRow>> {
+        let rows = sqlx::query("SELECT name, tag, version, updated_at FROM param_tags WHERE name = $1 ORDER BY tag")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(ParamTagRow { name: r.try_get(0)?, tag: r.try_get(1)?, version: r.try_get(2)?, updated_at: r.try_get(3)? }))
+            .collect()
+    }
+
+    async fn set_param_tag(&self, name: &str, tag: &str, version: i64, updated_at: i64) -> StoreResult<()> {
+        let _writing = self.writing().await;
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM param_versions WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(not_found(format!("version {version} of parameter `{name}`")));
+        }
+        upsert_tag(&mut tx, name, tag, version, updated_at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_param_tag(&self, name: &str, tag: &str) -> StoreResult<()> {
+        let _writing = self.writing().await;
+        let done = sqlx::query("DELETE FROM param_tags WHERE name = $1 AND tag = $2")
+            .bind(name)
+            .bind(tag)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            return Err(not_found(format!("tag `{tag}` of parameter `{name}`")));
+        }
+        Ok(())
+    }
+
+    async fn update_param_metadata(&self, name: &str, version: i64, metadata_json: &str) -> StoreResult<()> {
+        let _writing = self.writing().await;
+        let done = sqlx::query("UPDATE param_versions SET metadata = $1 WHERE name = $2 AND version = $3")
+            .bind(metadata_json)
+            .bind(name)
+            .bind(version)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            return Err(not_found(format!("version {version} of parameter `{name}`")));
+        }
+        Ok(())
+    }
+
+    async fn delete_param_versions(&self, name: &str, versions: &[i64]) -> StoreResult<usize> {
+        let _writing = self.writing().await;
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for version in versions {
+            // Tags go explicitly, so that deletion does not depend on foreign keys being on.
+            sqlx::query("DELETE FROM param_tags WHERE name = $1 AND version = $2").bind(name).bind(*version).execute(&mut *tx).await?;
+            deleted += sqlx::query("DELETE FROM param_versions WHERE name = $1 AND version = $2")
+                .bind(name)
+                .bind(*version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn list_param_names(&self) -> StoreResult<Vec<ParamNameRow>> {
+        let rows = sqlx::query("SELECT name, COUNT(*), MAX(version), MAX(created_at) FROM param_versions GROUP BY name ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ParamNameRow { name: r.try_get(0)?, versions: r.try_get(1)?, latest_version: r.try_get(2)?, updated_at: r.try_get(3)? })
+            })
+            .collect()
     }
 }
 

@@ -170,3 +170,37 @@ pub struct CheckpointRow {
     pub metadata_json: String,
     pub created_at: i64,
 }
+
+/// One immutable version of a named parameter blob; the bytes live in parameter storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamVersionRow {
+    pub name: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub size: i64,
+    /// Lower-case hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// A JSON object.
+    pub metadata_json: String,
+    /// Where the bytes are, relative to the parameter storage.
+    pub storage_key: String,
+}
+
+/// A tag names one version of a parameter; setting it again moves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamTagRow {
+    pub name: String,
+    pub tag: String,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// A parameter name with a summary of its versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamNameRow {
+    pub name: String,
+    pub versions: i64,
+    pub latest_version: i64,
+    /// When its newest version was pushed.
+    pub updated_at: i64,
+}

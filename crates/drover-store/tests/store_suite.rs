@@ -58,6 +58,9 @@ suite!(
     checkpoints_register_once,
     delete_removes_everything,
     reopening_keeps_data,
+    params_versions_are_immutable_and_found_every_way,
+    params_tags_move_and_follow_deletes,
+    params_metadata_updates_and_names_list,
 );
 
 mod checks {
@@ -274,6 +277,86 @@ mod checks {
         assert!(store.read_logs(t, 0, 10).await.unwrap().is_empty());
         assert_eq!(store.metric_summaries(kt).await.unwrap().len(), 1, "other experiments are untouched");
         assert!(matches!(store.delete_experiment(exp).await, Err(StoreError::NotFound(_))));
+    }
+
+    fn param(name: &str, version: i64, metadata: &str) -> ParamVersionRow {
+        ParamVersionRow {
+            name: name.into(),
+            version,
+            created_at: 1000 + version,
+            size: 10 * version,
+            sha256: format!("{version:064x}"),
+            metadata_json: metadata.into(),
+            storage_key: format!("{name}/{version}-k"),
+        }
+    }
+
+    pub async fn params_versions_are_immutable_and_found_every_way(store: &dyn Store) {
+        assert!(matches!(store.latest_param_version("policy").await, Err(StoreError::NotFound(_))));
+        assert!(store.list_param_versions("policy").await.unwrap().is_empty());
+        // Pushed out of order: `latest` is the highest version, not the newest row.
+        for v in [2, 10, 3] {
+            store.add_param_version(param("policy", v, &format!("{{\"v\":{v}}}")), &[]).await.unwrap();
+        }
+        store.add_param_version(param("other", 99, "{}"), &["best".into()]).await.unwrap();
+        let again =
+            store.add_param_version(ParamVersionRow { storage_key: "fresh".into(), ..param("policy", 3, "{}") }, &["x".into()]).await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        assert!(store.list_param_tags("policy").await.unwrap().is_empty(), "a refused push sets no tag");
+        assert_eq!(store.get_param_version("policy", 3).await.unwrap(), param("policy", 3, "{\"v\":3}"), "a refused push changes nothing");
+        assert_eq!(store.latest_param_version("policy").await.unwrap().version, 10);
+        assert_eq!(store.latest_param_version("other").await.unwrap().version, 99);
+        let versions: Vec<i64> = store.list_param_versions("policy").await.unwrap().iter().map(|r| r.version).collect();
+        assert_eq!(versions, vec![2, 3, 10]);
+        assert!(matches!(store.get_param_version("policy", 4).await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.param_version_by_tag("other", "best").await.unwrap().version, 99);
+        assert!(matches!(store.param_version_by_tag("policy", "best").await, Err(StoreError::NotFound(_))));
+        // A storage key belongs to one version only.
+        let shared = store.add_param_version(ParamVersionRow { storage_key: "policy/2-k".into(), ..param("policy", 11, "{}") }, &[]).await;
+        assert!(matches!(shared, Err(StoreError::Conflict(_))), "{shared:?}");
+    }
+
+    pub async fn params_tags_move_and_follow_deletes(store: &dyn Store) {
+        for v in 1..=4 {
+            let tags: Vec<String> = if v == 1 { vec!["first".into(), "best".into()] } else { vec![] };
+            store.add_param_version(param("p", v, "{}"), &tags).await.unwrap();
+        }
+        let tags = store.list_param_tags("p").await.unwrap();
+        assert_eq!(tags.iter().map(|t| (t.tag.as_str(), t.version)).collect::<Vec<_>>(), vec![("best", 1), ("first", 1)]);
+        store.set_param_tag("p", "best", 3, 5000).await.unwrap();
+        assert_eq!(store.param_version_by_tag("p", "best").await.unwrap().version, 3);
+        let best = store.list_param_tags("p").await.unwrap().into_iter().find(|t| t.tag == "best").unwrap();
+        assert_eq!((best.version, best.updated_at), (3, 5000));
+        assert!(matches!(store.set_param_tag("p", "best", 42, 1).await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.param_version_by_tag("p", "best").await.unwrap().version, 3, "a refused move leaves the tag");
+        store.delete_param_tag("p", "first").await.unwrap();
+        assert!(matches!(store.delete_param_tag("p", "first").await, Err(StoreError::NotFound(_))));
+        // Deleting versions takes their tags along; versions already gone are skipped.
+        assert_eq!(store.delete_param_versions("p", &[3, 4, 77]).await.unwrap(), 2);
+        assert!(store.list_param_tags("p").await.unwrap().is_empty());
+        assert_eq!(store.list_param_versions("p").await.unwrap().iter().map(|r| r.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(store.latest_param_version("p").await.unwrap().version, 2);
+        assert_eq!(store.delete_param_versions("p", &[]).await.unwrap(), 0);
+        // The version number can be pushed again once it is gone (a new row, a new key).
+        store.add_param_version(ParamVersionRow { storage_key: "p/4-new".into(), ..param("p", 4, "{}") }, &[]).await.unwrap();
+    }
+
+    pub async fn params_metadata_updates_and_names_list(store: &dyn Store) {
+        assert!(store.list_param_names().await.unwrap().is_empty());
+        store.add_param_version(param("b", 1, "{\"elo\":1000}"), &[]).await.unwrap();
+        store.add_param_version(param("b", 7, "{}"), &[]).await.unwrap();
+        store.add_param_version(param("a", 2, "{}"), &[]).await.unwrap();
+        store.update_param_metadata("b", 1, "{\"elo\":1200,\"note\":\"\u{e9}\"}").await.unwrap();
+        assert_eq!(store.get_param_version("b", 1).await.unwrap().metadata_json, "{\"elo\":1200,\"note\":\"\u{e9}\"}");
+        assert!(matches!(store.update_param_metadata("b", 2, "{}").await, Err(StoreError::NotFound(_))));
+        let names = store.list_param_names().await.unwrap();
+        assert_eq!(
+            names,
+            vec![
+                ParamNameRow { name: "a".into(), versions: 1, latest_version: 2, updated_at: 1002 },
+                ParamNameRow { name: "b".into(), versions: 2, latest_version: 7, updated_at: 1007 },
+            ]
+        );
     }
 
     pub async fn reopening_keeps_data(store: &dyn Store) {
