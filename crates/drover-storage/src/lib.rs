@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -24,6 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Multipart chunk size for object stores (S3's minimum part is 5 MiB).
 const CHUNK: usize = 8 << 20;
+/// Read size when streaming a file out of a file-system storage (object_store's own is 8 KiB,
+/// a thousand blocking reads per 8 MB).
+const READ_CHUNK: usize = 1 << 20;
 /// Chunks in flight during a multipart upload.
 const IN_FLIGHT: usize = 4;
 
@@ -101,6 +105,13 @@ pub enum StorageError {
         storage: String,
         #[source]
         source: object_store::Error,
+    },
+    #[error("the data for {key} stopped: {source}")]
+    Aborted {
+        key: String,
+        /// The error of the stream that was being stored; callers downcast it to their own.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{action} {path}: {source}")]
     Io {
@@ -361,6 +372,118 @@ impl Storage {
         drop(file);
         tokio::fs::rename(&partial, to).await.map_err(|e| io("renaming", e))?;
         Ok(written)
+    }
+
+    /// Stores what `data` yields as `key`, streaming, and returns its size. Readers see the
+    /// whole object or none: on a file system it is written under a temporary name and renamed;
+    /// on S3 it is a single PUT up to 8 MiB, else a multipart upload that is only visible once
+    /// completed. When `data` yields an error, nothing is left under `key` (an upload in flight
+    /// is aborted) and the error comes back inside [`StorageError::Aborted`].
+    pub async fn put_stream<S, E>(&self, key: &str, data: S) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = self.path(key)?;
+        let mut data = data;
+        let aborted = |e: E| StorageError::Aborted { key: key.to_string(), source: e.into() };
+        if let Some(target) = self.local_path(key) {
+            if let Some(dir) = target.parent() {
+                tokio::fs::create_dir_all(dir).await.map_err(|source| StorageError::Io { action: "creating", path: dir.into(), source })?;
+            }
+            let partial = partial_name(&target);
+            let result = async {
+                let io = |action, source| StorageError::Io { action, path: partial.clone(), source };
+                let mut file = tokio::fs::File::create(&partial).await.map_err(|e| io("creating", e))?;
+                let mut written = 0u64;
+                while let Some(chunk) = data.next().await {
+                    let chunk = chunk.map_err(aborted)?;
+                    file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
+                    written += chunk.len() as u64;
+                }
+                file.flush().await.map_err(|e| io("writing", e))?;
+                drop(file);
+                tokio::fs::rename(&partial, &target).await.map_err(|e| io("renaming", e))?;
+                Ok(written)
+            }
+            .await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&partial).await;
+            }
+            return result;
+        }
+        // Small objects (the common case for metadata-sized blobs) go in one PUT.
+        let mut first = Vec::new();
+        while first.len() <= CHUNK {
+            match data.next().await {
+                Some(chunk) => first.extend_from_slice(&chunk.map_err(aborted)?),
+                None => {
+                    let len = first.len() as u64;
+                    self.store.put(&path, PutPayload::from(first)).await.map_err(self.store_err("writing", key))?;
+                    return Ok(len);
+                }
+            }
+        }
+        let upload = self.store.put_multipart(&path).await.map_err(self.store_err("starting an upload of", key))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
+        let mut sent = first.len() as u64;
+        writer.write(&first);
+        drop(first);
+        while let Some(chunk) = data.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(aborted(e));
+                }
+            };
+            if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
+                let _ = writer.abort().await;
+                return Err(self.store_err("uploading", key)(e));
+            }
+            writer.write(&chunk);
+            sent += chunk.len() as u64;
+        }
+        writer.finish().await.map_err(self.store_err("finishing the upload of", key))?;
+        Ok(sent)
+    }
+
+    /// Opens `key` for reading: its size and a stream of its bytes. The object is pinned when
+    /// this returns (an open file; an S3 GET in flight), so deleting it meanwhile does not cut
+    /// the stream short on a file system.
+    pub async fn get_stream(&self, key: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
+        let path = self.path(key)?;
+        if let Some(source) = self.local_path(key) {
+            let file = match tokio::fs::File::open(&source).await {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StorageError::NotFound(key.to_string())),
+                Err(e) => return Err(StorageError::Io { action: "opening", path: source, source: e }),
+            };
+            let meta = file.metadata().await.map_err(|e| StorageError::Io { action: "inspecting", path: source.clone(), source: e })?;
+            if !meta.is_file() {
+                return Err(StorageError::NotFound(key.to_string()));
+            }
+            let stream = futures_util::stream::try_unfold((file, source), |(mut file, source)| async move {
+                let mut buf = vec![0u8; READ_CHUNK];
+                let n = file.read(&mut buf).await.map_err(|e| StorageError::Io { action: "reading", path: source.clone(), source: e })?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                Ok(Some((Bytes::from(buf), (file, source))))
+            });
+            return Ok((meta.len(), stream.boxed()));
+        }
+        let got = self.store.get(&path).await.map_err(self.store_err("reading", key))?;
+        let size = got.meta.size;
+        let (key, storage) = (key.to_string(), self.spec.describe());
+        let stream = got.into_stream().map(move |chunk| {
+            chunk.map_err(|source| match source {
+                object_store::Error::NotFound { .. } => StorageError::NotFound(key.clone()),
+                source => StorageError::Store { action: "reading", key: key.clone(), storage: storage.clone(), source },
+            })
+        });
+        Ok((size, stream.boxed()))
     }
 
     /// Every object under `prefix` (a key prefix ending at a `/` boundary; empty for all),

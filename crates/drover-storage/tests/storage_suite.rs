@@ -165,3 +165,78 @@ async fn a_child_storage_sees_only_its_prefix() {
         assert_eq!(child.list("").await.unwrap()[0].key, "a/b");
     }
 }
+
+/// What a caller's stream fails with, to check that it comes back out of `Aborted`.
+#[derive(Debug)]
+struct TooBig;
+
+impl std::fmt::Display for TooBig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too big")
+    }
+}
+
+impl std::error::Error for TooBig {}
+
+fn chunks_of(data: &[u8], size: usize) -> Vec<Result<Bytes, TooBig>> {
+    data.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect()
+}
+
+async fn read_all(s: &Storage, key: &str) -> (u64, Vec<u8>) {
+    use futures_util::StreamExt;
+    let (size, mut stream) = s.get_stream(key).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    (size, out)
+}
+
+#[tokio::test]
+async fn streams_are_stored_whole_or_not_at_all() {
+    use futures_util::stream;
+    for (name, s, _keep) in backends().await {
+        // Small (one PUT on S3) and 21 MiB (multipart), in uneven pieces.
+        for (key, len) in [("p/small", 1000usize), ("p/big", 21 << 20), ("p/empty", 0)] {
+            let data = pattern(len, 9);
+            let size = s.put_stream(key, stream::iter(chunks_of(&data, 777_777))).await.unwrap();
+            assert_eq!(size, len as u64, "{name} {key}");
+            let (size, back) = read_all(&s, key).await;
+            assert_eq!(size, len as u64, "{name} {key}");
+            assert!(back == data, "{name} {key}: the bytes come back unchanged");
+        }
+        // A stream that fails midway, before and after the multipart threshold, leaves nothing.
+        for (key, cut) in [("p/failed-small", 3usize), ("p/failed-big", 20)] {
+            let mut parts = chunks_of(&pattern(cut << 20, 1), 1 << 20);
+            parts.push(Err(TooBig));
+            parts.extend(chunks_of(&pattern(1 << 20, 2), 1 << 20));
+            let err = s.put_stream(key, stream::iter(parts)).await.unwrap_err();
+            match &err {
+                StorageError::Aborted { source, .. } => assert!(source.downcast_ref::<TooBig>().is_some(), "{name}: {err}"),
+                other => panic!("{name}: {other}"),
+            }
+            assert_eq!(s.head(key).await.unwrap(), None, "{name} {key}");
+        }
+        let keys: Vec<String> = s.list("p").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, vec!["big", "empty", "small"], "{name}: no partial object is listed");
+        assert!(matches!(s.get_stream("p/none").await, Err(StorageError::NotFound(_))), "{name}");
+        assert!(matches!(s.put_stream("../p", stream::iter(chunks_of(b"x", 1))).await, Err(StorageError::InvalidKey { .. })));
+    }
+}
+
+#[tokio::test]
+async fn a_file_being_read_survives_its_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(&StorageSpec::Directory { path: dir.path().to_path_buf() }).unwrap();
+    let data = pattern(3 << 20, 4);
+    s.put_bytes("v/1", Bytes::from(data.clone())).await.unwrap();
+    let (size, mut stream) = s.get_stream("v/1").await.unwrap();
+    s.delete("v/1").await.unwrap();
+    let mut back = Vec::new();
+    use futures_util::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        back.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(size, data.len() as u64);
+    assert!(back == data);
+}
