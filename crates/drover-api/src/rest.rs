@@ -368,3 +368,80 @@ mod tests {
         assert!(typo.unwrap_err().to_string().contains("checkpoint_form"));
     }
 }
+
+/// Headers of a parameter download (`GET /api/v1/params/{name}/versions/{selector}`): which
+/// version the bytes are, since `latest` and `tag:NAME` resolve on the server.
+pub mod param_headers {
+    pub const VERSION: &str = "x-drover-param-version";
+    /// Lower-case hex SHA-256 of the body.
+    pub const SHA256: &str = "x-drover-param-sha256";
+    pub const CREATED_AT: &str = "x-drover-param-created-at";
+}
+
+/// One immutable version of a named parameter (policy weights, say). Its bytes are fetched
+/// separately; the metadata can be changed afterwards, the bytes never.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ParamVersion {
+    pub name: String,
+    pub version: i64,
+    pub created_at: i64,
+    /// Bytes.
+    pub size: i64,
+    /// Lower-case hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// A JSON object, what queries filter and sort on.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// Tags pointing at this version, sorted.
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ParamTag {
+    pub name: String,
+    pub tag: String,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// A parameter name and a summary of its versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ParamName {
+    pub name: String,
+    pub versions: i64,
+    pub latest_version: i64,
+    /// When the newest version was pushed.
+    pub updated_at: i64,
+}
+
+/// Body of `PUT /api/v1/params/{name}/tags/{tag}`: where the tag points from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SetParamTagRequest {
+    pub version: i64,
+}
+
+/// Body of `PATCH /api/v1/params/{name}/versions/{version}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UpdateParamMetadataRequest {
+    /// Merged into the version's metadata key by key (a `null` value removes that key), or
+    /// replacing it whole with `replace`.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, Value>,
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// Body of `POST /api/v1/params/{name}/gc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ParamGcRequest {
+    /// How many of the newest untagged versions to keep; tagged versions are always kept.
+    pub keep_untagged: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ParamGcResponse {
+    /// Versions deleted, lowest first.
+    pub deleted: Vec<i64>,
+    /// Versions left, lowest first.
+    pub kept: Vec<i64>,
+}
