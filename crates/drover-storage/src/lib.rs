@@ -33,7 +33,7 @@ const IN_FLIGHT: usize = 4;
 
 /// How to reach a storage; also what the master hands a trial (as JSON) so that its SDK can
 /// save and restore checkpoints itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StorageSpec {
     /// A directory on this host.
@@ -55,6 +55,13 @@ pub enum StorageSpec {
         #[serde(default)]
         secret_access_key: Option<String>,
     },
+}
+
+/// Without credentials: a spec ends up in configs and logs printed with `{:?}`.
+impl std::fmt::Debug for StorageSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StorageSpec({})", self.describe())
+    }
 }
 
 impl StorageSpec {

@@ -240,3 +240,17 @@ async fn a_file_being_read_survives_its_deletion() {
     assert_eq!(size, data.len() as u64);
     assert!(back == data);
 }
+
+#[test]
+fn a_spec_prints_without_its_secret() {
+    let spec = StorageSpec::S3 {
+        bucket: "b".into(),
+        prefix: Some("p".into()),
+        endpoint_url: None,
+        region: None,
+        access_key_id: Some("AKIA-visible".into()),
+        secret_access_key: Some("very-secret".into()),
+    };
+    let shown = format!("{spec:?}");
+    assert!(shown.contains("s3://b/p") && !shown.contains("very-secret"), "{shown}");
+}
