@@ -27,6 +27,8 @@ use crate::cluster::{ExperimentCommand, Master, now_ms};
 use crate::error::{Error, Result};
 use crate::lttb::lttb;
 
+mod params;
+
 /// Most points one metrics report may carry.
 const MAX_POINTS_PER_REPORT: usize = 200_000;
 const MAX_METRIC_NAME: usize = 256;
@@ -55,6 +57,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/connect", get(crate::gateway::connect))
         .route("/metrics", get(prometheus))
+        .merge(params::routes())
         .fallback(|| async { Error::not_found("no such endpoint") })
         .with_state(master)
 }
@@ -75,6 +78,13 @@ pub fn router(master: Arc<Master>) -> Router {
     ))
 )]
 pub struct ApiDoc;
+
+/// The whole OpenAPI document: [`ApiDoc`] and the parameter database's paths.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(params::ParamsDoc::openapi());
+    doc
+}
 
 fn parse_id(raw: &str, what: &str) -> Result<i64> {
     raw.parse::<i64>().map_err(|_| Error::bad_field(what, format!("`{raw}` is not a valid {what}")))
@@ -178,7 +188,7 @@ async fn info() -> Json<ClusterInfo> {
 }
 
 async fn openapi_json() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], ApiDoc::openapi().to_pretty_json().unwrap_or_default()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], openapi().to_pretty_json().unwrap_or_default()).into_response()
 }
 
 /// Create an experiment from a YAML config and an optional context tarball.

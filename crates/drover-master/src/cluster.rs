@@ -17,6 +17,7 @@ use drover_api::env;
 use drover_core::ExperimentConfig;
 use drover_core::state::{AllocationState, ExperimentState, TrialState};
 use drover_search::{Action, RequestId, Searcher};
+use drover_storage::StorageSpec;
 use drover_store::{AllocationUpdate, LogRow, NewAllocation, NewExperiment, NewTrial, Store, TrialRow, TrialUpdate};
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, watch};
@@ -41,16 +42,24 @@ pub struct MasterConfig {
     pub max_context_unpacked_bytes: u64,
     /// How long a disconnected agent's tasks are kept before they count as lost.
     pub agent_reconnect_wait: Duration,
+    /// Where the parameter database keeps its blobs; by default the directory `params/` under
+    /// `checkpoint_root`.
+    pub param_storage: StorageSpec,
+    /// Largest parameter version accepted (413 past it).
+    pub max_param_bytes: u64,
 }
 
 impl MasterConfig {
     pub fn new(db_url: impl Into<String>, checkpoint_root: impl Into<PathBuf>) -> MasterConfig {
+        let checkpoint_root = checkpoint_root.into();
         MasterConfig {
             db_url: db_url.into(),
-            checkpoint_root: checkpoint_root.into(),
+            param_storage: StorageSpec::Directory { path: checkpoint_root.join("params") },
+            checkpoint_root,
             max_context_bytes: 96 * 1024 * 1024,
             max_context_unpacked_bytes: 512 * 1024 * 1024,
             agent_reconnect_wait: Duration::from_secs(25),
+            max_param_bytes: 4 << 30,
         }
     }
 }
@@ -89,6 +98,8 @@ pub struct Master {
     pub changes: watch::Sender<u64>,
     /// Cancelled when the master shuts down; long-lived connections watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The parameter database.
+    pub params: crate::params::Params,
 }
 
 #[derive(Default)]
@@ -168,6 +179,8 @@ impl Master {
     /// Opens the store and restores every unfinished experiment from it.
     pub async fn open(config: MasterConfig, store: Arc<dyn Store>) -> Result<Arc<Master>> {
         let (changes, _) = watch::channel(0);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let params = crate::params::Params::open(&config, store.clone(), shutdown.clone())?;
         let master = Arc::new(Master {
             store,
             config,
@@ -176,7 +189,8 @@ impl Master {
             inner: Mutex::new(Inner::default()),
             auth: RwLock::new(HashMap::new()),
             changes,
-            shutdown: tokio_util::sync::CancellationToken::new(),
+            shutdown,
+            params,
         });
         master.recover().await?;
         Ok(master)

@@ -14,6 +14,7 @@ pub mod error;
 pub mod gateway;
 mod lineage;
 mod lttb;
+pub mod params;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
