@@ -48,6 +48,9 @@ pub enum SdkError {
     #[error("checkpoint: {0}")]
     Checkpoint(String),
 
+    #[error("invalid {field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+
     #[error("the metrics reporter thread stopped unexpectedly")]
     ReporterDied,
 

@@ -36,7 +36,8 @@
 //! ```
 //!
 //! [`advisor`] is the other side of a `custom` search: a client for the process that decides
-//! which trials run.
+//! which trials run. [`params`] is a client of the parameter database: versioned blobs such as
+//! policy weights, pushed by a learner and read by actors.
 
 pub mod advisor;
 mod checkpoint;
@@ -45,6 +46,7 @@ mod context;
 mod error;
 mod hparams;
 mod metrics;
+pub mod params;
 
 pub use context::Context;
 /// The names of the environment variables the agent sets for a trial.
