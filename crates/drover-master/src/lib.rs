@@ -1,6 +1,6 @@
 //! The drover master as a library: the control plane ([`cluster`]), the REST API ([`api`]),
-//! the agent gateway ([`gateway`]), and [`start`] which serves them on a given listener, so
-//! tests run a whole master in-process on `127.0.0.1:0`.
+//! the agent gateway ([`gateway`]), the parameter database ([`params`]), and [`start`] which
+//! serves them on a given listener, so tests run a whole master in-process on `127.0.0.1:0`.
 //!
 //! Architecture invariant: the master decides, the store remembers, agents obey. The master
 //! never runs user code and never touches a trial's files except to delete checkpoints that
