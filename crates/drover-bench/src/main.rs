@@ -6,6 +6,8 @@
 //! - `ingest`: metric points from SDK contexts into the real master, against a raw SQLite bulk
 //!   insert of the same rows.
 //! - `footprint`: resident memory of the real `drover master` process, idle and after a workload.
+//! - `params`: `get latest` latency of the parameter database with 50 readers while a writer
+//!   pushes 10 MB versions at 10 per second, against a file-read floor and a raw TCP floor.
 //!
 //! Sibling binaries (`drover-trivial-trial`, `drover`) are looked up next to this executable:
 //! build with `cargo build --release -p drover-bench -p drover-testkit -p drover-cli`.
@@ -14,6 +16,7 @@
 mod cluster;
 mod footprint;
 mod ingest;
+mod params;
 mod peer;
 mod report;
 mod searchers;
@@ -45,6 +48,8 @@ enum Command {
     Ingest(IngestArgs),
     /// Resident memory of a `drover master` process: idle, and after a throughput workload.
     Footprint(FootprintArgs),
+    /// Parameter database: `get latest` latency under a writer, vs a file read and raw TCP.
+    Params(ParamsArgs),
     /// Random, adaptive ASHA and PBT on the digits example at the same epoch budget.
     Searchers,
     /// throughput, ingest and footprint with their defaults.
@@ -84,6 +89,22 @@ pub struct FootprintArgs {
     pub idle_secs: f64,
 }
 
+#[derive(Args, Clone)]
+pub struct ParamsArgs {
+    /// Concurrent readers of `latest`.
+    #[arg(long, default_value_t = 50)]
+    pub readers: usize,
+    /// Size of each version, in MB (10^6 bytes).
+    #[arg(long, default_value_t = 10)]
+    pub mb: usize,
+    /// Versions the writer pushes per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Seconds each run lasts.
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.runs == 0 {
@@ -102,6 +123,7 @@ fn main() -> Result<()> {
             Command::Throughput(args) => throughput::run(&args, runs, no_peer).await,
             Command::Ingest(args) => ingest::run(&args, runs, no_peer).await,
             Command::Footprint(args) => footprint::run(&args, runs, no_peer).await,
+            Command::Params(args) => params::run(&args, runs).await,
             Command::Searchers => tokio::task::spawn_blocking(move || searchers::run(runs)).await?,
             Command::All => {
                 throughput::run(&ThroughputArgs { trials: 200, slots: 4 }, runs, no_peer).await?;
