@@ -12,6 +12,9 @@
 //!
 //! Tag moves, metadata merges and garbage collection take one lock, so that a collection never
 //! deletes a version that a tag has just been pointed at, and two merges do not lose a key.
+//!
+//! Versions up to 32 MiB are kept whole in memory after their first read (256 MiB at most in
+//! all): fifty actors reading `latest` then cost one storage read, not fifty.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -185,6 +188,55 @@ pub struct Params {
     /// Serialises tag moves, metadata merges and garbage collection.
     admin: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
+    /// The bytes of recently read small versions.
+    hot: std::sync::Mutex<HotBlobs>,
+    /// Versions up to this size are kept in `hot`.
+    hot_item_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Versions up to this size are served from memory after their first read; bigger ones are
+/// streamed from storage every time.
+pub const HOT_ITEM_BYTES: u64 = 32 << 20;
+/// Memory the hot versions may take together, and how many there may be.
+const HOT_TOTAL_BYTES: u64 = 256 << 20;
+const HOT_ENTRIES: usize = 64;
+
+/// Whole blobs of recently read versions, least recently used first. Many readers of `latest`
+/// then cost one storage read per version (one S3 GET rather than one per reader) and no file
+/// IO after it. Keyed by storage key, which names one immutable push: an entry can never hold
+/// other bytes than its row's.
+#[derive(Default)]
+struct HotBlobs {
+    entries: std::collections::VecDeque<(String, u64, Arc<tokio::sync::OnceCell<Bytes>>)>,
+    total: u64,
+}
+
+impl HotBlobs {
+    /// The entry of `key` (made empty if new), now the most recently used.
+    fn cell(&mut self, key: &str, size: u64) -> Arc<tokio::sync::OnceCell<Bytes>> {
+        if let Some(i) = self.entries.iter().position(|(k, _, _)| k == key) {
+            let entry = self.entries.remove(i).expect("found");
+            let cell = entry.2.clone();
+            self.entries.push_back(entry);
+            return cell;
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        self.entries.push_back((key.to_string(), size, cell.clone()));
+        self.total += size;
+        // Readers still holding an evicted entry keep their bytes until they are done.
+        while self.total > HOT_TOTAL_BYTES || self.entries.len() > HOT_ENTRIES {
+            let Some((_, size, _)) = self.entries.pop_front() else { break };
+            self.total -= size;
+        }
+        cell
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some(i) = self.entries.iter().position(|(k, _, _)| k == key) {
+            let (_, size, _) = self.entries.remove(i).expect("found");
+            self.total -= size;
+        }
+    }
 }
 
 fn storage_error(e: StorageError) -> Error {
@@ -208,11 +260,19 @@ impl Params {
             waiters: Default::default(),
             admin: tokio::sync::Mutex::new(()),
             shutdown,
+            hot: Default::default(),
+            hot_item_bytes: HOT_ITEM_BYTES.into(),
         })
     }
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// Versions up to `bytes` are served from memory after their first read (default
+    /// [`HOT_ITEM_BYTES`]; 0 streams every read from storage).
+    pub fn set_hot_item_bytes(&self, bytes: u64) {
+        self.hot_item_bytes.store(bytes.min(HOT_TOTAL_BYTES), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn notify(&self, name: &str) {
@@ -348,6 +408,9 @@ impl Params {
 
     /// Opens the bytes of `row` for streaming.
     pub async fn download(&self, row: ParamVersionRow) -> Result<Download> {
+        if row.size as u64 <= self.hot_item_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.download_hot(row).await;
+        }
         let (size, body) = match self.storage.get_stream(&row.storage_key).await {
             Ok(opened) => opened,
             // A collection deleted it after the row was read.
@@ -365,6 +428,37 @@ impl Params {
             )));
         }
         Ok(Download { row, body })
+    }
+
+    /// A version small enough to keep whole: from memory, loading it from storage once however
+    /// many readers ask at the same time.
+    async fn download_hot(&self, row: ParamVersionRow) -> Result<Download> {
+        let cell = self.hot.lock().unwrap_or_else(|e| e.into_inner()).cell(&row.storage_key, row.size as u64);
+        let loaded = cell.get_or_try_init(|| self.storage.get_bytes(&row.storage_key)).await.cloned();
+        let bytes = match loaded {
+            Ok(bytes) if bytes.len() as u64 == row.size as u64 => bytes,
+            Ok(bytes) => {
+                self.hot.lock().unwrap_or_else(|e| e.into_inner()).forget(&row.storage_key);
+                tracing::error!("parameter storage: {} holds {} bytes, its row says {}", row.storage_key, bytes.len(), row.size);
+                return Err(Error::internal(format!(
+                    "version {} of parameter `{}` is stored with {} bytes, not {}",
+                    row.version,
+                    row.name,
+                    bytes.len(),
+                    row.size
+                )));
+            }
+            Err(e) => {
+                self.hot.lock().unwrap_or_else(|e| e.into_inner()).forget(&row.storage_key);
+                return Err(match e {
+                    StorageError::NotFound(_) => {
+                        Error::not_found(format!("version {} of parameter `{}` was deleted", row.version, row.name))
+                    }
+                    e => storage_error(e),
+                });
+            }
+        };
+        Ok(Download { row, body: futures_util::stream::once(async move { Ok(bytes) }).boxed() })
     }
 
     async fn tags_by_version(&self, name: &str) -> Result<HashMap<i64, Vec<String>>> {
@@ -479,6 +573,7 @@ impl Params {
         let doomed: Vec<&ParamVersionRow> = untagged.into_iter().skip(keep_untagged.min(usize::MAX as u64) as usize).collect();
         let mut deleted = Vec::with_capacity(doomed.len());
         for row in &doomed {
+            self.hot.lock().unwrap_or_else(|e| e.into_inner()).forget(&row.storage_key);
             if let Err(e) = self.storage.delete(&row.storage_key).await {
                 self.store.delete_param_versions(name, &deleted).await?;
                 return Err(storage_error(e));
@@ -530,6 +625,26 @@ mod tests {
             assert!(Selector::parse(bad).is_err(), "{bad}");
         }
         assert!(parse_version("9223372036854775808").is_err());
+    }
+
+    #[test]
+    fn hot_blobs_keep_the_recently_used_within_bounds() {
+        let mut hot = HotBlobs::default();
+        let a = hot.cell("a", 100 << 20);
+        hot.cell("b", 100 << 20);
+        assert!(Arc::ptr_eq(&a, &hot.cell("a", 100 << 20)), "the same key shares one entry");
+        // A third 100 MiB entry evicts the least recently used one, `b`.
+        hot.cell("c", 100 << 20);
+        let keys: Vec<&str> = hot.entries.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!((keys, hot.total), (vec!["a", "c"], 200 << 20));
+        hot.forget("a");
+        hot.forget("a");
+        assert_eq!(hot.total, 100 << 20);
+        for i in 0..100 {
+            hot.cell(&format!("small-{i}"), 10);
+        }
+        assert_eq!(hot.entries.len(), HOT_ENTRIES);
+        assert_eq!(hot.total, hot.entries.iter().map(|e| e.1).sum::<u64>());
     }
 
     #[test]

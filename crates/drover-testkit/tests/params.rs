@@ -473,10 +473,18 @@ async fn a_waiting_reader_wakes_on_the_push_not_the_timeout() {
     let _ = pending.await.unwrap();
 }
 
-/// One writer pushes self-checking versions as fast as it can while `readers` clients get
-/// `latest` in a loop: every answer must be one whole version, never older than one the
-/// same reader saw before.
+/// One writer pushes self-checking versions of `name` as fast as it can while `readers`
+/// clients get `latest` in a loop: every answer must be one whole version, never older than
+/// one the same reader saw before. Run once with versions served from the master's memory and
+/// once streamed from storage on every read.
 async fn readers_never_see_a_torn_version(m: &Master, versions: i64, readers: usize) {
+    for (name, hot) in [("policy", true), ("streamed", false)] {
+        m.master.master.params.set_hot_item_bytes(if hot { drover_master::params::HOT_ITEM_BYTES } else { 0 });
+        readers_of(m, name, versions, readers).await;
+    }
+}
+
+async fn readers_of(m: &Master, name: &'static str, versions: i64, readers: usize) {
     let done = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -490,7 +498,7 @@ async fn readers_never_see_a_torn_version(m: &Master, versions: i64, readers: us
                 let mut last = -1;
                 loop {
                     let finished = done.load(Ordering::SeqCst);
-                    if let Some(got) = c.get("policy", &Which::Latest, &GetOptions::now()).unwrap() {
+                    if let Some(got) = c.get(name, &Which::Latest, &GetOptions::now()).unwrap() {
                         let v = check_payload(&got.bytes).unwrap_or_else(|e| panic!("reader {r}: {e}"));
                         assert_eq!(v, got.version, "reader {r}: the header and the bytes disagree");
                         assert!(v >= last, "reader {r}: version {v} after {last}");
@@ -503,7 +511,7 @@ async fn readers_never_see_a_torn_version(m: &Master, versions: i64, readers: us
                 }
             }));
         } else {
-            let (http, url) = (m.http.clone(), m.url("/api/v1/params/policy/versions/latest"));
+            let (http, url) = (m.http.clone(), m.url(&format!("/api/v1/params/{name}/versions/latest")));
             tasks.push(tokio::spawn(async move {
                 let mut last = -1;
                 loop {
@@ -532,7 +540,7 @@ async fn readers_never_see_a_torn_version(m: &Master, versions: i64, readers: us
         for v in 0..versions {
             // Sizes vary, so a mix of two versions cannot even have the right length by chance.
             let len = 20_000 + (v as usize * 7919) % 400_000;
-            c.push_bytes("policy", v, payload(v, len), &PushOptions::new()).unwrap();
+            c.push_bytes(name, v, payload(v, len), &PushOptions::new()).unwrap();
         }
     })
     .await;
@@ -542,7 +550,7 @@ async fn readers_never_see_a_torn_version(m: &Master, versions: i64, readers: us
     }
     let reads = reads.load(Ordering::Relaxed);
     assert!(reads as i64 >= versions, "the readers did read while the writer pushed: {reads}");
-    eprintln!("{readers} readers made {reads} whole reads while {versions} versions were pushed");
+    eprintln!("{name}: {readers} readers made {reads} whole reads while {versions} versions were pushed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -590,5 +598,6 @@ async fn concurrent_readers_never_see_a_torn_version_on_s3() {
     let storage = m.master.master.params.storage().clone();
     let left = storage.list("policy").await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(storage.list("streamed").await.unwrap().len(), 25, "the other name is untouched");
     m.stop().await;
 }
