@@ -7,6 +7,8 @@
 //!   untagged ones every 10 pushes, as a learner would), readers `GET .../versions/latest`
 //!   through one shared `reqwest` client (a connection each). Every read is checked for its
 //!   size and its version header.
+//!   Versions up to 32 MiB are served from the master's memory after their first read; the
+//!   diagnostic row turns that off, so every read streams the file from the storage directory.
 //! - floor (file): the same writes as plain files in a directory (temporary name, then a
 //!   rename) and the same reads as `std::fs::read` of the newest one, by as many concurrent
 //!   readers: what the bytes cost with no network, no HTTP and no database.
@@ -70,19 +72,21 @@ pub async fn run(args: &ParamsArgs, runs: usize) -> Result<()> {
     );
     let mut systems: Vec<(String, Vec<Run>)> = vec![
         ("drover: GET /api/v1/params/{name}/versions/latest over HTTP (SQLite, directory storage)".into(), Vec::new()),
+        ("diagnostic: drover with every read streamed from the directory (no in-memory copy)".into(), Vec::new()),
         ("floor (file): std::fs::read of the newest file in the directory".into(), Vec::new()),
         ("floor (tcp): raw loopback TCP, the newest bytes from memory".into(), Vec::new()),
     ];
     for r in 1..=runs {
-        for (i, (name, results)) in systems.iter_mut().enumerate() {
+        for (i, (_, results)) in systems.iter_mut().enumerate() {
             let run = match i {
-                0 => drover_once(args, len).await?,
-                1 => file_floor_once(args, len).await?,
+                0 => drover_once(args, len, true).await?,
+                1 => drover_once(args, len, false).await?,
+                2 => file_floor_once(args, len).await?,
                 _ => tcp_floor_once(args, len).await?,
             };
             eprintln!(
                 "  {} run {r}: p50 {:.1} ms, p99 {:.1} ms, {} reads ({:.0} MB/s), {} pushes ({:.1}/s)",
-                name.split(':').next().unwrap_or(""),
+                ["drover", "drover streamed", "file floor", "tcp floor"][i],
                 run.p50,
                 run.p99,
                 run.reads,
@@ -149,12 +153,15 @@ where
     Ok((version - 1) as u64)
 }
 
-async fn drover_once(args: &ParamsArgs, len: usize) -> Result<Run> {
+async fn drover_once(args: &ParamsArgs, len: usize, hot: bool) -> Result<Run> {
     let dir = tempfile::tempdir()?;
     let db = format!("sqlite://{}", dir.path().join("drover.db").display());
     let config = drover_master::MasterConfig::new(db, dir.path().join("checkpoints"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let master = drover_master::start(config, listener).await?;
+    if !hot {
+        master.master.params.set_hot_item_bytes(0);
+    }
     let base = master.url();
     let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.readers + 4).build()?;
     let push = {
