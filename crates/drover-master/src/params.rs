@@ -116,7 +116,16 @@ pub fn parse_metadata(field: &str, raw: &str) -> Result<Map<String, Value>> {
     }
     match serde_json::from_str::<Value>(raw) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Error::bad_field(field, format!("metadata must be a JSON object, not {other}"))),
+        Ok(other) => {
+            let kind = match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            Err(Error::bad_field(field, format!("metadata must be a JSON object, not {kind}")))
+        }
         Err(e) => Err(Error::bad_field(field, format!("metadata is not valid JSON: {e}"))),
     }
 }
