@@ -8,6 +8,7 @@
 //! `drover-store`.
 
 pub mod api;
+mod checkpoints;
 pub mod cluster;
 mod context;
 pub mod error;
@@ -75,6 +76,24 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
             }
         }
     });
+    // The checkpoint collector: experiments that ended get their policy applied, one at a time,
+    // outside the control-plane lock (it lists and deletes in storage).
+    if let Some(mut ended) = master.gc_receiver.lock().unwrap().take() {
+        let collector = master.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = ended.recv() => {
+                        let Some(id) = next else { break };
+                        if let Err(e) = collector.collect_garbage(id).await {
+                            tracing::error!(experiment = id, "checkpoint gc: {}", e.body.message);
+                        }
+                    }
+                    _ = collector.shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
     let shutdown = master.shutdown.clone();
     // Small request/response pairs (metric batches, agent frames) would otherwise wait out
     // Nagle's algorithm against the peer's delayed ACK: ~40 ms per exchange.

@@ -204,6 +204,58 @@ fn safe_relative(relative: &str) -> Result<PathBuf, SdkError> {
     }
 }
 
+/// Runs storage IO from this blocking SDK on a small runtime of its own.
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T, SdkError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SdkError::Checkpoint(format!("cannot start an IO runtime: {e}")))?;
+    Ok(runtime.block_on(work))
+}
+
+/// Streams every file under `src` to `{uuid}/...` in an object store (S3) and returns the
+/// relative paths with their sizes.
+pub(crate) fn upload(spec: &drover_storage::StorageSpec, src: &Path, uuid: &str) -> Result<BTreeMap<String, u64>, SdkError> {
+    validate_uuid(uuid)?;
+    let storage = drover_storage::Storage::open(spec).map_err(|e| SdkError::Checkpoint(e.to_string()))?;
+    let stored = block_on(storage.put_dir(uuid, src))?.map_err(|e| {
+        let _ = block_on(storage.delete_prefix(uuid));
+        SdkError::Checkpoint(format!("saving checkpoint {uuid}: {e}"))
+    })?;
+    Ok(stored.into_iter().collect())
+}
+
+/// Streams checkpoint `uuid` from an object store into `dest`, checking each file's size
+/// against the registered list (and that nothing registered is missing).
+pub(crate) fn download(spec: &drover_storage::StorageSpec, uuid: &str, resources: &BTreeMap<String, u64>, dest: &Path) -> Result<(), SdkError> {
+    validate_uuid(uuid)?;
+    let storage = drover_storage::Storage::open(spec).map_err(|e| SdkError::Checkpoint(e.to_string()))?;
+    fs::create_dir_all(dest).map_err(SdkError::io("create", dest))?;
+    block_on(async {
+        for (relative, expected) in resources {
+            let to = dest.join(safe_relative(relative)?);
+            let size = storage
+                .get_file(&format!("{uuid}/{relative}"), &to)
+                .await
+                .map_err(|e| SdkError::Checkpoint(format!("restoring {relative} of checkpoint {uuid}: {e}")))?;
+            if size != *expected {
+                return Err(SdkError::Checkpoint(format!(
+                    "{relative} of checkpoint {uuid} has {size} bytes in storage, but {expected} were saved"
+                )));
+            }
+        }
+        Ok(())
+    })?
+}
+
+pub(crate) fn remove_remote(spec: &drover_storage::StorageSpec, uuid: &str) {
+    if validate_uuid(uuid).is_ok()
+        && let Ok(storage) = drover_storage::Storage::open(spec)
+    {
+        let _ = block_on(storage.delete_prefix(uuid));
+    }
+}
+
 /// Removes a saved checkpoint that the master refused to register: nothing refers to it.
 pub(crate) fn remove(root: &Path, uuid: &str) {
     if validate_uuid(uuid).is_ok() {

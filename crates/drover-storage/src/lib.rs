@@ -363,6 +363,18 @@ impl Storage {
         Ok(written)
     }
 
+    /// `key` as a stream of chunks, with its size: for serving a file without holding it.
+    pub async fn get_stream(&self, key: &str) -> Result<(u64, futures_util::stream::BoxStream<'static, Result<Bytes>>)> {
+        let path = self.path(key)?;
+        let got = self.store.get(&path).await.map_err(self.store_err("reading", key))?;
+        let size = got.meta.size;
+        let (key, storage) = (key.to_string(), self.spec.describe());
+        let stream = got.into_stream().map(move |chunk| {
+            chunk.map_err(|source| StorageError::Store { action: "reading", key: key.clone(), storage: storage.clone(), source })
+        });
+        Ok((size, stream.boxed()))
+    }
+
     /// Every object under `prefix` (a key prefix ending at a `/` boundary; empty for all),
     /// with keys relative to it, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>> {

@@ -169,4 +169,6 @@ pub struct CheckpointRow {
     pub resources_json: String,
     pub metadata_json: String,
     pub created_at: i64,
+    /// Kept by every garbage collection.
+    pub pinned: bool,
 }

@@ -10,6 +10,10 @@
 //! - `curve` (bool): instead, report `validation_loss = (x - 0.3)^2 + 1/epoch` and `epochs`
 //!   for epochs `1..=n_metrics`, flushing each and stopping when the searcher asks.
 //! - `checkpoint` (bool): save `state.json` = `{"step": n, "x": x}` as a checkpoint at step n.
+//! - `curve` with `checkpoint`: also saves a checkpoint `{"epoch": e}` after every epoch.
+//! - `die_during_checkpoint_mb` (int): writes a checkpoint of that many MiB (in 4 MiB files)
+//!   and SIGKILLs itself as soon as the copy into the checkpoint directory has begun, to
+//!   prove that an interrupted save registers nothing.
 //! - `pbt` (bool): a toy model for population based training. Its one weight `w` starts at 0
 //!   and each epoch moves `x` of the way to 1; it reports `validation_loss = (1 - w)^2` and
 //!   `epochs` each epoch up to `n_metrics`, stops when asked, and then checkpoints
@@ -55,6 +59,9 @@ fn run() -> Result<ExitCode, SdkError> {
     let fail: bool = ctx.hparam_opt("fail")?.unwrap_or(false);
     let save_checkpoint: bool = ctx.hparam_opt("checkpoint")?.unwrap_or(false);
     let curve: bool = ctx.hparam_opt("curve")?.unwrap_or(false);
+    if let Some(mb) = ctx.hparam_opt::<u64>("die_during_checkpoint_mb")? {
+        return die_during_checkpoint(ctx, mb);
+    }
     if ctx.hparam_opt::<bool>("pbt")?.unwrap_or(false) {
         return toy_pbt_member(ctx, x, n_metrics);
     }
@@ -93,6 +100,18 @@ fn run() -> Result<ExitCode, SdkError> {
         for epoch in 1..=n_metrics {
             ctx.report_validation(epoch, &[("validation_loss", base + 1.0 / epoch as f64), ("epochs", epoch as f64)]);
             ctx.flush()?;
+            if save_checkpoint {
+                let dir = scratch_dir(&ctx, "save")?;
+                let path = dir.join("state.json");
+                std::fs::write(&path, json!({"epoch": epoch}).to_string()).map_err(|source| SdkError::Io {
+                    action: "write",
+                    path,
+                    source,
+                })?;
+                let uuid = ctx.checkpoint_save(epoch, &dir, json!({"epoch": epoch}))?;
+                println!("epoch {epoch}: checkpoint {uuid}");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             if ctx.should_stop() {
                 println!("stopped by the searcher after epoch {epoch}");
                 break;
@@ -116,6 +135,31 @@ fn run() -> Result<ExitCode, SdkError> {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn die_during_checkpoint(ctx: Context, mb: u64) -> Result<ExitCode, SdkError> {
+    let dir = scratch_dir(&ctx, "big")?;
+    let chunk = vec![0x5au8; 4 << 20];
+    for i in 0..mb.div_ceil(4) {
+        let path = dir.join(format!("part-{i:04}.bin"));
+        std::fs::write(&path, &chunk).map_err(|source| SdkError::Io { action: "write", path, source })?;
+    }
+    let root = std::env::var_os(drover_sdk::env::CHECKPOINT_DIR).map(std::path::PathBuf::from);
+    // The watcher: the first entry in the storage directory means the copy has begun.
+    std::thread::spawn(move || {
+        let Some(root) = root else { return };
+        loop {
+            if std::fs::read_dir(&root).is_ok_and(|mut entries| entries.next().is_some()) {
+                println!("the checkpoint copy has begun: killing myself");
+                let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    let uuid = ctx.checkpoint_save(1, &dir, json!({}))?;
+    println!("saved checkpoint {uuid} before the watcher fired");
     ctx.close()?;
     Ok(ExitCode::SUCCESS)
 }
