@@ -699,6 +699,9 @@ impl Master {
             task_env.insert(env::CHECKPOINT_DIR.into(), self.checkpoint_dir(&exp.config).display().to_string());
         }
         task_env.insert(env::CHECKPOINT_STORAGE.into(), serde_json::to_string(&storage).unwrap_or_default());
+        if exp.config.checkpoint_storage.fsync {
+            task_env.insert(env::CHECKPOINT_FSYNC.into(), "1".into());
+        }
         task_env.insert(env::SEARCHER_METRIC.into(), exp.config.searcher.metric.clone());
         if let Some(uuid) = &trial.latest_checkpoint {
             task_env.insert(env::LATEST_CHECKPOINT.into(), uuid.clone());

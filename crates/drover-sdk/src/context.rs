@@ -32,6 +32,8 @@ pub struct Context {
     /// The experiment's storage when it is not a file system (S3): checkpoints are streamed to
     /// it directly.
     checkpoint_storage: Option<drover_storage::StorageSpec>,
+    /// fsync file-system checkpoints before registering them.
+    checkpoint_fsync: bool,
     latest_checkpoint: Option<String>,
     searcher_metric: Option<String>,
     client: MasterClient,
@@ -104,6 +106,7 @@ impl Context {
             hparams,
             seed,
             checkpoint_root: optional(env::CHECKPOINT_DIR).map(PathBuf::from),
+            checkpoint_fsync: optional(env::CHECKPOINT_FSYNC).is_some_and(|v| v == "1"),
             checkpoint_storage: match optional(env::CHECKPOINT_STORAGE) {
                 Some(text) => Some(serde_json::from_str(&text).map_err(|e| SdkError::BadEnv {
                     var: env::CHECKPOINT_STORAGE,
@@ -225,7 +228,7 @@ impl Context {
         // Every byte is stored before the master hears of the checkpoint: a crash mid-upload
         // leaves nothing registered.
         let resources = match &self.checkpoint_root {
-            Some(root) => checkpoint::write(dir, root, &uuid)?,
+            Some(root) => checkpoint::write(dir, root, &uuid, self.checkpoint_fsync)?,
             None => checkpoint::upload(self.remote_storage()?, dir, &uuid)?,
         };
         let request = RegisterCheckpointRequest { uuid: uuid.clone(), step, resources, metadata };

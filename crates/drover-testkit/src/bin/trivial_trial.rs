@@ -14,6 +14,9 @@
 //! - `die_during_checkpoint_mb` (int): writes a checkpoint of that many MiB (in 4 MiB files)
 //!   and SIGKILLs itself as soon as the copy into the checkpoint directory has begun, to
 //!   prove that an interrupted save registers nothing.
+//! - `checkpoint_bench_mb` (int): writes that many MiB in 8 files, then times
+//!   `checkpoint_save` and `checkpoint_restore` of them and reports `save_s` and `restore_s`
+//!   as validation metrics (drover-bench's checkpoint benchmark).
 //! - `pbt` (bool): a toy model for population based training. Its one weight `w` starts at 0
 //!   and each epoch moves `x` of the way to 1; it reports `validation_loss = (1 - w)^2` and
 //!   `epochs` each epoch up to `n_metrics`, stops when asked, and then checkpoints
@@ -59,6 +62,9 @@ fn run() -> Result<ExitCode, SdkError> {
     let fail: bool = ctx.hparam_opt("fail")?.unwrap_or(false);
     let save_checkpoint: bool = ctx.hparam_opt("checkpoint")?.unwrap_or(false);
     let curve: bool = ctx.hparam_opt("curve")?.unwrap_or(false);
+    if let Some(mb) = ctx.hparam_opt::<u64>("checkpoint_bench_mb")? {
+        return checkpoint_bench(ctx, mb);
+    }
     if let Some(mb) = ctx.hparam_opt::<u64>("die_during_checkpoint_mb")? {
         return die_during_checkpoint(ctx, mb);
     }
@@ -135,6 +141,36 @@ fn run() -> Result<ExitCode, SdkError> {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint_bench(ctx: Context, mb: u64) -> Result<ExitCode, SdkError> {
+    let dir = scratch_dir(&ctx, "bench-src")?;
+    let per_file = (mb << 20) / 8;
+    // Not zeros: no layer below may shortcut sparse or compressible data.
+    let block: Vec<u8> = (0..1u64 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    for i in 0..8 {
+        let path = dir.join(format!("shard-{i}.bin"));
+        let mut f = std::fs::File::create(&path).map_err(|source| SdkError::Io { action: "create", path: path.clone(), source })?;
+        let mut left = per_file;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            std::io::Write::write_all(&mut f, &block[..n]).map_err(|source| SdkError::Io { action: "write", path: path.clone(), source })?;
+            left -= n as u64;
+        }
+    }
+    let started = Instant::now();
+    let uuid = ctx.checkpoint_save(1, &dir, json!({"bench": true}))?;
+    let save_s = started.elapsed().as_secs_f64();
+    let restored = scratch_dir(&ctx, "bench-dst")?;
+    let started = Instant::now();
+    ctx.checkpoint_restore(&uuid, &restored)?;
+    let restore_s = started.elapsed().as_secs_f64();
+    println!("checkpoint of {mb} MiB: save {save_s:.3} s, restore {restore_s:.3} s");
+    ctx.report_validation(1, &[("save_s", save_s), ("restore_s", restore_s), ("validation_loss", save_s + restore_s)]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&restored);
     ctx.close()?;
     Ok(ExitCode::SUCCESS)
 }
