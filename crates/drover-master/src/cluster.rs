@@ -134,6 +134,22 @@ struct ExperimentRuntime {
     lineage_members: std::collections::HashSet<String>,
 }
 
+impl ExperimentRuntime {
+    /// An experiment with no trial yet (or not yet restored).
+    fn new(config: ExperimentConfig, state: ExperimentState, has_context: bool, searcher: Searcher) -> ExperimentRuntime {
+        ExperimentRuntime {
+            config,
+            state,
+            has_context,
+            searcher,
+            trials: HashMap::new(),
+            by_request: HashMap::new(),
+            lineage_written: 0,
+            lineage_members: Default::default(),
+        }
+    }
+}
+
 struct TrialRuntime {
     request_id: RequestId,
     state: TrialState,
@@ -213,16 +229,7 @@ impl Master {
                 None => return Err(Error::internal(format!("experiment {} has no searcher snapshot", row.id))),
             };
             let has_context = self.store.has_context(row.id).await?;
-            let mut runtime = ExperimentRuntime {
-                config,
-                state,
-                has_context,
-                searcher,
-                trials: HashMap::new(),
-                by_request: HashMap::new(),
-                lineage_written: 0,
-                lineage_members: Default::default(),
-            };
+            let mut runtime = ExperimentRuntime::new(config, state, has_context, searcher);
             for t in self.store.list_trials(row.id).await? {
                 let mut trial = trial_runtime(&t)?;
                 if trial.state.has_process() {
@@ -345,19 +352,7 @@ impl Master {
             .await?;
         self.counters.experiments_created.fetch_add(1, Ordering::Relaxed);
         let actions = searcher.initial_trials();
-        inner.experiments.insert(
-            id,
-            ExperimentRuntime {
-                config,
-                state,
-                has_context,
-                searcher,
-                trials: HashMap::new(),
-                by_request: HashMap::new(),
-                lineage_written: 0,
-                lineage_members: Default::default(),
-            },
-        );
+        inner.experiments.insert(id, ExperimentRuntime::new(config, state, has_context, searcher));
         self.apply_actions(&mut inner, id, actions).await?;
         self.schedule(&mut inner).await?;
         self.bump();

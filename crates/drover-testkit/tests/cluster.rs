@@ -5,118 +5,10 @@ use std::time::{Duration, Instant};
 
 use drover_api::rest::*;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-const TRIAL: &str = env!("CARGO_BIN_EXE_drover-trivial-trial");
+mod common;
 
-struct Cluster {
-    master: drover_master::RunningMaster,
-    agent_stop: CancellationToken,
-    agent: tokio::task::JoinHandle<()>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(slots: u32) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}", dir.path().join("drover.db").display());
-        let config = drover_master::MasterConfig::new(db, dir.path().join("checkpoints"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let master = drover_master::start(config, listener).await.unwrap();
-        let agent_stop = CancellationToken::new();
-        let agent_config = drover_agent::AgentConfig {
-            master_url: master.url(),
-            agent_id: "test-agent".into(),
-            work_root: dir.path().join("work"),
-            slots: drover_agent::discover(&drover_agent::SlotOptions {
-                cpu_slots: Some(slots),
-                slots_override: None,
-                slots_per_gpu: 1,
-                nvidia_smi: Some("/nonexistent/nvidia-smi".into()),
-            }),
-        };
-        let token = agent_stop.clone();
-        let agent = tokio::spawn(async move {
-            drover_agent::run_agent(agent_config, token).await.unwrap();
-        });
-        let cluster = Cluster { master, agent_stop, agent, http: reqwest::Client::new(), _dir: dir };
-        // Wait for the agent to register, so experiments can be placed at once.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let agents: Vec<Agent> = cluster.get("/api/v1/agents").await;
-            if agents.iter().any(|a| a.connected) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the agent never connected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        cluster
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.master.url())
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().await.unwrap()
-    }
-
-    async fn post_raw(&self, path: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
-        let mut req = self.http.post(self.url(path)).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn create(&self, yaml: &str) -> Experiment {
-        let (status, body) = self.post_raw("/api/v1/experiments", &json!({"config": yaml}), None).await;
-        assert_eq!(status, 201, "{body}");
-        serde_json::from_value(body).unwrap()
-    }
-
-    async fn wait_terminal(&self, id: i64, timeout: Duration) -> Experiment {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let e: Experiment = self.get(&format!("/api/v1/experiments/{id}")).await;
-            if ["COMPLETED", "CANCELED", "ERROR"].contains(&e.state.as_str()) {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "experiment {id} still {} with {:?}", e.state, e.trial_counts);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Every trial's log, for failure messages.
-    async fn all_logs(&self, id: i64) -> String {
-        let mut out = String::new();
-        let trials: Vec<Trial> = self.get(&format!("/api/v1/experiments/{id}/trials")).await;
-        for t in trials {
-            let logs: TrialLogs = self.get(&format!("/api/v1/trials/{}/logs", t.id)).await;
-            out.push_str(&format!("\n--- trial {} ({}, {} restarts)\n", t.id, t.state, t.restarts));
-            for l in logs.lines {
-                out.push_str(&format!("{} {}\n", l.stream, l.line));
-            }
-        }
-        out
-    }
-
-    async fn stop(self) {
-        self.agent_stop.cancel();
-        self.agent.await.unwrap();
-        self.master.shutdown().await.unwrap();
-    }
-}
-
-fn config(searcher: &str, hparams: &str, extra: &str) -> String {
-    format!("name: e2e\nentrypoint: [\"{TRIAL}\"]\nhyperparameters:\n{hparams}\nsearcher: {searcher}\n{extra}")
-}
+use common::{Cluster, config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_search_runs_real_trials_to_completion() {
@@ -338,14 +230,14 @@ async fn a_restarted_master_reattaches_running_trials_and_resumes_the_search() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    let Cluster { master, agent_stop, agent, http, _dir } = cluster;
+    let Cluster { master, agent_stop, agent, http, dir } = cluster;
     let addr = master.addr;
     master.shutdown().await.unwrap();
     let config =
-        drover_master::MasterConfig::new(format!("sqlite://{}", _dir.path().join("drover.db").display()), _dir.path().join("checkpoints"));
+        drover_master::MasterConfig::new(format!("sqlite://{}", dir.path().join("drover.db").display()), dir.path().join("checkpoints"));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let master = drover_master::start(config, listener).await.unwrap();
-    let cluster = Cluster { master, agent_stop, agent, http, _dir };
+    let cluster = Cluster { master, agent_stop, agent, http, dir };
 
     let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
     assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
@@ -442,7 +334,7 @@ async fn pbt_end_to_end(storage: &str) {
     assert_eq!(lineage.members.len(), 12, "{lineage:?}");
     assert_eq!(lineage.ended_because.as_deref(), Some("all 3 generations ran"));
     assert_eq!(lineage.best_by_generation.len(), 3);
-    let checkpoints = cluster._dir.path().join("checkpoints");
+    let checkpoints = cluster.dir.path().join("checkpoints");
     // Read through the master's download endpoint, so the same check works on every storage.
     let mut states = std::collections::HashMap::new();
     for m in &lineage.members {
@@ -528,7 +420,7 @@ async fn checkpoint_gc_follows_the_policy_and_spares_pins() {
     let e = cluster.create(&yaml).await;
     let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
     assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
-    let root = cluster._dir.path().join("checkpoints");
+    let root = cluster.dir.path().join("checkpoints");
     let on_disk = || -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&root)
             .unwrap()
@@ -611,7 +503,7 @@ async fn a_checkpoint_save_killed_half_way_registers_nothing() {
     assert!(checkpoints_of(&cluster, e.id).await.is_empty());
     let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
     assert_eq!(trials[0].latest_checkpoint, None);
-    let root = cluster._dir.path().join("checkpoints");
+    let root = cluster.dir.path().join("checkpoints");
     let finished: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
         .flatten()
