@@ -16,7 +16,13 @@ pub mod env {
     pub const TRIAL_TOKEN: &str = "DROVER_TRIAL_TOKEN";
     pub const HPARAMS: &str = "DROVER_HPARAMS";
     pub const TRIAL_SEED: &str = "DROVER_TRIAL_SEED";
+    /// For file-system storages: the directory checkpoints go in (`{dir}/{uuid}/...`).
     pub const CHECKPOINT_DIR: &str = "DROVER_CHECKPOINT_DIR";
+    /// The experiment's checkpoint storage as JSON (`drover_storage::StorageSpec`), for every
+    /// kind; the SDK uses it when there is no `CHECKPOINT_DIR` (S3).
+    pub const CHECKPOINT_STORAGE: &str = "DROVER_CHECKPOINT_STORAGE";
+    /// `1`: fsync checkpoints on a file-system storage before registering them.
+    pub const CHECKPOINT_FSYNC: &str = "DROVER_CHECKPOINT_FSYNC";
     pub const LATEST_CHECKPOINT: &str = "DROVER_LATEST_CHECKPOINT";
     pub const SEARCHER_METRIC: &str = "DROVER_SEARCHER_METRIC";
     pub const SLOT_IDS: &str = "DROVER_SLOT_IDS";

@@ -182,6 +182,31 @@ pub struct Checkpoint {
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub created_at: i64,
+    /// Kept by every garbage collection and refused by delete.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+/// A checkpoint policy, applied at once and again when the experiment ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointPolicy {
+    pub save_experiment_best: u32,
+    pub save_trial_best: u32,
+    pub save_trial_latest: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GcResult {
+    /// Checkpoints deleted (files, then records).
+    pub deleted: Vec<String>,
+    pub kept: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchCheckpoint {
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

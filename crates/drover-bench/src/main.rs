@@ -13,6 +13,7 @@
 //! build with `cargo build --release -p drover-bench -p drover-testkit -p drover-cli`.
 //! Tables go to stdout; progress and per-run numbers go to stderr.
 
+mod checkpoints;
 mod cluster;
 mod footprint;
 mod ingest;
@@ -52,6 +53,11 @@ enum Command {
     Params(ParamsArgs),
     /// Random, adaptive ASHA and PBT on the digits example at the same epoch budget.
     Searchers,
+    /// Checkpoint save and restore through the SDK, local and S3, vs cp and a plain PUT/GET loop.
+    Checkpoints {
+        #[arg(long, default_value_t = 1024)]
+        mb: u64,
+    },
     /// throughput, ingest and footprint with their defaults.
     All,
 }
@@ -123,6 +129,7 @@ fn main() -> Result<()> {
             Command::Throughput(args) => throughput::run(&args, runs, no_peer).await,
             Command::Ingest(args) => ingest::run(&args, runs, no_peer).await,
             Command::Footprint(args) => footprint::run(&args, runs, no_peer).await,
+            Command::Checkpoints { mb } => checkpoints::run(mb, runs).await,
             Command::Params(args) => params::run(&args, runs).await,
             Command::Searchers => tokio::task::spawn_blocking(move || searchers::run(runs)).await?,
             Command::All => {

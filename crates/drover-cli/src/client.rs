@@ -39,6 +39,68 @@ impl Client {
         self.decode(response).await
     }
 
+    pub async fn checkpoints(&self, experiment_id: Option<i64>, trial_id: Option<i64>) -> Result<Vec<Checkpoint>> {
+        match (experiment_id, trial_id) {
+            (Some(e), None) => self.get(&format!("/api/v1/checkpoints?experiment_id={e}")).await,
+            (None, Some(t)) => self.get(&format!("/api/v1/checkpoints?trial_id={t}")).await,
+            _ => bail!("give one of --experiment and --trial"),
+        }
+    }
+
+    pub async fn checkpoint(&self, uuid: &str) -> Result<Checkpoint> {
+        self.get(&format!("/api/v1/checkpoints/{uuid}")).await
+    }
+
+    pub async fn pin_checkpoint(&self, uuid: &str, pinned: bool) -> Result<Checkpoint> {
+        let url = format!("{}/api/v1/checkpoints/{uuid}", self.base);
+        let response = self
+            .http
+            .patch(&url)
+            .json(&PatchCheckpoint { pinned })
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the master at {}", self.base))?;
+        self.decode(response).await
+    }
+
+    pub async fn delete_checkpoint(&self, uuid: &str) -> Result<()> {
+        let url = format!("{}/api/v1/checkpoints/{uuid}", self.base);
+        let response = self.http.delete(&url).send().await.with_context(|| format!("cannot reach the master at {}", self.base))?;
+        if !response.status().is_success() {
+            let _: serde_json::Value = self.decode(response).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn checkpoint_policy(&self, experiment_id: i64, policy: &CheckpointPolicy) -> Result<GcResult> {
+        self.post(&format!("/api/v1/experiments/{experiment_id}/checkpoint-policy"), policy).await
+    }
+
+    /// Streams one file of a checkpoint to `to` (through `to.partial`); returns its size.
+    pub async fn download_checkpoint_file(&self, uuid: &str, file: &str, to: &std::path::Path) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let url = format!("{}/api/v1/checkpoints/{uuid}/files/{file}", self.base);
+        let mut response = self.http.get(&url).send().await.with_context(|| format!("cannot reach the master at {}", self.base))?;
+        if !response.status().is_success() {
+            let _: serde_json::Value = self.decode(response).await?;
+            bail!("cannot download {file}");
+        }
+        if let Some(dir) = to.parent() {
+            tokio::fs::create_dir_all(dir).await.with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let partial = to.with_extension("partial");
+        let mut out = tokio::fs::File::create(&partial).await.with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut written = 0u64;
+        while let Some(chunk) = response.chunk().await.with_context(|| format!("downloading {file}"))? {
+            out.write_all(&chunk).await.with_context(|| format!("writing {}", partial.display()))?;
+            written += chunk.len() as u64;
+        }
+        out.flush().await?;
+        drop(out);
+        tokio::fs::rename(&partial, to).await.with_context(|| format!("renaming to {}", to.display()))?;
+        Ok(written)
+    }
+
     pub async fn create_experiment(&self, req: &CreateExperimentRequest) -> Result<Experiment> {
         self.post("/api/v1/experiments", req).await
     }

@@ -134,6 +134,9 @@ enum Command {
     /// Inspect trials.
     #[command(subcommand, alias = "t")]
     Trial(TrialCommand),
+    /// Checkpoints: list, download, delete, pin, and garbage collection.
+    #[command(subcommand, alias = "c")]
+    Checkpoint(CheckpointCommand),
 }
 
 #[derive(Subcommand)]
@@ -186,6 +189,47 @@ enum ExperimentCommand {
     /// Draw the family tree of a population based training experiment.
     Lineage {
         id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// List the checkpoints of an experiment or a trial.
+    List {
+        #[arg(long, conflicts_with = "trial", required_unless_present = "trial")]
+        experiment: Option<i64>,
+        #[arg(long)]
+        trial: Option<i64>,
+    },
+    Describe {
+        uuid: String,
+    },
+    /// Download a checkpoint's files into a directory (through the master: no storage
+    /// credentials needed here).
+    Download {
+        uuid: String,
+        dir: PathBuf,
+    },
+    /// Delete a checkpoint: its files, then its record (refused while pinned or in use).
+    Delete {
+        uuid: String,
+    },
+    /// Keep a checkpoint whatever the policy says.
+    Pin {
+        uuid: String,
+    },
+    Unpin {
+        uuid: String,
+    },
+    /// Set an experiment's checkpoint policy and apply it now.
+    Gc {
+        experiment: i64,
+        #[arg(long, default_value_t = 0)]
+        save_experiment_best: u32,
+        #[arg(long, default_value_t = 1)]
+        save_trial_best: u32,
+        #[arg(long, default_value_t = 1)]
+        save_trial_latest: u32,
     },
 }
 
@@ -329,6 +373,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Experiment(command) => return experiment(&client, command, output).await,
         Command::Trial(command) => trial(&client, command, output).await?,
+        Command::Checkpoint(command) => checkpoint(&client, command, output).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -382,6 +427,54 @@ async fn experiment(client: &Client, command: ExperimentCommand, output: Output)
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn checkpoint(client: &Client, command: CheckpointCommand, output: Output) -> Result<()> {
+    match command {
+        CheckpointCommand::List { experiment, trial } => output::checkpoints(&client.checkpoints(experiment, trial).await?, output),
+        CheckpointCommand::Describe { uuid } => output::checkpoint(&client.checkpoint(&uuid).await?, output),
+        CheckpointCommand::Download { uuid, dir } => {
+            let c = client.checkpoint(&uuid).await?;
+            let bar = indicatif::ProgressBar::new(c.size.max(0) as u64);
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}").unwrap());
+            } else {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            for (file, size) in &c.resources {
+                drover_storage::validate_key(file)
+                    .map_err(|e| anyhow::anyhow!("the master listed a file that cannot be written safely: {e}"))?;
+                bar.set_message(file.clone());
+                let got = client.download_checkpoint_file(&uuid, file, &dir.join(file)).await?;
+                if got != *size {
+                    anyhow::bail!("{file} of checkpoint {uuid}: got {got} bytes, {size} were saved");
+                }
+                bar.inc(got);
+            }
+            bar.finish_and_clear();
+            match output {
+                Output::Json => output::print_json(&c),
+                Output::Table => {
+                    println!("Downloaded checkpoint {uuid} ({} files, {} bytes) to {}", c.resources.len(), c.size, dir.display())
+                }
+            }
+        }
+        CheckpointCommand::Delete { uuid } => {
+            client.delete_checkpoint(&uuid).await?;
+            println!("Deleted checkpoint {uuid}");
+        }
+        CheckpointCommand::Pin { uuid } => output::checkpoint(&client.pin_checkpoint(&uuid, true).await?, output),
+        CheckpointCommand::Unpin { uuid } => output::checkpoint(&client.pin_checkpoint(&uuid, false).await?, output),
+        CheckpointCommand::Gc { experiment, save_experiment_best, save_trial_best, save_trial_latest } => {
+            let policy = drover_api::rest::CheckpointPolicy { save_experiment_best, save_trial_best, save_trial_latest };
+            let result = client.checkpoint_policy(experiment, &policy).await?;
+            match output {
+                Output::Json => output::print_json(&result),
+                Output::Table => println!("Deleted {} checkpoints, kept {}", result.deleted.len(), result.kept),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn command_done(e: drover_api::rest::Experiment, output: Output) {

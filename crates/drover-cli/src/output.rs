@@ -2,7 +2,7 @@
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
-use drover_api::rest::{Agent, Experiment, Lineage, LineageMember, Trial};
+use drover_api::rest::{Agent, Checkpoint, Experiment, Lineage, LineageMember, Trial};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -300,4 +300,54 @@ pub fn preview(p: &drover_search::preview::Preview, config: &drover_core::Experi
             println!("Ends: {why}");
         }
     }
+}
+
+pub fn checkpoints(list: &[Checkpoint], output: Output) {
+    if output == Output::Json {
+        return print_json(&list);
+    }
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["UUID", "Trial", "Step", "Size", "Files", "Created", "Pinned"]);
+    for c in list {
+        t.add_row(vec![
+            c.uuid.clone(),
+            c.trial_id.to_string(),
+            c.step.to_string(),
+            bytes(c.size),
+            c.resources.len().to_string(),
+            time(c.created_at),
+            if c.pinned { "yes".into() } else { String::new() },
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn checkpoint(c: &Checkpoint, output: Output) {
+    if output == Output::Json {
+        return print_json(c);
+    }
+    println!(
+        "Checkpoint {} of trial {} (experiment {}), step {}, {}{}",
+        c.uuid,
+        c.trial_id,
+        c.experiment_id,
+        c.step,
+        bytes(c.size),
+        if c.pinned { ", pinned" } else { "" }
+    );
+    println!("Created {}; metadata {}", time(c.created_at), c.metadata);
+    for (file, size) in &c.resources {
+        println!("  {file}  {}", bytes(*size as i64));
+    }
+}
+
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }

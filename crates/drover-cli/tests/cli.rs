@@ -203,3 +203,92 @@ fn preview_search_prints_the_plan_without_a_cluster() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("asha.yaml"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A trial that saves two checkpoints over plain REST (files into DROVER_CHECKPOINT_DIR, then
+/// registration), validating each.
+const CHECKPOINT_TRIAL_PY: &str = r#"
+import json, os, uuid, urllib.request
+env = os.environ
+def call(path, body):
+    req = urllib.request.Request(env["DROVER_MASTER"] + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer " + env["DROVER_TRIAL_TOKEN"]})
+    return urllib.request.urlopen(req).read()
+trial = env["DROVER_TRIAL_ID"]
+for step in (1, 2):
+    name = str(uuid.uuid4())
+    os.makedirs(os.path.join(env["DROVER_CHECKPOINT_DIR"], name, "sub"))
+    files = {"weights.bin": b"w" * (1000 * step), "sub/state.json": json.dumps({"step": step}).encode()}
+    for rel, data in files.items():
+        open(os.path.join(env["DROVER_CHECKPOINT_DIR"], name, rel), "wb").write(data)
+    call("/api/v1/trials/" + trial + "/metrics", {"points": [{"group": "validation", "step": step, "metrics": {"loss": 1.0 / step}}]})
+    call("/api/v1/trials/" + trial + "/checkpoints", {"uuid": name, "step": step, "resources": {k: len(v) for k, v in files.items()}})
+"#;
+
+#[test]
+fn checkpoint_commands_list_download_pin_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("trial.py"), CHECKPOINT_TRIAL_PY).unwrap();
+    // Keep both checkpoints when the experiment ends, so there is something to delete by hand.
+    let config =
+        "name: ck\nentrypoint: python3 trial.py\nsearcher: {name: single, metric: loss}\ncheckpoint_storage: {save_trial_latest: 2}\n";
+    std::fs::write(ctx.join("ck.yaml"), config).unwrap();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let master = format!("http://127.0.0.1:{port}");
+    let mut up = Command::new(DROVER)
+        .args(["up", "--port", &port.to_string(), "--cpu-slots", "1"])
+        .env("DROVER_DATA_DIR", &data)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = |args: &[&str]| -> Output {
+        Command::new(DROVER).args(args).env("DROVER_MASTER", &master).env("DROVER_DATA_DIR", &data).output().unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !run(&["agent", "list", "--output", "json"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "drover up never answered");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run(&["experiment", "create", ctx.join("ck.yaml").to_str().unwrap(), "--follow", "--output", "json"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let list = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["checkpoint", "list", "--output", "json"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let listed = list(&["--experiment", "1"]);
+    let checkpoints = listed.as_array().unwrap();
+    assert_eq!(checkpoints.len(), 2, "{listed}");
+    assert_eq!(list(&["--trial", "1"]), listed);
+    let first = checkpoints.iter().find(|c| c["step"] == 1).unwrap()["uuid"].as_str().unwrap().to_string();
+
+    let dest = dir.path().join("restored");
+    let out = run(&["checkpoint", "download", &first, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(dest.join("weights.bin")).unwrap(), vec![b'w'; 1000]);
+    assert_eq!(std::fs::read_to_string(dest.join("sub/state.json")).unwrap(), "{\"step\": 1}");
+
+    assert!(run(&["checkpoint", "pin", &first]).status.success());
+    let refused = run(&["checkpoint", "delete", &first]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("pinned"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(run(&["checkpoint", "unpin", &first]).status.success());
+    assert!(run(&["checkpoint", "delete", &first]).status.success());
+    assert!(!data.join("checkpoints").join(&first).exists(), "its files are gone");
+    assert_eq!(list(&["--experiment", "1"]).as_array().unwrap().len(), 1);
+    let missing = run(&["checkpoint", "describe", &first]);
+    assert!(!missing.status.success());
+
+    // Garbage collection by hand: keep nothing.
+    let out = run(&["checkpoint", "gc", "1", "--save-trial-best", "0", "--save-trial-latest", "0", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["deleted"].as_array().unwrap().len(), 1);
+    assert!(list(&["--experiment", "1"]).as_array().unwrap().is_empty());
+    let _ = Command::new("kill").arg(up.id().to_string()).status();
+    let _ = up.wait();
+}

@@ -6,6 +6,7 @@
 //! Nothing here does IO: every function is deterministic in its inputs, which is what lets the
 //! searchers and the master's bookkeeping be tested and replayed.
 
+pub mod checkpoint_gc;
 pub mod config;
 pub mod hparams;
 pub mod param_query;

@@ -53,7 +53,10 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/trials/{id}/signals", get(get_signals))
         .route("/api/v1/trials/{id}/logs", get(get_logs))
         .route("/api/v1/trials/{id}/checkpoints", get(list_checkpoints).post(register_checkpoint))
-        .route("/api/v1/checkpoints/{uuid}", get(get_checkpoint))
+        .route("/api/v1/checkpoints", get(list_all_checkpoints))
+        .route("/api/v1/checkpoints/{uuid}", get(get_checkpoint).delete(delete_checkpoint).patch(patch_checkpoint))
+        .route("/api/v1/checkpoints/{uuid}/files/{*path}", get(checkpoint_file))
+        .route("/api/v1/experiments/{id}/checkpoint-policy", post(set_checkpoint_policy))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/connect", get(crate::gateway::connect))
         .route("/metrics", get(prometheus))
@@ -68,12 +71,13 @@ pub fn router(master: Arc<Master>) -> Router {
     paths(
         info, create_experiment, list_experiments, get_experiment, delete_experiment, experiment_command, list_trials,
         get_context, get_lineage, get_trial, get_metrics, report_metrics, get_signals, get_logs, list_checkpoints,
-        register_checkpoint, get_checkpoint, list_agents, searcher_events, searcher_actions
+        register_checkpoint, get_checkpoint, list_all_checkpoints, delete_checkpoint, patch_checkpoint, checkpoint_file,
+        set_checkpoint_policy, list_agents, searcher_events, searcher_actions
     ),
     components(schemas(
         ApiError, ErrorLocation, CreateExperimentRequest, Experiment, Trial, MetricSummary, ReportMetricsRequest,
         MetricPoint, ReportMetricsResponse, TrialSignals, MetricSeries, TrialLogs, LogEntry, RegisterCheckpointRequest,
-        Checkpoint, Agent, Slot, ClusterInfo, Lineage, LineageMember, SearcherEvent, SearcherEventKind, SearcherEvents,
+        Checkpoint, CheckpointPolicy, GcResult, PatchCheckpoint, Agent, Slot, ClusterInfo, Lineage, LineageMember, SearcherEvent, SearcherEventKind, SearcherEvents,
         AdvisorAction, AdvisorActionsRequest, AdvisorActionsResponse, CreatedTrial
     ))
 )]
@@ -494,6 +498,7 @@ fn checkpoint_view(c: CheckpointRow) -> Checkpoint {
         resources: serde_json::from_str(&c.resources_json).unwrap_or_default(),
         metadata: serde_json::from_str(&c.metadata_json).unwrap_or(Value::Null),
         created_at: c.created_at,
+        pinned: c.pinned,
     }
 }
 
@@ -530,12 +535,8 @@ async fn register_checkpoint(
         return Err(Error::bad_field("uuid", "must be 1 to 64 letters, digits or dashes"));
     }
     for path in req.resources.keys() {
-        let p = std::path::Path::new(path);
-        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(Error::bad_field(
-                format!("resources.{path}"),
-                "checkpoint file paths must be relative and stay inside the checkpoint",
-            ));
+        if let Err(e) = drover_storage::validate_key(path) {
+            return Err(Error::bad_field(format!("resources.{path}"), format!("checkpoint file paths must be relative and stay inside the checkpoint: {e}")));
         }
     }
     let row = CheckpointRow {
@@ -547,6 +548,7 @@ async fn register_checkpoint(
         resources_json: serde_json::to_string(&req.resources).unwrap_or_default(),
         metadata_json: req.metadata.to_string(),
         created_at: now_ms(),
+        pinned: false,
     };
     master.store.add_checkpoint(row.clone()).await?;
     master.checkpoint_registered(auth.experiment_id, id, &req.uuid).await?;
@@ -557,6 +559,82 @@ async fn register_checkpoint(
     responses((status = 200, body = Checkpoint), (status = 404, body = ApiError)))]
 async fn get_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>) -> Result<Json<Checkpoint>> {
     Ok(Json(checkpoint_view(master.store.get_checkpoint(&uuid).await?)))
+}
+
+/// Checkpoints of an experiment (`?experiment_id=`) or a trial (`?trial_id=`).
+#[utoipa::path(get, path = "/api/v1/checkpoints", params(("experiment_id" = Option<i64>, Query), ("trial_id" = Option<i64>, Query)),
+    responses((status = 200, body = [Checkpoint]), (status = 400, body = ApiError)))]
+async fn list_all_checkpoints(State(master): State<Arc<Master>>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Vec<Checkpoint>>> {
+    let rows = match (q.get("experiment_id"), q.get("trial_id")) {
+        (Some(e), None) => {
+            let id = parse_id(e, "experiment_id")?;
+            master.store.get_experiment(id).await?;
+            master.store.list_experiment_checkpoints(id).await?
+        }
+        (None, Some(t)) => {
+            let id = parse_id(t, "trial_id")?;
+            master.store.get_trial(id).await?;
+            master.store.list_checkpoints(id).await?
+        }
+        _ => return Err(Error::bad_field("experiment_id", "give exactly one of experiment_id and trial_id")),
+    };
+    Ok(Json(rows.into_iter().map(checkpoint_view).collect()))
+}
+
+/// Delete a checkpoint: its files, then its record. 409 while pinned or needed by a live trial.
+#[utoipa::path(delete, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path)),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn delete_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>) -> Result<StatusCode> {
+    master.delete_checkpoint(&uuid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pin or unpin a checkpoint (a pinned one survives every garbage collection).
+#[utoipa::path(patch, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path)), request_body = PatchCheckpoint,
+    responses((status = 200, body = Checkpoint), (status = 404, body = ApiError)))]
+async fn patch_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>, body: Bytes) -> Result<Json<Checkpoint>> {
+    let req: PatchCheckpoint = parse_json(&body)?;
+    master.store.set_checkpoint_pinned(&uuid, req.pinned).await?;
+    Ok(Json(checkpoint_view(master.store.get_checkpoint(&uuid).await?)))
+}
+
+/// One file of a checkpoint, streamed from storage (so clients need no storage credentials).
+#[utoipa::path(get, path = "/api/v1/checkpoints/{uuid}/files/{path}", params(("uuid" = String, Path), ("path" = String, Path)),
+    responses((status = 200, content_type = "application/octet-stream"), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn checkpoint_file(State(master): State<Arc<Master>>, Path((uuid, path)): Path<(String, String)>) -> Result<Response> {
+    let row = master.store.get_checkpoint(&uuid).await?;
+    let resources: BTreeMap<String, u64> = serde_json::from_str(&row.resources_json).unwrap_or_default();
+    if !resources.contains_key(&path) {
+        drover_storage::validate_key(&path).map_err(|e| Error::bad_field("path", e.to_string()))?;
+        return Err(Error::not_found(format!("checkpoint {uuid} has no file {path}")));
+    }
+    let storage = master.experiment_storage(row.experiment_id).await?;
+    let (size, stream) = storage.get_stream(&format!("{uuid}/{path}")).await.map_err(|e| match e {
+        drover_storage::StorageError::NotFound(_) => Error::not_found(format!("{path} of checkpoint {uuid} is missing from storage")),
+        e => Error::internal(e.to_string()),
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, size.to_string())], axum::body::Body::from_stream(stream))
+        .into_response())
+}
+
+/// Set an experiment's checkpoint policy and apply it now (it applies again when the
+/// experiment ends).
+#[utoipa::path(post, path = "/api/v1/experiments/{id}/checkpoint-policy", params(("id" = i64, Path)), request_body = CheckpointPolicy,
+    responses((status = 200, body = GcResult), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn set_checkpoint_policy(State(master): State<Arc<Master>>, Path(id): Path<String>, body: Bytes) -> Result<Json<GcResult>> {
+    let id = parse_id(&id, "experiment id")?;
+    let p: CheckpointPolicy = parse_json(&body)?;
+    let report = master
+        .set_checkpoint_policy(
+            id,
+            drover_core::checkpoint_gc::GcPolicy {
+                save_experiment_best: p.save_experiment_best,
+                save_trial_best: p.save_trial_best,
+                save_trial_latest: p.save_trial_latest,
+            },
+        )
+        .await?;
+    Ok(Json(GcResult { deleted: report.deleted, kept: report.kept }))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = [Agent])))]

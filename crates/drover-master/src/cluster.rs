@@ -17,12 +17,12 @@ use drover_api::env;
 use drover_core::ExperimentConfig;
 use drover_core::state::{AllocationState, ExperimentState, TrialState};
 use drover_search::{Action, RequestId, Searcher};
-use drover_storage::StorageSpec;
 use drover_store::{AllocationUpdate, LogRow, NewAllocation, NewExperiment, NewTrial, Store, TrialRow, TrialUpdate};
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::error::{Error, Result};
+use drover_storage::{Storage, StorageSpec};
 use crate::lineage::{self, MemberTrial};
 
 mod advisor;
@@ -42,8 +42,10 @@ pub struct MasterConfig {
     pub max_context_unpacked_bytes: u64,
     /// How long a disconnected agent's tasks are kept before they count as lost.
     pub agent_reconnect_wait: Duration,
-    /// Where the parameter database keeps its blobs; by default the directory `params/` under
-    /// `checkpoint_root`.
+    /// Where the parameter database keeps its blobs; by default the directory `params/` beside
+    /// `checkpoint_root`, i.e. in the master's data directory (`drover master`, `up` and `run`
+    /// put checkpoints in `DATA/checkpoints`). Not inside the checkpoint root: its top level is
+    /// checkpoint ids, which the checkpoint collector deletes by name.
     pub param_storage: StorageSpec,
     /// Largest parameter version accepted (413 past it).
     pub max_param_bytes: u64,
@@ -54,7 +56,9 @@ impl MasterConfig {
         let checkpoint_root = checkpoint_root.into();
         MasterConfig {
             db_url: db_url.into(),
-            param_storage: StorageSpec::Directory { path: checkpoint_root.join("params") },
+            param_storage: StorageSpec::Directory {
+                path: checkpoint_root.parent().map_or_else(|| checkpoint_root.join("params"), |data| data.join("params")),
+            },
             checkpoint_root,
             max_context_bytes: 96 * 1024 * 1024,
             max_context_unpacked_bytes: 512 * 1024 * 1024,
@@ -98,6 +102,9 @@ pub struct Master {
     pub changes: watch::Sender<u64>,
     /// Cancelled when the master shuts down; long-lived connections watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Experiments that just ended, for the checkpoint collector (`lib.rs` runs it).
+    gc_queue: mpsc::UnboundedSender<i64>,
+    pub(crate) gc_receiver: std::sync::Mutex<Option<mpsc::UnboundedReceiver<i64>>>,
     /// The parameter database.
     pub params: crate::params::Params,
 }
@@ -135,8 +142,26 @@ struct ExperimentRuntime {
     searcher: Searcher,
     trials: HashMap<i64, TrialRuntime>,
     by_request: HashMap<RequestId, i64>,
-    /// For `pbt`: trials that had ended when the lineage files were last written.
+    /// For `pbt`: trials that had ended when the lineage files were last written, and the
+    /// member folders written to an object store.
     lineage_written: usize,
+    lineage_members: std::collections::HashSet<String>,
+}
+
+impl ExperimentRuntime {
+    /// An experiment with no trial yet (or not yet restored).
+    fn new(config: ExperimentConfig, state: ExperimentState, has_context: bool, searcher: Searcher) -> ExperimentRuntime {
+        ExperimentRuntime {
+            config,
+            state,
+            has_context,
+            searcher,
+            trials: HashMap::new(),
+            by_request: HashMap::new(),
+            lineage_written: 0,
+            lineage_members: Default::default(),
+        }
+    }
 }
 
 struct TrialRuntime {
@@ -179,6 +204,7 @@ impl Master {
     /// Opens the store and restores every unfinished experiment from it.
     pub async fn open(config: MasterConfig, store: Arc<dyn Store>) -> Result<Arc<Master>> {
         let (changes, _) = watch::channel(0);
+        let (gc_queue, gc_receiver) = mpsc::unbounded_channel();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let params = crate::params::Params::open(&config, store.clone(), shutdown.clone())?;
         let master = Arc::new(Master {
@@ -190,6 +216,8 @@ impl Master {
             auth: RwLock::new(HashMap::new()),
             changes,
             shutdown,
+            gc_queue,
+            gc_receiver: std::sync::Mutex::new(Some(gc_receiver)),
             params,
         });
         master.recover().await?;
@@ -218,15 +246,7 @@ impl Master {
                 None => return Err(Error::internal(format!("experiment {} has no searcher snapshot", row.id))),
             };
             let has_context = self.store.has_context(row.id).await?;
-            let mut runtime = ExperimentRuntime {
-                config,
-                state,
-                has_context,
-                searcher,
-                trials: HashMap::new(),
-                by_request: HashMap::new(),
-                lineage_written: 0,
-            };
+            let mut runtime = ExperimentRuntime::new(config, state, has_context, searcher);
             for t in self.store.list_trials(row.id).await? {
                 let mut trial = trial_runtime(&t)?;
                 if trial.state.has_process() {
@@ -317,6 +337,11 @@ impl Master {
         }
         let seed = *config.searcher.seed.get_or_insert_with(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 1);
         let mut searcher = Searcher::new(&config, seed).map_err(|e| Error::bad_field("searcher", e.to_string()))?;
+        // A missing bucket or wrong credentials must fail now, not at the first checkpoint
+        // hours from now: write, read back and delete a probe object.
+        let spec = self.checkpoint_storage(&config);
+        let storage = Storage::open(&spec).map_err(|e| Error::bad_field("checkpoint_storage", e.to_string()))?;
+        storage.check().await.map_err(|e| Error::bad_field("checkpoint_storage", format!("{} is not usable: {e}", spec.describe())))?;
 
         let mut inner = self.inner.lock().await;
         let need = config.resources.slots_per_trial as usize;
@@ -344,18 +369,7 @@ impl Master {
             .await?;
         self.counters.experiments_created.fetch_add(1, Ordering::Relaxed);
         let actions = searcher.initial_trials();
-        inner.experiments.insert(
-            id,
-            ExperimentRuntime {
-                config,
-                state,
-                has_context,
-                searcher,
-                trials: HashMap::new(),
-                by_request: HashMap::new(),
-                lineage_written: 0,
-            },
-        );
+        inner.experiments.insert(id, ExperimentRuntime::new(config, state, has_context, searcher));
         self.apply_actions(&mut inner, id, actions).await?;
         self.schedule(&mut inner).await?;
         self.bump();
@@ -431,7 +445,7 @@ impl Master {
         }
         if let Some(exp) = inner.experiments.get_mut(&exp_id) {
             self.store.save_searcher_snapshot(exp_id, &exp.searcher.snapshot()).await?;
-            self.write_lineage(exp_id, exp);
+            self.write_lineage(exp_id, exp).await;
             advisor::wake_advisors(inner, exp_id);
         }
         self.settle_if_done(inner, exp_id).await
@@ -447,6 +461,8 @@ impl Master {
             inner.experiments.remove(&exp_id);
             // Dropping the sender wakes waiting advisors, which then read the final log.
             inner.searcher_watch.remove(&exp_id);
+            // The experiment's checkpoint policy applies once it has ended.
+            let _ = self.gc_queue.send(exp_id);
         }
         self.bump();
         Ok(())
@@ -583,23 +599,16 @@ impl Master {
         if inner.experiments.contains_key(&exp_id) {
             return Err(Error::conflict(format!("experiment {exp_id} is still running; cancel or kill it first")));
         }
-        let row = self.store.get_experiment(exp_id).await?;
-        let config: Option<ExperimentConfig> = serde_json::from_str(&row.config_json).ok();
-        let mut checkpoint_dirs = Vec::new();
-        for t in self.store.list_trials(exp_id).await? {
-            for c in self.store.list_checkpoints(t.id).await? {
-                if let Some(config) = &config {
-                    checkpoint_dirs.push(self.checkpoint_dir(config).join(&c.uuid));
-                }
-            }
+        let checkpoints = self.store.list_experiment_checkpoints(exp_id).await?;
+        if let Some(pinned) = checkpoints.iter().find(|c| c.pinned) {
+            return Err(Error::conflict(format!("checkpoint {} of experiment {exp_id} is pinned; unpin it first", pinned.uuid)));
         }
         // Files first, rows second: a failure leaves rows pointing at what is left, never
         // files that nothing points at. A file already gone is not an error.
-        for dir in checkpoint_dirs {
-            match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::internal(format!("cannot delete checkpoint {}: {e}", dir.display()))),
+        if !checkpoints.is_empty() {
+            let storage = self.experiment_storage(exp_id).await?;
+            for c in &checkpoints {
+                storage.delete_prefix(&c.uuid).await.map_err(|e| Error::internal(format!("cannot delete checkpoint {}: {e}", c.uuid)))?;
             }
         }
         self.store.delete_experiment(exp_id).await?;
@@ -608,7 +617,33 @@ impl Master {
         Ok(())
     }
 
-    /// Where an experiment's checkpoints live on the agents' file system.
+    /// Where an experiment's checkpoints live: `{uuid}/{files}` under this storage.
+    pub fn checkpoint_storage(&self, config: &ExperimentConfig) -> StorageSpec {
+        let c = &config.checkpoint_storage;
+        match c.kind.as_str() {
+            "s3" => {
+                let prefix = [c.prefix.as_deref(), c.storage_path.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.trim_matches('/'))
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                StorageSpec::S3 {
+                    bucket: c.bucket.clone().unwrap_or_default(),
+                    prefix: (!prefix.is_empty()).then_some(prefix),
+                    endpoint_url: c.endpoint_url.clone(),
+                    region: c.region.clone(),
+                    access_key_id: c.access_key_id.clone(),
+                    secret_access_key: c.secret_access_key.clone(),
+                }
+            }
+            "shared_fs" => StorageSpec::SharedFs { path: self.checkpoint_dir(config) },
+            _ => StorageSpec::Directory { path: self.checkpoint_dir(config) },
+        }
+    }
+
+    /// The checkpoint directory of a file-system storage (on the agents' file system).
     pub fn checkpoint_dir(&self, config: &ExperimentConfig) -> PathBuf {
         let storage = &config.checkpoint_storage;
         let root = storage.path.as_ref().map_or_else(|| self.config.checkpoint_root.clone(), PathBuf::from);
@@ -671,7 +706,14 @@ impl Master {
         task_env.insert(env::TRIAL_TOKEN.into(), token.clone());
         task_env.insert(env::HPARAMS.into(), trial.hparams.to_string());
         task_env.insert(env::TRIAL_SEED.into(), trial.seed.to_string());
-        task_env.insert(env::CHECKPOINT_DIR.into(), self.checkpoint_dir(&exp.config).display().to_string());
+        let storage = self.checkpoint_storage(&exp.config);
+        if !matches!(storage, StorageSpec::S3 { .. }) {
+            task_env.insert(env::CHECKPOINT_DIR.into(), self.checkpoint_dir(&exp.config).display().to_string());
+        }
+        task_env.insert(env::CHECKPOINT_STORAGE.into(), serde_json::to_string(&storage).unwrap_or_default());
+        if exp.config.checkpoint_storage.fsync {
+            task_env.insert(env::CHECKPOINT_FSYNC.into(), "1".into());
+        }
         task_env.insert(env::SEARCHER_METRIC.into(), exp.config.searcher.metric.clone());
         if let Some(uuid) = &trial.latest_checkpoint {
             task_env.insert(env::LATEST_CHECKPOINT.into(), uuid.clone());
@@ -1001,6 +1043,13 @@ impl Master {
         Ok(())
     }
 
+    /// A new configuration (e.g. a checkpoint policy) for an experiment that may be running.
+    pub(crate) async fn update_running_config(&self, experiment_id: i64, config: &ExperimentConfig) {
+        if let Some(exp) = self.inner.lock().await.experiments.get_mut(&experiment_id) {
+            exp.config = config.clone();
+        }
+    }
+
     /// The family tree of a `pbt` experiment, live or finished.
     pub async fn lineage(&self, experiment_id: i64) -> Result<drover_api::rest::Lineage> {
         let live = {
@@ -1034,7 +1083,7 @@ impl Master {
 
     /// Rewrites a `pbt` experiment's lineage files when another member has ended. A failure to
     /// write is logged, not fatal: the store holds the same facts.
-    fn write_lineage(&self, exp_id: i64, exp: &mut ExperimentRuntime) {
+    async fn write_lineage(&self, exp_id: i64, exp: &mut ExperimentRuntime) {
         if exp.searcher.pbt().is_none() {
             return;
         }
@@ -1053,11 +1102,34 @@ impl Master {
             })
             .collect();
         let Some(view) = lineage::lineage(exp_id, &exp.config, &exp.searcher, &trials) else { return };
-        let root = self.checkpoint_dir(&exp.config);
-        let dir = root.join("pbt").join(format!("experiment-{exp_id}"));
-        match lineage::write_files(&view, &dir, &root) {
+        let spec = self.checkpoint_storage(&exp.config);
+        let written = match &spec {
+            StorageSpec::S3 { .. } => {
+                // An object store has no links: a member's folder names its checkpoint's key.
+                let prefix = format!("pbt/experiment-{exp_id}");
+                let put_all = async {
+                    let storage = Storage::open(&spec)?;
+                    for (name, bytes) in lineage::tables(&view) {
+                        storage.put_bytes(&format!("{prefix}/{name}"), bytes.into()).await?;
+                    }
+                    for (folder, _, member) in lineage::member_files(&view) {
+                        if exp.lineage_members.insert(folder.clone()) {
+                            storage.put_bytes(&format!("{prefix}/{folder}/member.json"), member.into()).await?;
+                        }
+                    }
+                    Ok::<_, drover_storage::StorageError>(())
+                };
+                put_all.await.map_err(|e| e.to_string())
+            }
+            _ => {
+                let root = self.checkpoint_dir(&exp.config);
+                let dir = root.join("pbt").join(format!("experiment-{exp_id}"));
+                lineage::write_files(&view, &dir, &root).map_err(|e| format!("{}: {e}", dir.display()))
+            }
+        };
+        match written {
             Ok(()) => exp.lineage_written = ended,
-            Err(e) => tracing::warn!(experiment = exp_id, "cannot write the pbt lineage under {}: {e}", dir.display()),
+            Err(e) => tracing::warn!(experiment = exp_id, "cannot write the pbt lineage on {}: {e}", spec.describe()),
         }
     }
 

@@ -8,6 +8,7 @@
 //! `drover-store`.
 
 pub mod api;
+mod checkpoints;
 pub mod cluster;
 mod context;
 pub mod error;
@@ -31,6 +32,8 @@ pub struct RunningMaster {
     pub addr: SocketAddr,
     pub master: Arc<Master>,
     pub task: JoinHandle<std::io::Result<()>>,
+    /// The checkpoint collector; it finishes what is queued before the master exits.
+    collector: Option<JoinHandle<()>>,
 }
 
 impl RunningMaster {
@@ -41,7 +44,13 @@ impl RunningMaster {
     /// Stops accepting work, closes agent connections and waits for the server to end.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.master.shutdown.cancel();
-        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        let served = self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // `drover run` stops its master right after the experiment ends: the experiment's
+        // checkpoint policy must still be applied.
+        if let Some(collector) = self.collector {
+            let _ = collector.await;
+        }
+        served
     }
 }
 
@@ -76,6 +85,24 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
             }
         }
     });
+    // The checkpoint collector: experiments that ended get their policy applied, one at a time,
+    // outside the control-plane lock (it lists and deletes in storage).
+    let collector = master.gc_receiver.lock().unwrap().take().map(|mut ended| {
+        let collector = master.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = ended.recv() => next,
+                    // Shutting down: finish what is queued, then stop.
+                    _ = collector.shutdown.cancelled() => ended.try_recv().ok(),
+                };
+                let Some(id) = next else { break };
+                if let Err(e) = collector.collect_garbage(id).await {
+                    tracing::error!(experiment = id, "checkpoint gc: {}", e.body.message);
+                }
+            }
+        })
+    });
     let shutdown = master.shutdown.clone();
     // Small request/response pairs (metric batches, agent frames) would otherwise wait out
     // Nagle's algorithm against the peer's delayed ACK: ~40 ms per exchange.
@@ -87,5 +114,5 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
     let task =
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await });
     tracing::info!("master listening on http://{addr}");
-    Ok(RunningMaster { addr, master, task })
+    Ok(RunningMaster { addr, master, task, collector })
 }

@@ -59,15 +59,11 @@ pub fn lineage(experiment_id: i64, config: &ExperimentConfig, searcher: &Searche
     })
 }
 
-/// Writes the run's tables and one folder per member under `dir`:
+/// The run's tables, as (name, contents) under the lineage folder:
 /// - `members.csv`: generation, slot, trial, parent, exploited, state, score, checkpoint, hyperparameters;
 /// - `generations.csv`: the best score after each generation;
-/// - `g{generation:03}_w{slot:02}/member.json`, and `checkpoint`, a relative link to the
-///   member's latest checkpoint directory beside `dir`'s parent (where checkpoints live).
-///
-/// Only members that have ended get a folder; a folder once written is not rewritten.
-pub fn write_files(lineage: &Lineage, dir: &Path, checkpoint_root: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// - `run.json`: the search's shape and why it ended.
+pub fn tables(lineage: &Lineage) -> Vec<(String, Vec<u8>)> {
     let mut members = String::from("generation,slot,trial_id,parent_trial_id,exploited,state,score,checkpoint,hparams\n");
     for m in &lineage.members {
         let _ = writeln!(
@@ -84,12 +80,10 @@ pub fn write_files(lineage: &Lineage, dir: &Path, checkpoint_root: &Path) -> std
             csv_field(&m.hparams.to_string()),
         );
     }
-    replace(&dir.join("members.csv"), members.as_bytes())?;
     let mut generations = format!("generation,best_{}\n", csv_field(&lineage.metric));
     for (g, best) in lineage.best_by_generation.iter().enumerate() {
         let _ = writeln!(generations, "{g},{}", best.map(|b| b.to_string()).unwrap_or_default());
     }
-    replace(&dir.join("generations.csv"), generations.as_bytes())?;
     let run = serde_json::json!({
         "experiment_id": lineage.experiment_id,
         "metric": lineage.metric,
@@ -98,22 +92,49 @@ pub fn write_files(lineage: &Lineage, dir: &Path, checkpoint_root: &Path) -> std
         "max_generations": lineage.max_generations,
         "ended_because": lineage.ended_because,
     });
-    replace(&dir.join("run.json"), serde_json::to_string_pretty(&run).unwrap_or_default().as_bytes())?;
+    vec![
+        ("members.csv".into(), members.into_bytes()),
+        ("generations.csv".into(), generations.into_bytes()),
+        ("run.json".into(), serde_json::to_string_pretty(&run).unwrap_or_default().into_bytes()),
+    ]
+}
 
-    for m in lineage.members.iter().filter(|m| is_final(&m.state)) {
-        let folder = dir.join(format!("g{:03}_w{:02}", m.generation, m.slot));
+/// The folder of a member (AutoLFADS' `g{generation}_w{worker}`) and its `member.json`, for
+/// each member that has ended.
+pub fn member_files(lineage: &Lineage) -> Vec<(String, Option<String>, Vec<u8>)> {
+    lineage
+        .members
+        .iter()
+        .filter(|m| is_final(&m.state))
+        .map(|m| {
+            let folder = format!("g{:03}_w{:02}", m.generation, m.slot);
+            (folder, m.checkpoint.clone(), serde_json::to_string_pretty(m).unwrap_or_default().into_bytes())
+        })
+        .collect()
+}
+
+/// Writes the lineage under `dir` on a file system: tables replaced atomically, and a folder
+/// per ended member with `member.json` and `checkpoint`, a relative link to its weights in
+/// `checkpoint_root`. A member folder once written is not rewritten.
+pub fn write_files(lineage: &Lineage, dir: &Path, checkpoint_root: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, bytes) in tables(lineage) {
+        replace(&dir.join(name), &bytes)?;
+    }
+    for (folder, checkpoint, member) in member_files(lineage) {
+        let folder = dir.join(folder);
         if folder.join("member.json").exists() {
             continue;
         }
         std::fs::create_dir_all(&folder)?;
         #[cfg(unix)]
-        if let Some(uuid) = &m.checkpoint {
+        if let Some(uuid) = &checkpoint {
             let target = checkpoint_root.join(uuid);
             if target.is_dir() {
                 let _ = std::os::unix::fs::symlink(relative_to(&target, &folder), folder.join("checkpoint"));
             }
         }
-        replace(&folder.join("member.json"), serde_json::to_string_pretty(m).unwrap_or_default().as_bytes())?;
+        replace(&folder.join("member.json"), &member)?;
     }
     Ok(())
 }

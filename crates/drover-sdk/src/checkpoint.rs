@@ -32,7 +32,8 @@ struct SourceFile {
 
 /// Copies every file under `src` into `{root}/{uuid}/` and returns the relative paths with their
 /// sizes. On failure nothing is left under the uuid.
-pub(crate) fn write(src: &Path, root: &Path, uuid: &str) -> Result<BTreeMap<String, u64>, SdkError> {
+/// `fsync`: make the copy durable (contents and directory entries) before the rename.
+pub(crate) fn write(src: &Path, root: &Path, uuid: &str, fsync: bool) -> Result<BTreeMap<String, u64>, SdkError> {
     validate_uuid(uuid)?;
     let src_real = fs::canonicalize(src).map_err(SdkError::io("read the checkpoint directory", src))?;
     if !src_real.is_dir() {
@@ -53,7 +54,7 @@ pub(crate) fn write(src: &Path, root: &Path, uuid: &str) -> Result<BTreeMap<Stri
     collect(&src_real, &src_real, "", &mut vec![src_real.clone()], &mut files)?;
 
     let partial = root.join(format!("{uuid}.partial"));
-    let result = copy_all(&files, &partial);
+    let result = copy_all(&files, &partial, fsync);
     let resources = match result {
         Ok(resources) => resources,
         Err(err) => {
@@ -66,12 +67,14 @@ pub(crate) fn write(src: &Path, root: &Path, uuid: &str) -> Result<BTreeMap<Stri
         let _ = fs::remove_dir_all(&partial);
         return Err(SdkError::io("rename the finished checkpoint to", done)(err));
     }
-    // Makes the rename itself durable.
-    sync_dir(root)?;
+    if fsync {
+        // Makes the rename itself durable.
+        sync_dir(root)?;
+    }
     Ok(resources)
 }
 
-fn copy_all(files: &[SourceFile], partial: &Path) -> Result<BTreeMap<String, u64>, SdkError> {
+fn copy_all(files: &[SourceFile], partial: &Path, fsync: bool) -> Result<BTreeMap<String, u64>, SdkError> {
     fs::create_dir(partial).map_err(SdkError::io("create", partial))?;
     let mut resources = BTreeMap::new();
     let mut dirs = vec![partial.to_path_buf()];
@@ -89,9 +92,14 @@ fn copy_all(files: &[SourceFile], partial: &Path) -> Result<BTreeMap<String, u64
         let size = copy_file(&file.path, &dest, true)?;
         resources.insert(file.relative.clone(), size);
     }
-    // File contents were synced one by one; the directory entries need it too before the rename.
-    for dir in &dirs {
-        sync_dir(dir)?;
+    if fsync {
+        // Durable before registered: the contents, synced together (the disk can write them
+        // in parallel; one file at a time would wait for each in turn), then the entries.
+        let copies: Vec<PathBuf> = files.iter().map(|f| partial.join(&f.relative)).collect();
+        sync_files(&copies)?;
+        for dir in &dirs {
+            sync_dir(dir)?;
+        }
     }
     Ok(resources)
 }
@@ -152,15 +160,37 @@ fn collect(
     Ok(())
 }
 
-/// Streams `src` into `dest` (never the whole file in memory) and returns the bytes copied.
-/// `fresh`: the destination must not exist yet (a new checkpoint); otherwise it is replaced.
+/// Streams `src` into `dest` (never the whole file in memory; the kernel copies) and returns
+/// the bytes copied. `fresh`: the destination must not exist yet (a new checkpoint); otherwise
+/// it is replaced. Not synced: the caller decides whether the copy must be durable.
 fn copy_file(src: &Path, dest: &Path, fresh: bool) -> Result<u64, SdkError> {
     let mut reader = File::open(src).map_err(SdkError::io("open", src))?;
     let mut writer =
         if fresh { File::create_new(dest) } else { File::create(dest) }.map_err(SdkError::io("create", dest))?;
-    let size = io::copy(&mut reader, &mut writer).map_err(SdkError::io("copy into", dest))?;
-    writer.sync_all().map_err(SdkError::io("sync", dest))?;
-    Ok(size)
+    io::copy(&mut reader, &mut writer).map_err(SdkError::io("copy into", dest))
+}
+
+/// fdatasync on every file, a few at a time in parallel.
+fn sync_files(files: &[PathBuf]) -> Result<(), SdkError> {
+    const THREADS: usize = 4;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let per_thread = files.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || -> Result<(), SdkError> {
+                    for path in chunk {
+                        File::open(path).and_then(|f| f.sync_data()).map_err(SdkError::io("sync", path))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(SdkError::Checkpoint("a sync thread panicked".into()))))
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SdkError> {
@@ -204,6 +234,58 @@ fn safe_relative(relative: &str) -> Result<PathBuf, SdkError> {
     }
 }
 
+/// Runs storage IO from this blocking SDK on a small runtime of its own.
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T, SdkError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SdkError::Checkpoint(format!("cannot start an IO runtime: {e}")))?;
+    Ok(runtime.block_on(work))
+}
+
+/// Streams every file under `src` to `{uuid}/...` in an object store (S3) and returns the
+/// relative paths with their sizes.
+pub(crate) fn upload(spec: &drover_storage::StorageSpec, src: &Path, uuid: &str) -> Result<BTreeMap<String, u64>, SdkError> {
+    validate_uuid(uuid)?;
+    let storage = drover_storage::Storage::open(spec).map_err(|e| SdkError::Checkpoint(e.to_string()))?;
+    let stored = block_on(storage.put_dir(uuid, src))?.map_err(|e| {
+        let _ = block_on(storage.delete_prefix(uuid));
+        SdkError::Checkpoint(format!("saving checkpoint {uuid}: {e}"))
+    })?;
+    Ok(stored.into_iter().collect())
+}
+
+/// Streams checkpoint `uuid` from an object store into `dest`, checking each file's size
+/// against the registered list (and that nothing registered is missing).
+pub(crate) fn download(spec: &drover_storage::StorageSpec, uuid: &str, resources: &BTreeMap<String, u64>, dest: &Path) -> Result<(), SdkError> {
+    validate_uuid(uuid)?;
+    let storage = drover_storage::Storage::open(spec).map_err(|e| SdkError::Checkpoint(e.to_string()))?;
+    fs::create_dir_all(dest).map_err(SdkError::io("create", dest))?;
+    block_on(async {
+        for (relative, expected) in resources {
+            let to = dest.join(safe_relative(relative)?);
+            let size = storage
+                .get_file(&format!("{uuid}/{relative}"), &to)
+                .await
+                .map_err(|e| SdkError::Checkpoint(format!("restoring {relative} of checkpoint {uuid}: {e}")))?;
+            if size != *expected {
+                return Err(SdkError::Checkpoint(format!(
+                    "{relative} of checkpoint {uuid} has {size} bytes in storage, but {expected} were saved"
+                )));
+            }
+        }
+        Ok(())
+    })?
+}
+
+pub(crate) fn remove_remote(spec: &drover_storage::StorageSpec, uuid: &str) {
+    if validate_uuid(uuid).is_ok()
+        && let Ok(storage) = drover_storage::Storage::open(spec)
+    {
+        let _ = block_on(storage.delete_prefix(uuid));
+    }
+}
+
 /// Removes a saved checkpoint that the master refused to register: nothing refers to it.
 pub(crate) fn remove(root: &Path, uuid: &str) {
     if validate_uuid(uuid).is_ok() {
@@ -240,7 +322,7 @@ mod tests {
         let root = tmp.path().join("storage");
         let uuid = new_uuid();
 
-        let resources = write(&src, &root, &uuid).unwrap();
+        let resources = write(&src, &root, &uuid, true).unwrap();
         let expected: BTreeMap<String, u64> = [
             ("state.json".to_string(), 12),
             ("sub/deeper/notes.txt".to_string(), 5),
@@ -268,7 +350,7 @@ mod tests {
         let root = tmp.path().join("storage");
         let uuid = new_uuid();
 
-        let err = write(&src, &root, &uuid).unwrap_err();
+        let err = write(&src, &root, &uuid, true).unwrap_err();
         assert!(err.to_string().contains("outside the checkpoint directory"), "{err}");
         assert_eq!(fs::read_dir(&root).unwrap().count(), 0, "no partial or final directory");
     }
@@ -280,7 +362,7 @@ mod tests {
         write_file(&src.join("real/model.bin"), b"weights");
         std::os::unix::fs::symlink(src.join("real/model.bin"), src.join("latest.bin")).unwrap();
         std::os::unix::fs::symlink("real", src.join("alias")).unwrap();
-        let resources = write(&src, &tmp.path().join("storage"), &new_uuid()).unwrap();
+        let resources = write(&src, &tmp.path().join("storage"), &new_uuid(), false).unwrap();
         let names: Vec<&str> = resources.keys().map(String::as_str).collect();
         assert_eq!(names, ["alias/model.bin", "latest.bin", "real/model.bin"]);
     }
@@ -291,7 +373,7 @@ mod tests {
         let src = tmp.path().join("src");
         write_file(&src.join("sub/a.txt"), b"a");
         std::os::unix::fs::symlink("..", src.join("sub/up")).unwrap();
-        let err = write(&src, &tmp.path().join("storage"), &new_uuid()).unwrap_err();
+        let err = write(&src, &tmp.path().join("storage"), &new_uuid(), false).unwrap_err();
         assert!(err.to_string().contains("cycle"), "{err}");
     }
 
@@ -299,7 +381,7 @@ mod tests {
     fn storage_inside_the_saved_directory_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         write_file(&tmp.path().join("a.txt"), b"a");
-        let err = write(tmp.path(), &tmp.path().join("storage"), &new_uuid()).unwrap_err();
+        let err = write(tmp.path(), &tmp.path().join("storage"), &new_uuid(), false).unwrap_err();
         assert!(err.to_string().contains("is inside the directory to save"), "{err}");
     }
 
@@ -310,7 +392,7 @@ mod tests {
         write_file(&src.join("w.bin"), b"0123456789");
         let root = tmp.path().join("storage");
         let uuid = new_uuid();
-        let mut resources = write(&src, &root, &uuid).unwrap();
+        let mut resources = write(&src, &root, &uuid, true).unwrap();
 
         // Storage lost bytes since the save.
         fs::write(root.join(&uuid).join("w.bin"), b"01234").unwrap();

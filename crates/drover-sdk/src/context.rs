@@ -29,6 +29,11 @@ pub struct Context {
     hparams: Map<String, Value>,
     seed: u64,
     checkpoint_root: Option<PathBuf>,
+    /// The experiment's storage when it is not a file system (S3): checkpoints are streamed to
+    /// it directly.
+    checkpoint_storage: Option<drover_storage::StorageSpec>,
+    /// fsync file-system checkpoints before registering them.
+    checkpoint_fsync: bool,
     latest_checkpoint: Option<String>,
     searcher_metric: Option<String>,
     client: MasterClient,
@@ -101,6 +106,15 @@ impl Context {
             hparams,
             seed,
             checkpoint_root: optional(env::CHECKPOINT_DIR).map(PathBuf::from),
+            checkpoint_fsync: optional(env::CHECKPOINT_FSYNC).is_some_and(|v| v == "1"),
+            checkpoint_storage: match optional(env::CHECKPOINT_STORAGE) {
+                Some(text) => Some(serde_json::from_str(&text).map_err(|e| SdkError::BadEnv {
+                    var: env::CHECKPOINT_STORAGE,
+                    value: text.clone(),
+                    reason: e.to_string(),
+                })?),
+                None => None,
+            },
             latest_checkpoint,
             searcher_metric: optional(env::SEARCHER_METRIC),
             client,
@@ -210,16 +224,23 @@ impl Context {
     /// Saves every file under `dir` as a checkpoint at `step` and registers it with the master;
     /// returns its uuid. The files are copied (not moved): `dir` can be reused afterwards.
     pub fn checkpoint_save(&self, step: i64, dir: &Path, metadata: Value) -> Result<String, SdkError> {
-        let root = self.checkpoint_root()?;
         let uuid = checkpoint::new_uuid();
-        let resources = checkpoint::write(dir, root, &uuid)?;
+        // Every byte is stored before the master hears of the checkpoint: a crash mid-upload
+        // leaves nothing registered.
+        let resources = match &self.checkpoint_root {
+            Some(root) => checkpoint::write(dir, root, &uuid, self.checkpoint_fsync)?,
+            None => checkpoint::upload(self.remote_storage()?, dir, &uuid)?,
+        };
         let request = RegisterCheckpointRequest { uuid: uuid.clone(), step, resources, metadata };
         match self.register_checkpoint(&request) {
             Ok(()) => Ok(uuid),
             Err(err) => {
                 // After a transient failure the master may still have stored it: keep the files.
                 if !err.is_transient() {
-                    checkpoint::remove(root, &uuid);
+                    match &self.checkpoint_root {
+                        Some(root) => checkpoint::remove(root, &uuid),
+                        None => checkpoint::remove_remote(self.remote_storage()?, &uuid),
+                    }
                 }
                 Err(err)
             }
@@ -230,9 +251,11 @@ impl Context {
     /// against the file list the master registered.
     pub fn checkpoint_restore(&self, uuid: &str, dest: &Path) -> Result<(), SdkError> {
         checkpoint::validate_uuid(uuid)?;
-        let root = self.checkpoint_root()?;
         let info = self.client.checkpoint(uuid)?;
-        checkpoint::read(root, uuid, &info.resources, dest)
+        match &self.checkpoint_root {
+            Some(root) => checkpoint::read(root, uuid, &info.resources, dest),
+            None => checkpoint::download(self.remote_storage()?, uuid, &info.resources, dest),
+        }
     }
 
     /// What the master knows of checkpoint `uuid`: step, files, metadata.
@@ -241,8 +264,8 @@ impl Context {
         self.client.checkpoint(uuid)
     }
 
-    fn checkpoint_root(&self) -> Result<&Path, SdkError> {
-        self.checkpoint_root.as_deref().ok_or(SdkError::MissingEnv { var: env::CHECKPOINT_DIR })
+    fn remote_storage(&self) -> Result<&drover_storage::StorageSpec, SdkError> {
+        self.checkpoint_storage.as_ref().ok_or(SdkError::MissingEnv { var: env::CHECKPOINT_DIR })
     }
 
     fn register_checkpoint(&self, request: &RegisterCheckpointRequest) -> Result<(), SdkError> {

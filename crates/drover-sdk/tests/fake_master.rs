@@ -67,6 +67,7 @@ fn answer(state: &mut MasterState, request: &Request) -> (u16, Value) {
                 resources: body.resources,
                 metadata: body.metadata,
                 created_at: 0,
+                pinned: false,
             };
             state.checkpoints.insert(body.uuid, checkpoint.clone());
             (200, serde_json::to_value(checkpoint).unwrap())

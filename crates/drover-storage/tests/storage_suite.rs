@@ -39,7 +39,9 @@ pub fn create_bucket(endpoint: &str, bucket: &str) {
 async fn backends() -> Vec<(String, Storage, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let local = Storage::open(&StorageSpec::Directory { path: dir.path().join("store") }).unwrap();
-    let mut out = vec![("directory".to_string(), local, Some(dir))];
+    let shared_dir = tempfile::tempdir().unwrap();
+    let shared = Storage::open(&StorageSpec::SharedFs { path: shared_dir.path().join("mnt") }).unwrap();
+    let mut out = vec![("directory".to_string(), local, Some(dir)), ("shared_fs".to_string(), shared, Some(shared_dir))];
     if let Some(spec) = s3_spec(Some("runs/a")) {
         out.push(("s3".to_string(), Storage::open(&spec).unwrap(), None));
     }

@@ -85,6 +85,15 @@ pub trait Store: Send + Sync + 'static {
     async fn add_checkpoint(&self, checkpoint: CheckpointRow) -> StoreResult<()>;
     async fn get_checkpoint(&self, uuid: &str) -> StoreResult<CheckpointRow>;
     async fn list_checkpoints(&self, trial_id: i64) -> StoreResult<Vec<CheckpointRow>>;
+    async fn list_experiment_checkpoints(&self, experiment_id: i64) -> StoreResult<Vec<CheckpointRow>>;
+    /// Each checkpoint of the experiment with the validation value of `metric` at its step
+    /// (or the latest before), if any.
+    async fn checkpoint_scores(&self, experiment_id: i64, metric: &str) -> StoreResult<Vec<(String, Option<f64>)>>;
+    /// Removes a checkpoint's row; its files must already be gone.
+    async fn delete_checkpoint(&self, uuid: &str) -> StoreResult<()>;
+    async fn set_checkpoint_pinned(&self, uuid: &str, pinned: bool) -> StoreResult<()>;
+    /// Replaces an experiment's stored configuration (e.g. a new checkpoint policy).
+    async fn update_experiment_config(&self, id: i64, config_json: &str) -> StoreResult<()>;
 
     // Parameter database: versions are immutable once added; tags move.
     /// Adds a version and points `tags` at it, in one transaction; `Conflict` when the version

@@ -189,6 +189,12 @@ fn migrations(d: Dialect) -> Vec<(i64, String)> {
             );
             CREATE INDEX param_tags_version ON param_tags (name, version);"
             .to_string(),
+    ), (
+        4,
+        // A pinned checkpoint (a model being served, one a user keeps) survives every GC.
+        "ALTER TABLE checkpoints ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0;
+         CREATE INDEX checkpoints_experiment ON checkpoints (experiment_id);"
+            .to_string(),
     )]
 }
 
@@ -504,6 +510,7 @@ fn checkpoint_from(row: &AnyRow) -> StoreResult<CheckpointRow> {
         resources_json: row.try_get("resources")?,
         metadata_json: row.try_get("metadata")?,
         created_at: row.try_get("created_at")?,
+        pinned: row.try_get::<i64, _>("pinned")? != 0,
     })
 }
 
@@ -538,6 +545,7 @@ const EXPERIMENT_COLUMNS: &str = "id, name, description, state, config, config_y
 const TRIAL_COLUMNS: &str =
     "id, experiment_id, request_id, state, hparams, seed, restarts, stop_requested, latest_checkpoint, created_at, ended_at";
 const ALLOCATION_COLUMNS: &str = "id, trial_id, token, state, agent_id, slot_ids, exit_code, error, created_at, ended_at";
+
 const PARAM_VERSION_COLUMNS: &str = "name, version, created_at, size, sha256, metadata, storage_key";
 
 fn param_version_from(row: &AnyRow) -> StoreResult<ParamVersionRow> {
@@ -1054,7 +1062,7 @@ impl Store for SqlStore {
 
     async fn get_checkpoint(&self, uuid: &str) -> StoreResult<CheckpointRow> {
         let row = sqlx::query(
-            "SELECT uuid, trial_id, experiment_id, step, size, resources, metadata, created_at FROM checkpoints WHERE uuid = $1",
+            "SELECT uuid, trial_id, experiment_id, step, size, resources, metadata, created_at, pinned FROM checkpoints WHERE uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -1065,13 +1073,75 @@ impl Store for SqlStore {
 
     async fn list_checkpoints(&self, trial_id: i64) -> StoreResult<Vec<CheckpointRow>> {
         let rows = sqlx::query(
-            "SELECT uuid, trial_id, experiment_id, step, size, resources, metadata, created_at FROM checkpoints
+            "SELECT uuid, trial_id, experiment_id, step, size, resources, metadata, created_at, pinned FROM checkpoints
              WHERE trial_id = $1 ORDER BY step, created_at",
         )
         .bind(trial_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(checkpoint_from).collect()
+    }
+
+    async fn list_experiment_checkpoints(&self, experiment_id: i64) -> StoreResult<Vec<CheckpointRow>> {
+        let rows = sqlx::query(
+            "SELECT uuid, trial_id, experiment_id, step, size, resources, metadata, created_at, pinned FROM checkpoints
+             WHERE experiment_id = $1 ORDER BY trial_id, step, created_at",
+        )
+        .bind(experiment_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from).collect()
+    }
+
+    async fn checkpoint_scores(&self, experiment_id: i64, metric: &str) -> StoreResult<Vec<(String, Option<f64>)>> {
+        // A checkpoint's score is the validation of `metric` at its step, or else the latest one
+        // before it: what the weights it holds had achieved when saved.
+        let rows = sqlx::query(
+            "SELECT c.uuid AS uuid,
+                    (SELECT m.value FROM metrics m
+                      WHERE m.trial_id = c.trial_id AND m.grp = 'validation' AND m.name = $1 AND m.step <= c.step
+                      ORDER BY m.step DESC LIMIT 1) AS score
+             FROM checkpoints c WHERE c.experiment_id = $2",
+        )
+        .bind(metric)
+        .bind(experiment_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("uuid")?, r.try_get::<Option<f64>, _>("score")?))).collect()
+    }
+
+    async fn delete_checkpoint(&self, uuid: &str) -> StoreResult<()> {
+        let _writing = self.writing().await;
+        sqlx::query("DELETE FROM checkpoints WHERE uuid = $1").bind(uuid).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn set_checkpoint_pinned(&self, uuid: &str, pinned: bool) -> StoreResult<()> {
+        let _writing = self.writing().await;
+        let changed = sqlx::query("UPDATE checkpoints SET pinned = $1 WHERE uuid = $2")
+            .bind(i64::from(pinned))
+            .bind(uuid)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(not_found(format!("checkpoint {uuid}")));
+        }
+        Ok(())
+    }
+
+    async fn update_experiment_config(&self, id: i64, config_json: &str) -> StoreResult<()> {
+        let _writing = self.writing().await;
+        let changed = sqlx::query("UPDATE experiments SET config = $1 WHERE id = $2")
+            .bind(config_json)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(not_found(format!("experiment {id}")));
+        }
+        Ok(())
     }
 
     async fn add_param_version(&self, row: ParamVersionRow, tags: &[String]) -> StoreResult<()> {

@@ -169,6 +169,8 @@ pub struct CheckpointRow {
     pub resources_json: String,
     pub metadata_json: String,
     pub created_at: i64,
+    /// Kept by every garbage collection.
+    pub pinned: bool,
 }
 
 /// One immutable version of a named parameter blob; the bytes live in parameter storage.

@@ -56,6 +56,7 @@ suite!(
     long_series_are_reduced_keeping_extremes,
     logs_page_in_order,
     checkpoints_register_once,
+    checkpoints_scores_pins_and_deletes,
     delete_removes_everything,
     reopening_keeps_data,
     params_versions_are_immutable_and_found_every_way,
@@ -255,11 +256,52 @@ mod checks {
             resources_json: "{\"w\":12}".into(),
             metadata_json: "{}".into(),
             created_at: 5,
+            pinned: false,
         };
         store.add_checkpoint(c.clone()).await.unwrap();
         assert!(matches!(store.add_checkpoint(c.clone()).await, Err(StoreError::Conflict(_))));
         assert_eq!(store.get_checkpoint("u-1").await.unwrap(), c);
         assert_eq!(store.list_checkpoints(t).await.unwrap(), vec![c]);
+    }
+
+    pub async fn checkpoints_scores_pins_and_deletes(store: &dyn Store) {
+        let exp = store.create_experiment(experiment("g")).await.unwrap();
+        let other = store.create_experiment(experiment("h")).await.unwrap();
+        let (t1, t2, t3) = (trial(store, exp, 1).await, trial(store, exp, 2).await, trial(store, other, 1).await);
+        let ck = |uuid: &str, trial_id: i64, experiment_id: i64, step: i64| CheckpointRow {
+            uuid: uuid.into(),
+            trial_id,
+            experiment_id,
+            step,
+            size: 1,
+            resources_json: "{}".into(),
+            metadata_json: "{}".into(),
+            created_at: step,
+            pinned: false,
+        };
+        for c in [ck("a2", t1, exp, 2), ck("a5", t1, exp, 5), ck("b1", t2, exp, 1), ck("z", t3, other, 1)] {
+            store.add_checkpoint(c).await.unwrap();
+        }
+        // Validations of `acc` at steps 1, 4 and 6 of trial 1: a checkpoint scores the latest
+        // validation at or before its step; trial 2 never validated.
+        let v = |step, value| MetricRow { group: MetricGroup::Validation, name: "acc".into(), step, value, ts_ms: step };
+        store.add_metrics(t1, &[v(1, 0.5), v(4, 0.7), v(6, 0.9)]).await.unwrap();
+        store.add_metrics(t1, &[MetricRow { group: MetricGroup::Training, name: "acc".into(), step: 2, value: 9.0, ts_ms: 2 }]).await.unwrap();
+        let mut scores = store.checkpoint_scores(exp, "acc").await.unwrap();
+        scores.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(scores, vec![("a2".into(), Some(0.5)), ("a5".into(), Some(0.7)), ("b1".into(), None)]);
+        let listed: Vec<String> = store.list_experiment_checkpoints(exp).await.unwrap().into_iter().map(|c| c.uuid).collect();
+        assert_eq!(listed, vec!["a2", "a5", "b1"]);
+        store.set_checkpoint_pinned("a5", true).await.unwrap();
+        assert!(store.get_checkpoint("a5").await.unwrap().pinned);
+        assert!(matches!(store.set_checkpoint_pinned("nope", true).await, Err(StoreError::NotFound(_))));
+        store.delete_checkpoint("a2").await.unwrap();
+        store.delete_checkpoint("a2").await.unwrap();
+        assert!(matches!(store.get_checkpoint("a2").await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.list_experiment_checkpoints(other).await.unwrap().len(), 1, "other experiments untouched");
+        store.update_experiment_config(exp, "{\"b\":2}").await.unwrap();
+        assert_eq!(store.get_experiment(exp).await.unwrap().config_json, "{\"b\":2}");
+        assert!(matches!(store.update_experiment_config(9999, "{}").await, Err(StoreError::NotFound(_))));
     }
 
     pub async fn delete_removes_everything(store: &dyn Store) {

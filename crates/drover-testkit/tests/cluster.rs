@@ -5,118 +5,10 @@ use std::time::{Duration, Instant};
 
 use drover_api::rest::*;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-const TRIAL: &str = env!("CARGO_BIN_EXE_drover-trivial-trial");
+mod common;
 
-struct Cluster {
-    master: drover_master::RunningMaster,
-    agent_stop: CancellationToken,
-    agent: tokio::task::JoinHandle<()>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(slots: u32) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}", dir.path().join("drover.db").display());
-        let config = drover_master::MasterConfig::new(db, dir.path().join("checkpoints"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let master = drover_master::start(config, listener).await.unwrap();
-        let agent_stop = CancellationToken::new();
-        let agent_config = drover_agent::AgentConfig {
-            master_url: master.url(),
-            agent_id: "test-agent".into(),
-            work_root: dir.path().join("work"),
-            slots: drover_agent::discover(&drover_agent::SlotOptions {
-                cpu_slots: Some(slots),
-                slots_override: None,
-                slots_per_gpu: 1,
-                nvidia_smi: Some("/nonexistent/nvidia-smi".into()),
-            }),
-        };
-        let token = agent_stop.clone();
-        let agent = tokio::spawn(async move {
-            drover_agent::run_agent(agent_config, token).await.unwrap();
-        });
-        let cluster = Cluster { master, agent_stop, agent, http: reqwest::Client::new(), _dir: dir };
-        // Wait for the agent to register, so experiments can be placed at once.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let agents: Vec<Agent> = cluster.get("/api/v1/agents").await;
-            if agents.iter().any(|a| a.connected) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the agent never connected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        cluster
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.master.url())
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().await.unwrap()
-    }
-
-    async fn post_raw(&self, path: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
-        let mut req = self.http.post(self.url(path)).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn create(&self, yaml: &str) -> Experiment {
-        let (status, body) = self.post_raw("/api/v1/experiments", &json!({"config": yaml}), None).await;
-        assert_eq!(status, 201, "{body}");
-        serde_json::from_value(body).unwrap()
-    }
-
-    async fn wait_terminal(&self, id: i64, timeout: Duration) -> Experiment {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let e: Experiment = self.get(&format!("/api/v1/experiments/{id}")).await;
-            if ["COMPLETED", "CANCELED", "ERROR"].contains(&e.state.as_str()) {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "experiment {id} still {} with {:?}", e.state, e.trial_counts);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Every trial's log, for failure messages.
-    async fn all_logs(&self, id: i64) -> String {
-        let mut out = String::new();
-        let trials: Vec<Trial> = self.get(&format!("/api/v1/experiments/{id}/trials")).await;
-        for t in trials {
-            let logs: TrialLogs = self.get(&format!("/api/v1/trials/{}/logs", t.id)).await;
-            out.push_str(&format!("\n--- trial {} ({}, {} restarts)\n", t.id, t.state, t.restarts));
-            for l in logs.lines {
-                out.push_str(&format!("{} {}\n", l.stream, l.line));
-            }
-        }
-        out
-    }
-
-    async fn stop(self) {
-        self.agent_stop.cancel();
-        self.agent.await.unwrap();
-        self.master.shutdown().await.unwrap();
-    }
-}
-
-fn config(searcher: &str, hparams: &str, extra: &str) -> String {
-    format!("name: e2e\nentrypoint: [\"{TRIAL}\"]\nhyperparameters:\n{hparams}\nsearcher: {searcher}\n{extra}")
-}
+use common::{Cluster, config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_search_runs_real_trials_to_completion() {
@@ -338,14 +230,14 @@ async fn a_restarted_master_reattaches_running_trials_and_resumes_the_search() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    let Cluster { master, agent_stop, agent, http, _dir } = cluster;
+    let Cluster { master, agent_stop, agent, http, dir } = cluster;
     let addr = master.addr;
     master.shutdown().await.unwrap();
     let config =
-        drover_master::MasterConfig::new(format!("sqlite://{}", _dir.path().join("drover.db").display()), _dir.path().join("checkpoints"));
+        drover_master::MasterConfig::new(format!("sqlite://{}", dir.path().join("drover.db").display()), dir.path().join("checkpoints"));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let master = drover_master::start(config, listener).await.unwrap();
-    let cluster = Cluster { master, agent_stop, agent, http, _dir };
+    let cluster = Cluster { master, agent_stop, agent, http, dir };
 
     let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
     assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
@@ -396,11 +288,42 @@ async fn async_halving_stops_bad_trials_early() {
 /// saved state carries its parent's training history (`lineage`) and epoch count on top of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pbt_clones_resume_from_their_parents_checkpoints() {
+    pbt_end_to_end("").await;
+}
+
+/// The same on S3 (moto on loopback in CI): members save to and restore from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbt_on_s3_storage() {
+    let Some(storage) = s3_storage_yaml() else { return };
+    pbt_end_to_end(&storage).await;
+}
+
+/// `checkpoint_storage` on a fresh bucket of the S3 server in DROVER_TEST_S3_ENDPOINT, or None
+/// (with a notice) when it is unset.
+fn s3_storage_yaml() -> Option<String> {
+    let Ok(endpoint) = std::env::var("DROVER_TEST_S3_ENDPOINT") else {
+        eprintln!("DROVER_TEST_S3_ENDPOINT is unset: skipping the S3 case");
+        return None;
+    };
+    let bucket = format!("drover-e2e-{}", uuid::Uuid::new_v4().simple());
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host).expect("the S3 server named by DROVER_TEST_S3_ENDPOINT");
+    use std::io::{Read, Write};
+    write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    Some(format!(
+        "checkpoint_storage: {{type: s3, bucket: {bucket}, prefix: runs, endpoint_url: \"{endpoint}\", access_key_id: testing, secret_access_key: testing}}\n"
+    ))
+}
+
+async fn pbt_end_to_end(storage: &str) {
     let cluster = Cluster::start(4).await;
     let yaml = config(
         "{name: pbt, metric: validation_loss, time_metric: epochs, population_size: 4, max_generations: 3, generation_length: 2, max_concurrent_trials: 4}",
         "  x: {type: double, minval: 0.02, maxval: 0.6}\n  n_metrics: 100\n  pbt: true",
-        "",
+        storage,
     );
     let e = cluster.create(&yaml).await;
     assert_eq!(e.planned_trials, Some(12));
@@ -411,11 +334,16 @@ async fn pbt_clones_resume_from_their_parents_checkpoints() {
     assert_eq!(lineage.members.len(), 12, "{lineage:?}");
     assert_eq!(lineage.ended_because.as_deref(), Some("all 3 generations ran"));
     assert_eq!(lineage.best_by_generation.len(), 3);
-    let checkpoints = cluster._dir.path().join("checkpoints");
-    let state_of = |m: &LineageMember| -> Value {
+    let checkpoints = cluster.dir.path().join("checkpoints");
+    // Read through the master's download endpoint, so the same check works on every storage.
+    let mut states = std::collections::HashMap::new();
+    for m in &lineage.members {
         let uuid = m.checkpoint.as_deref().unwrap_or_else(|| panic!("member {} has no checkpoint", m.trial_id));
-        serde_json::from_str(&std::fs::read_to_string(checkpoints.join(uuid).join("state.json")).unwrap()).unwrap()
-    };
+        let r = cluster.http.get(cluster.url(&format!("/api/v1/checkpoints/{uuid}/files/state.json"))).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "state.json of {uuid}");
+        states.insert(m.trial_id, serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap());
+    }
+    let state_of = |m: &LineageMember| -> Value { states[&m.trial_id].clone() };
     let by_trial: std::collections::HashMap<i64, &LineageMember> = lineage.members.iter().map(|m| (m.trial_id, m)).collect();
     let mut exploited = 0;
     for m in &lineage.members {
@@ -438,7 +366,10 @@ async fn pbt_clones_resume_from_their_parents_checkpoints() {
                     // It replaced the previous member of its slot, which scored worse.
                     let replaced = lineage.members.iter().find(|o| o.slot == m.slot && o.generation + 1 == m.generation).unwrap();
                     assert!(p.score.unwrap() < replaced.score.unwrap(), "{} copied {} over {}", m.trial_id, parent, replaced.trial_id);
-                    assert_ne!(m.hparams["x"], p.hparams["x"], "a copied member explores its hyperparameters");
+                    // Explored: the parent's x times a factor in [0.8, 1.2], clipped to [0.02, 0.6].
+                    let (x, px) = (m.hparams["x"].as_f64().unwrap(), p.hparams["x"].as_f64().unwrap());
+                    assert!(x >= (px * 0.8).max(0.02) - 1e-12 && x <= (px * 1.2).min(0.6) + 1e-12, "{x} from {px}");
+                    assert!(x != px || px == 0.6 || px == 0.02, "a copied member explores its hyperparameters: {x} from {px}");
                 } else {
                     assert_eq!(p.slot, m.slot);
                     assert_eq!(m.hparams, p.hparams);
@@ -448,6 +379,10 @@ async fn pbt_clones_resume_from_their_parents_checkpoints() {
     }
     assert!(exploited >= 2, "the worst member loses its tournament each generation");
 
+    if !storage.is_empty() {
+        cluster.stop().await;
+        return;
+    }
     // The same family tree as plain files beside the checkpoints.
     let files = checkpoints.join("pbt").join(format!("experiment-{}", e.id));
     let table = std::fs::read_to_string(files.join("members.csv")).unwrap();
@@ -463,5 +398,145 @@ async fn pbt_clones_resume_from_their_parents_checkpoints() {
     let r = cluster.http.get(cluster.url(&format!("/api/v1/experiments/{}/lineage", other.id))).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().await.unwrap().contains("searcher.name"));
+    cluster.stop().await;
+}
+
+async fn checkpoints_of(cluster: &Cluster, experiment_id: i64) -> Vec<Checkpoint> {
+    cluster.get(&format!("/api/v1/checkpoints?experiment_id={experiment_id}")).await
+}
+
+/// The checkpoint policy runs when an experiment ends and whenever it changes: storage first,
+/// then records; pinned checkpoints survive; files already gone are no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_gc_follows_the_policy_and_spares_pins() {
+    let cluster = Cluster::start(2).await;
+    // 3 trials x 4 epochs, a checkpoint after every epoch; the loss falls every epoch, so each
+    // trial's latest checkpoint is also its best. Default policy: trial best 1, trial latest 1.
+    let yaml = config(
+        "{name: random, metric: validation_loss, max_trials: 3, max_concurrent_trials: 2}",
+        "  x: {type: double, minval: 0, maxval: 1}\n  n_metrics: 4\n  curve: true\n  checkpoint: true",
+        "",
+    );
+    let e = cluster.create(&yaml).await;
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
+    assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
+    let root = cluster.dir.path().join("checkpoints");
+    let on_disk = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|d| d.file_name().to_string_lossy().to_string())
+            .filter(|n| !n.starts_with('.') && n != "pbt")
+            .collect();
+        v.sort();
+        v
+    };
+    // The collector runs after the experiment ended; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut kept = checkpoints_of(&cluster, e.id).await;
+    while kept.len() != 3 {
+        assert!(Instant::now() < deadline, "gc never brought 12 checkpoints down to 3: {}", kept.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        kept = checkpoints_of(&cluster, e.id).await;
+    }
+    assert!(
+        kept.iter().all(|c| c.step == 4),
+        "each trial keeps its latest (and best): {:?}",
+        kept.iter().map(|c| c.step).collect::<Vec<_>>()
+    );
+    let mut uuids: Vec<String> = kept.iter().map(|c| c.uuid.clone()).collect();
+    uuids.sort();
+    assert_eq!(on_disk(), uuids, "the storage holds exactly the kept checkpoints");
+
+    // A kept checkpoint's file downloads through the master.
+    let r = cluster.http.get(cluster.url(&format!("/api/v1/checkpoints/{}/files/state.json", uuids[0]))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap(), json!({"epoch": 4}));
+    let r = cluster.http.get(cluster.url(&format!("/api/v1/checkpoints/{}/files/../../etc/passwd", uuids[0]))).send().await.unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+
+    // Pin one, remove another's files behind drover's back, then keep nothing: the pinned one
+    // stays, the vanished one goes without an error.
+    let r =
+        cluster.http.patch(cluster.url(&format!("/api/v1/checkpoints/{}", uuids[0]))).json(&json!({"pinned": true})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    std::fs::remove_dir_all(root.join(&uuids[1])).unwrap();
+    let policy = json!({"save_experiment_best": 0, "save_trial_best": 0, "save_trial_latest": 0});
+    let (status, body) = cluster.post_raw(&format!("/api/v1/experiments/{}/checkpoint-policy", e.id), &policy, None).await;
+    assert_eq!(status, 200, "{body}");
+    let result: GcResult = serde_json::from_value(body).unwrap();
+    assert_eq!((result.deleted.len(), result.kept), (2, 1));
+    assert_eq!(on_disk(), vec![uuids[0].clone()]);
+    let left = checkpoints_of(&cluster, e.id).await;
+    assert_eq!(left.len(), 1);
+    assert!(left[0].pinned);
+    let described: Experiment = cluster.get(&format!("/api/v1/experiments/{}", e.id)).await;
+    assert_eq!(described.config["checkpoint_storage"]["save_trial_latest"], json!(0), "the new policy is recorded");
+
+    // A pinned checkpoint cannot be deleted, nor its experiment; unpinned, it can.
+    let url = cluster.url(&format!("/api/v1/checkpoints/{}", uuids[0]));
+    assert_eq!(cluster.http.delete(&url).send().await.unwrap().status().as_u16(), 409);
+    assert_eq!(cluster.http.delete(cluster.url(&format!("/api/v1/experiments/{}", e.id))).send().await.unwrap().status().as_u16(), 409);
+    cluster.http.patch(&url).json(&json!({"pinned": false})).send().await.unwrap();
+    assert_eq!(cluster.http.delete(&url).send().await.unwrap().status().as_u16(), 204);
+    assert!(on_disk().is_empty());
+    assert!(checkpoints_of(&cluster, e.id).await.is_empty());
+    // A policy that makes no sense is refused.
+    let (status, _) =
+        cluster.post_raw(&format!("/api/v1/experiments/{}/checkpoint-policy", e.id), &json!({"save_trial_best": -1}), None).await;
+    assert_eq!(status, 400);
+    cluster.stop().await;
+}
+
+/// A trial killed (SIGKILL) while its checkpoint is being copied registers nothing: the master
+/// lists no checkpoint and the storage holds no finished one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_save_killed_half_way_registers_nothing() {
+    let cluster = Cluster::start(1).await;
+    let yaml = config("{name: single, metric: validation_loss}", "  die_during_checkpoint_mb: 256", "max_restarts: 0\n");
+    let e = cluster.create(&yaml).await;
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
+    let logs = cluster.all_logs(e.id).await;
+    assert_eq!(e.state, "ERROR", "{logs}");
+    assert!(logs.contains("the checkpoint copy has begun"), "the process died during the copy: {logs}");
+    assert!(!logs.contains("saved checkpoint"), "{logs}");
+    assert!(checkpoints_of(&cluster, e.id).await.is_empty());
+    let trials: Vec<Trial> = cluster.get(&format!("/api/v1/experiments/{}/trials", e.id)).await;
+    assert_eq!(trials[0].latest_checkpoint, None);
+    let root = cluster.dir.path().join("checkpoints");
+    let finished: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.') && !n.ends_with(".partial"))
+        .collect();
+    assert!(finished.is_empty(), "only an unfinished .partial may be left: {finished:?}");
+    cluster.stop().await;
+}
+
+/// Storage that cannot work is refused when the experiment is created, naming the field, and
+/// nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_checkpoint_storage_is_refused_at_creation() {
+    let cluster = Cluster::start(1).await;
+    let mut cases = vec![
+        ("checkpoint_storage: {type: s3}\n".to_string(), "needs `bucket`"),
+        ("checkpoint_storage: {type: directory, path: /proc/drover-cannot-write-here}\n".to_string(), "checkpoint_storage"),
+    ];
+    if let Ok(endpoint) = std::env::var("DROVER_TEST_S3_ENDPOINT") {
+        cases.push((
+            format!("checkpoint_storage: {{type: s3, bucket: drover-no-such-bucket, endpoint_url: \"{endpoint}\", access_key_id: a, secret_access_key: b}}\n"),
+            "does not exist",
+        ));
+    }
+    for (storage, expected) in cases {
+        let yaml = config("{name: single, metric: validation_loss}", "  x: 0.5", &storage);
+        let (status, body) = cluster.post_raw("/api/v1/experiments", &json!({"config": yaml}), None).await;
+        assert_eq!(status, 400, "{storage}: {body}");
+        assert!(body.to_string().contains(expected), "{storage}: {body}");
+        assert!(body.to_string().contains("checkpoint_storage"), "{storage}: {body}");
+    }
+    let experiments: Vec<Experiment> = cluster.get("/api/v1/experiments").await;
+    assert!(experiments.is_empty(), "nothing was created");
     cluster.stop().await;
 }

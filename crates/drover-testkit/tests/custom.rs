@@ -7,109 +7,10 @@ use drover_api::rest::*;
 use drover_sdk::SdkError;
 use drover_sdk::advisor::Advisor;
 use serde_json::{Map, Value, json};
-use tokio_util::sync::CancellationToken;
 
-const TRIAL: &str = env!("CARGO_BIN_EXE_drover-trivial-trial");
+mod common;
 
-struct Cluster {
-    master: drover_master::RunningMaster,
-    agent_stop: CancellationToken,
-    agent: tokio::task::JoinHandle<()>,
-    http: reqwest::Client,
-    dir: tempfile::TempDir,
-}
-
-async fn start_master(dir: &std::path::Path, addr: &str) -> drover_master::RunningMaster {
-    let config = drover_master::MasterConfig::new(format!("sqlite://{}", dir.join("drover.db").display()), dir.join("checkpoints"));
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    drover_master::start(config, listener).await.unwrap()
-}
-
-impl Cluster {
-    async fn start(slots: u32) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let master = start_master(dir.path(), "127.0.0.1:0").await;
-        let agent_stop = CancellationToken::new();
-        let agent_config = drover_agent::AgentConfig {
-            master_url: master.url(),
-            agent_id: "test-agent".into(),
-            work_root: dir.path().join("work"),
-            slots: drover_agent::discover(&drover_agent::SlotOptions {
-                cpu_slots: Some(slots),
-                slots_override: None,
-                slots_per_gpu: 1,
-                nvidia_smi: Some("/nonexistent/nvidia-smi".into()),
-            }),
-        };
-        let token = agent_stop.clone();
-        let agent = tokio::spawn(async move { drover_agent::run_agent(agent_config, token).await.unwrap() });
-        let cluster = Cluster { master, agent_stop, agent, http: reqwest::Client::new(), dir };
-        cluster.wait_for_agent().await;
-        cluster
-    }
-
-    async fn wait_for_agent(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let agents: Vec<Agent> = self.get("/api/v1/agents").await;
-            if agents.iter().any(|a| a.connected) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the agent never connected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.master.url())
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let (status, body) = self.get_raw(path).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        serde_json::from_value(body).unwrap()
-    }
-
-    async fn get_raw(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
-    }
-
-    async fn post_raw(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.http.post(self.url(path)).json(body).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
-    }
-
-    async fn create(&self, yaml: &str) -> Experiment {
-        let (status, body) = self.post_raw("/api/v1/experiments", &json!({"config": yaml})).await;
-        assert_eq!(status, 201, "{body}");
-        serde_json::from_value(body).unwrap()
-    }
-
-    async fn wait_terminal(&self, id: i64, timeout: Duration) -> Experiment {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let e: Experiment = self.get(&format!("/api/v1/experiments/{id}")).await;
-            if ["COMPLETED", "CANCELED", "ERROR"].contains(&e.state.as_str()) {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "experiment {id} still {} with {:?}", e.state, e.trial_counts);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn trials(&self, id: i64) -> Vec<Trial> {
-        self.get(&format!("/api/v1/experiments/{id}/trials")).await
-    }
-
-    async fn stop(self) {
-        self.agent_stop.cancel();
-        self.agent.await.unwrap();
-        self.master.shutdown().await.unwrap();
-    }
-}
+use common::{Cluster, TRIAL, start_master};
 
 /// A custom search over the trivial trial: `x` sets its loss `(x - 0.3)^2`, `sleep_s` keeps it
 /// running (until asked to stop) before it reports.
@@ -251,15 +152,15 @@ async fn bad_actions_are_refused_whole_and_other_searchers_take_none() {
         {"type": "create", "hparams": {"x": 0.5, "sleep_s": 0, "n_metrics": 5}},
         {"type": "create", "hparams": {"x": 3.5, "sleep_s": 0, "n_metrics": 5}},
     ]});
-    let (status, body) = cluster.post_raw(&actions, &batch).await;
+    let (status, body) = cluster.post_raw(&actions, &batch, None).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["location"]["field"], "actions[1].hparams.x", "{body}");
     assert_eq!(body["message"], "actions[1].hparams.x: 3.5 is above maxval 1.0");
-    let (status, body) = cluster.post_raw(&actions, &json!({"actions": [{"type": "craete", "hparams": {}}]})).await;
+    let (status, body) = cluster.post_raw(&actions, &json!({"actions": [{"type": "craete", "hparams": {}}]}), None).await;
     assert_eq!((status, &body["location"]["field"]), (400, &json!("actions[0]")), "{body}");
-    let (status, body) = cluster.post_raw(&actions, &json!({"actions": [{"type": "stop", "request_id": 1}]})).await;
+    let (status, body) = cluster.post_raw(&actions, &json!({"actions": [{"type": "stop", "request_id": 1}]}), None).await;
     assert_eq!((status, &body["location"]["field"]), (400, &json!("actions[0].request_id")), "{body}");
-    let (status, body) = cluster.post_raw(&actions, &json!({"action": []})).await;
+    let (status, body) = cluster.post_raw(&actions, &json!({"action": []}), None).await;
     assert_eq!((status, &body["location"]["field"]), (400, &json!("action")), "{body}");
     assert!(cluster.trials(e.id).await.is_empty(), "a refused batch creates nothing");
     let page: SearcherEvents = cluster.get(&format!("{events}?timeout_ms=0")).await;
@@ -274,14 +175,14 @@ async fn bad_actions_are_refused_whole_and_other_searchers_take_none() {
     assert!(page.events.is_empty() && page.next_after == 1 && started.elapsed() >= Duration::from_millis(300), "{page:?}");
 
     // A bare list is accepted too; a shutdown with nothing running completes at once.
-    let (status, body) = cluster.post_raw(&actions, &json!([{"type": "shutdown"}])).await;
+    let (status, body) = cluster.post_raw(&actions, &json!([{"type": "shutdown"}]), None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"created": [], "shut_down": true}));
     let done = cluster.wait_terminal(e.id, Duration::from_secs(10)).await;
     assert_eq!(done.state, "COMPLETED");
     let page: SearcherEvents = cluster.get(&format!("{events}?after=1")).await;
     assert_eq!((page.events.len(), page.shut_down, page.experiment_state.as_str()), (0, true, "COMPLETED"));
-    let (status, body) = cluster.post_raw(&actions, &json!({"actions": []})).await;
+    let (status, body) = cluster.post_raw(&actions, &json!({"actions": []}), None).await;
     assert_eq!(status, 409, "{body}");
 
     // Other searchers have no events and take no advice.
@@ -291,7 +192,8 @@ async fn bad_actions_are_refused_whole_and_other_searchers_take_none() {
     let (status, body) = cluster.get_raw(&format!("/api/v1/experiments/{}/searcher/events", random.id)).await;
     assert_eq!((status, &body["location"]["field"]), (400, &json!("searcher.name")), "{body}");
     assert!(body["message"].as_str().unwrap().contains("`random` searcher"), "{body}");
-    let (status, body) = cluster.post_raw(&format!("/api/v1/experiments/{}/searcher/actions", random.id), &json!({"actions": []})).await;
+    let (status, body) =
+        cluster.post_raw(&format!("/api/v1/experiments/{}/searcher/actions", random.id), &json!({"actions": []}), None).await;
     assert_eq!((status, &body["location"]["field"]), (400, &json!("searcher.name")), "{body}");
     let (status, _) = cluster.get_raw("/api/v1/experiments/999/searcher/events").await;
     assert_eq!(status, 404);

@@ -10,6 +10,13 @@
 //! - `curve` (bool): instead, report `validation_loss = (x - 0.3)^2 + 1/epoch` and `epochs`
 //!   for epochs `1..=n_metrics`, flushing each and stopping when the searcher asks.
 //! - `checkpoint` (bool): save `state.json` = `{"step": n, "x": x}` as a checkpoint at step n.
+//! - `curve` with `checkpoint`: also saves a checkpoint `{"epoch": e}` after every epoch.
+//! - `die_during_checkpoint_mb` (int): writes a checkpoint of that many MiB (in 4 MiB files)
+//!   and SIGKILLs itself as soon as the copy into the checkpoint directory has begun, to
+//!   prove that an interrupted save registers nothing.
+//! - `checkpoint_bench_mb` (int): writes that many MiB in 8 files, then times
+//!   `checkpoint_save` and `checkpoint_restore` of them and reports `save_s` and `restore_s`
+//!   as validation metrics (drover-bench's checkpoint benchmark).
 //! - `pbt` (bool): a toy model for population based training. Its one weight `w` starts at 0
 //!   and each epoch moves `x` of the way to 1; it reports `validation_loss = (1 - w)^2` and
 //!   `epochs` each epoch up to `n_metrics`, stops when asked, and then checkpoints
@@ -55,6 +62,12 @@ fn run() -> Result<ExitCode, SdkError> {
     let fail: bool = ctx.hparam_opt("fail")?.unwrap_or(false);
     let save_checkpoint: bool = ctx.hparam_opt("checkpoint")?.unwrap_or(false);
     let curve: bool = ctx.hparam_opt("curve")?.unwrap_or(false);
+    if let Some(mb) = ctx.hparam_opt::<u64>("checkpoint_bench_mb")? {
+        return checkpoint_bench(ctx, mb);
+    }
+    if let Some(mb) = ctx.hparam_opt::<u64>("die_during_checkpoint_mb")? {
+        return die_during_checkpoint(ctx, mb);
+    }
     if ctx.hparam_opt::<bool>("pbt")?.unwrap_or(false) {
         return toy_pbt_member(ctx, x, n_metrics);
     }
@@ -93,6 +106,18 @@ fn run() -> Result<ExitCode, SdkError> {
         for epoch in 1..=n_metrics {
             ctx.report_validation(epoch, &[("validation_loss", base + 1.0 / epoch as f64), ("epochs", epoch as f64)]);
             ctx.flush()?;
+            if save_checkpoint {
+                let dir = scratch_dir(&ctx, "save")?;
+                let path = dir.join("state.json");
+                std::fs::write(&path, json!({"epoch": epoch}).to_string()).map_err(|source| SdkError::Io {
+                    action: "write",
+                    path,
+                    source,
+                })?;
+                let uuid = ctx.checkpoint_save(epoch, &dir, json!({"epoch": epoch}))?;
+                println!("epoch {epoch}: checkpoint {uuid}");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             if ctx.should_stop() {
                 println!("stopped by the searcher after epoch {epoch}");
                 break;
@@ -116,6 +141,61 @@ fn run() -> Result<ExitCode, SdkError> {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint_bench(ctx: Context, mb: u64) -> Result<ExitCode, SdkError> {
+    let dir = scratch_dir(&ctx, "bench-src")?;
+    let per_file = (mb << 20) / 8;
+    // Not zeros: no layer below may shortcut sparse or compressible data.
+    let block: Vec<u8> = (0..1u64 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    for i in 0..8 {
+        let path = dir.join(format!("shard-{i}.bin"));
+        let mut f = std::fs::File::create(&path).map_err(|source| SdkError::Io { action: "create", path: path.clone(), source })?;
+        let mut left = per_file;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            std::io::Write::write_all(&mut f, &block[..n]).map_err(|source| SdkError::Io { action: "write", path: path.clone(), source })?;
+            left -= n as u64;
+        }
+    }
+    let started = Instant::now();
+    let uuid = ctx.checkpoint_save(1, &dir, json!({"bench": true}))?;
+    let save_s = started.elapsed().as_secs_f64();
+    let restored = scratch_dir(&ctx, "bench-dst")?;
+    let started = Instant::now();
+    ctx.checkpoint_restore(&uuid, &restored)?;
+    let restore_s = started.elapsed().as_secs_f64();
+    println!("checkpoint of {mb} MiB: save {save_s:.3} s, restore {restore_s:.3} s");
+    ctx.report_validation(1, &[("save_s", save_s), ("restore_s", restore_s), ("validation_loss", save_s + restore_s)]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&restored);
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn die_during_checkpoint(ctx: Context, mb: u64) -> Result<ExitCode, SdkError> {
+    let dir = scratch_dir(&ctx, "big")?;
+    let chunk = vec![0x5au8; 4 << 20];
+    for i in 0..mb.div_ceil(4) {
+        let path = dir.join(format!("part-{i:04}.bin"));
+        std::fs::write(&path, &chunk).map_err(|source| SdkError::Io { action: "write", path, source })?;
+    }
+    let root = std::env::var_os(drover_sdk::env::CHECKPOINT_DIR).map(std::path::PathBuf::from);
+    // The watcher: the first entry in the storage directory means the copy has begun.
+    std::thread::spawn(move || {
+        let Some(root) = root else { return };
+        loop {
+            if std::fs::read_dir(&root).is_ok_and(|mut entries| entries.next().is_some()) {
+                println!("the checkpoint copy has begun: killing myself");
+                let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    let uuid = ctx.checkpoint_save(1, &dir, json!({}))?;
+    println!("saved checkpoint {uuid} before the watcher fired");
     ctx.close()?;
     Ok(ExitCode::SUCCESS)
 }
