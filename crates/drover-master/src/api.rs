@@ -531,8 +531,10 @@ async fn register_checkpoint(
     let id = parse_id(&id, "trial id")?;
     let auth = master.authenticate(bearer(&headers), id)?;
     let req: RegisterCheckpointRequest = parse_json(&body)?;
-    if req.uuid.is_empty() || req.uuid.len() > 64 || !req.uuid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(Error::bad_field("uuid", "must be 1 to 64 letters, digits or dashes"));
+    // A real UUID, in its hyphenated form: the checkpoint becomes `{uuid}/` at the top of the
+    // storage, beside `pbt/`, and no name may collide with that.
+    if req.uuid.len() != 36 || uuid::Uuid::try_parse(&req.uuid).is_err() {
+        return Err(Error::bad_field("uuid", format!("`{}` is not a UUID such as 3f1c2a8e-5b7d-4e2a-9c1f-0a1b2c3d4e5f", req.uuid)));
     }
     for path in req.resources.keys() {
         if let Err(e) = drover_storage::validate_key(path) {
