@@ -89,6 +89,11 @@ enum Command {
         /// `postgres://...` or `sqlite:///path`; default: SQLite in the data directory.
         #[arg(long, env = "DROVER_DB")]
         db: Option<String>,
+        /// Where the parameter database keeps its blobs, as JSON, e.g.
+        /// `{"type":"s3","bucket":"params","endpoint_url":"http://127.0.0.1:5055"}`
+        /// (default: `params/` in the data directory).
+        #[arg(long, env = "DROVER_PARAM_STORAGE")]
+        param_storage: Option<String>,
         #[command(flatten)]
         data: DataDirArg,
     },
@@ -315,11 +320,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             shutdown_on_signal().cancelled().await;
             cluster.stop().await?;
         }
-        Command::Master { port, bind, db, data } => {
+        Command::Master { port, bind, db, param_storage, data } => {
             let dir = data_dir(&data);
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let db = db.unwrap_or_else(|| embedded::sqlite_url(&dir));
-            let config = drover_master::MasterConfig::new(db, dir.join("checkpoints"));
+            let mut config = drover_master::MasterConfig::new(db, dir.join("checkpoints"));
+            if let Some(json) = param_storage {
+                let spec: drover_storage::StorageSpec =
+                    serde_json::from_str(&json).with_context(|| format!("--param-storage: `{json}` is not a storage spec"))?;
+                // Checked now: a wrong bucket should stop the master, not its first push.
+                let storage = drover_storage::Storage::open(&spec).with_context(|| format!("--param-storage {}", spec.describe()))?;
+                storage.check().await.with_context(|| format!("--param-storage {} is not usable", spec.describe()))?;
+                config.param_storage = spec;
+            }
             let listener = tokio::net::TcpListener::bind(format!("{bind}:{port}")).await?;
             let master = drover_master::start(config, listener).await?;
             eprintln!("master listening on {}", master.url());
