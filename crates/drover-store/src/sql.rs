@@ -217,6 +217,14 @@ pub struct SqlStore {
     /// which sleeps in whole milliseconds. Queueing them here instead keeps a burst of metric
     /// reports flowing. `None` on PostgreSQL, which handles concurrent writers itself.
     write_lock: Option<tokio::sync::Mutex<()>>,
+    /// SQLite: metric reports waiting for the writer (see `add_metrics_grouped`).
+    pending_metrics: std::sync::Mutex<Vec<PendingMetrics>>,
+}
+
+struct PendingMetrics {
+    trial_id: i64,
+    points: Vec<MetricRow>,
+    done: tokio::sync::oneshot::Sender<StoreResult<usize>>,
 }
 
 impl SqlStore {
@@ -264,9 +272,141 @@ impl SqlStore {
             sqlx::raw_sql("PRAGMA journal_mode = WAL;").execute(&pool).await?;
         }
         let write_lock = (dialect == Dialect::Sqlite).then(|| tokio::sync::Mutex::new(()));
-        let store = SqlStore { pool, dialect, write_lock };
+        let store = SqlStore { pool, dialect, write_lock, pending_metrics: Default::default() };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Stores one trial's points inside `tx`, with their summaries and rollups; returns how
+    /// many were new.
+    async fn insert_metrics(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, trial_id: i64, points: &[MetricRow]) -> StoreResult<usize> {
+        // Summaries must count only the rows that were new. Usually every row is (a fresh
+        // report): the plain insert says so by its row count. When a retried report collides,
+        // that chunk is rolled back to its savepoint and inserted again with RETURNING, which
+        // names exactly the rows that went in.
+        let mut fresh: Vec<(Cow<'_, str>, Cow<'_, str>, i64, f64)> = Vec::with_capacity(points.len());
+        for chunk in points.chunks(METRIC_ROWS_PER_STATEMENT) {
+            let values = placeholders(self.dialect, chunk.len(), 6);
+            let bind_all = |sql: String| {
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for p in chunk {
+                    q = q.bind(trial_id).bind(p.group.as_str()).bind(p.name.as_str()).bind(p.step).bind(p.value).bind(p.ts_ms);
+                }
+                q
+            };
+            let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+            let inserted = bind_all(format!(
+                "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING"
+            ))
+            .execute(&mut *savepoint)
+            .await?
+            .rows_affected();
+            if inserted as usize == chunk.len() {
+                savepoint.commit().await?;
+                fresh.extend(chunk.iter().map(|p| (Cow::Borrowed(p.group.as_str()), Cow::Borrowed(p.name.as_str()), p.step, p.value)));
+            } else {
+                savepoint.rollback().await?;
+                let rows = bind_all(format!(
+                    "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING RETURNING grp, name, step, value"
+                ))
+                .fetch_all(&mut **tx)
+                .await?;
+                for row in rows {
+                    fresh.push((Cow::Owned(row.try_get(0)?), Cow::Owned(row.try_get(1)?), row.try_get(2)?, row.try_get(3)?));
+                }
+            }
+        }
+        // Fold the new points into one summary delta per metric.
+        let mut deltas: std::collections::BTreeMap<(&str, &str), MetricSummaryRow> = Default::default();
+        for (grp, name, step, value) in &fresh {
+            let s = deltas.entry((grp.as_ref(), name.as_ref())).or_insert_with(|| MetricSummaryRow {
+                trial_id,
+                group: grp.to_string(),
+                name: name.to_string(),
+                count: 0,
+                last: *value,
+                last_step: *step,
+                min: *value,
+                max: *value,
+            });
+            s.count += 1;
+            s.min = s.min.min(*value);
+            s.max = s.max.max(*value);
+            if *step >= s.last_step {
+                s.last_step = *step;
+                s.last = *value;
+            }
+        }
+        let deltas: Vec<MetricSummaryRow> = deltas.into_values().collect();
+        let (least, greatest) = (self.dialect.least(), self.dialect.greatest());
+        for chunk in deltas.chunks(UPSERT_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO metric_summaries (trial_id, grp, name, count, last, last_step, min, max) VALUES {}
+                 ON CONFLICT (trial_id, grp, name) DO UPDATE SET
+                    count = metric_summaries.count + excluded.count,
+                    last = CASE WHEN excluded.last_step >= metric_summaries.last_step THEN excluded.last ELSE metric_summaries.last END,
+                    last_step = {greatest}(metric_summaries.last_step, excluded.last_step),
+                    min = {least}(metric_summaries.min, excluded.min),
+                    max = {greatest}(metric_summaries.max, excluded.max)",
+                placeholders(self.dialect, chunk.len(), 8)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for s in chunk {
+                q = q
+                    .bind(trial_id)
+                    .bind(s.group.as_str())
+                    .bind(s.name.as_str())
+                    .bind(s.count)
+                    .bind(s.last)
+                    .bind(s.last_step)
+                    .bind(s.min)
+                    .bind(s.max);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        self.update_rollups(tx, trial_id, &fresh).await?;
+        Ok(fresh.len())
+    }
+
+    /// SQLite's group commit. SQLite has one writer, so concurrent reports queue here anyway;
+    /// rather than each paying for a transaction of its own (its commit rewrites the same index,
+    /// summary and rollup pages into the WAL), the report that gets the writer's turn stores
+    /// every report queued by then in one transaction and answers them all. A failed
+    /// transaction fails every report in it; the SDK retries them, and a retry is idempotent.
+    async fn add_metrics_grouped(&self, trial_id: i64, points: &[MetricRow]) -> StoreResult<usize> {
+        let (done, mut answer) = tokio::sync::oneshot::channel();
+        self.pending_metrics.lock().unwrap().push(PendingMetrics { trial_id, points: points.to_vec(), done });
+        let writing = self.writing().await;
+        // An earlier writer may have stored this report along with its own.
+        if let Ok(result) = answer.try_recv() {
+            return result;
+        }
+        let batch = std::mem::take(&mut *self.pending_metrics.lock().unwrap());
+        let stored = async {
+            let mut tx = self.pool.begin().await?;
+            let mut counts = Vec::with_capacity(batch.len());
+            for p in &batch {
+                counts.push(self.insert_metrics(&mut tx, p.trial_id, &p.points).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(counts)
+        }
+        .await;
+        drop(writing);
+        match stored {
+            Ok(counts) => {
+                for (p, n) in batch.into_iter().zip(counts) {
+                    let _ = p.done.send(Ok(n));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for p in batch {
+                    let _ = p.done.send(Err(StoreError::Database(sqlx::Error::Protocol(format!("storing a group of metric reports: {message}")))));
+                }
+            }
+        }
+        answer.await.unwrap_or_else(|_| Err(StoreError::Database(sqlx::Error::Protocol("the metric writer went away".into()))))
     }
 
     async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -807,98 +947,16 @@ impl Store for SqlStore {
     }
 
     async fn add_metrics(&self, trial_id: i64, points: &[MetricRow]) -> StoreResult<usize> {
-        let _writing = self.writing().await;
         if points.is_empty() {
             return Ok(0);
         }
+        if self.write_lock.is_some() {
+            return self.add_metrics_grouped(trial_id, points).await;
+        }
         let mut tx = self.pool.begin().await?;
-        // Summaries must count only the rows that were new. Usually every row is (a fresh
-        // report): the plain insert says so by its row count. When a retried report collides,
-        // that chunk is rolled back to its savepoint and inserted again with RETURNING, which
-        // names exactly the rows that went in.
-        let mut fresh: Vec<(Cow<'_, str>, Cow<'_, str>, i64, f64)> = Vec::with_capacity(points.len());
-        for chunk in points.chunks(METRIC_ROWS_PER_STATEMENT) {
-            let values = placeholders(self.dialect, chunk.len(), 6);
-            let bind_all = |sql: String| {
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for p in chunk {
-                    q = q.bind(trial_id).bind(p.group.as_str()).bind(p.name.as_str()).bind(p.step).bind(p.value).bind(p.ts_ms);
-                }
-                q
-            };
-            let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-            let inserted = bind_all(format!(
-                "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING"
-            ))
-            .execute(&mut *savepoint)
-            .await?
-            .rows_affected();
-            if inserted as usize == chunk.len() {
-                savepoint.commit().await?;
-                fresh.extend(chunk.iter().map(|p| (Cow::Borrowed(p.group.as_str()), Cow::Borrowed(p.name.as_str()), p.step, p.value)));
-            } else {
-                savepoint.rollback().await?;
-                let rows = bind_all(format!(
-                    "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING RETURNING grp, name, step, value"
-                ))
-                .fetch_all(&mut *tx)
-                .await?;
-                for row in rows {
-                    fresh.push((Cow::Owned(row.try_get(0)?), Cow::Owned(row.try_get(1)?), row.try_get(2)?, row.try_get(3)?));
-                }
-            }
-        }
-        // Fold the new points into one summary delta per metric.
-        let mut deltas: std::collections::BTreeMap<(&str, &str), MetricSummaryRow> = Default::default();
-        for (grp, name, step, value) in &fresh {
-            let s = deltas.entry((grp.as_ref(), name.as_ref())).or_insert_with(|| MetricSummaryRow {
-                trial_id,
-                group: grp.to_string(),
-                name: name.to_string(),
-                count: 0,
-                last: *value,
-                last_step: *step,
-                min: *value,
-                max: *value,
-            });
-            s.count += 1;
-            s.min = s.min.min(*value);
-            s.max = s.max.max(*value);
-            if *step >= s.last_step {
-                s.last_step = *step;
-                s.last = *value;
-            }
-        }
-        let deltas: Vec<MetricSummaryRow> = deltas.into_values().collect();
-        let (least, greatest) = (self.dialect.least(), self.dialect.greatest());
-        for chunk in deltas.chunks(UPSERT_ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO metric_summaries (trial_id, grp, name, count, last, last_step, min, max) VALUES {}
-                 ON CONFLICT (trial_id, grp, name) DO UPDATE SET
-                    count = metric_summaries.count + excluded.count,
-                    last = CASE WHEN excluded.last_step >= metric_summaries.last_step THEN excluded.last ELSE metric_summaries.last END,
-                    last_step = {greatest}(metric_summaries.last_step, excluded.last_step),
-                    min = {least}(metric_summaries.min, excluded.min),
-                    max = {greatest}(metric_summaries.max, excluded.max)",
-                placeholders(self.dialect, chunk.len(), 8)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for s in chunk {
-                q = q
-                    .bind(trial_id)
-                    .bind(s.group.as_str())
-                    .bind(s.name.as_str())
-                    .bind(s.count)
-                    .bind(s.last)
-                    .bind(s.last_step)
-                    .bind(s.min)
-                    .bind(s.max);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        self.update_rollups(&mut tx, trial_id, &fresh).await?;
+        let stored = self.insert_metrics(&mut tx, trial_id, points).await?;
         tx.commit().await?;
-        Ok(fresh.len())
+        Ok(stored)
     }
 
     async fn metric_summaries(&self, trial_id: i64) -> StoreResult<Vec<MetricSummaryRow>> {

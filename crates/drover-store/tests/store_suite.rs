@@ -57,6 +57,7 @@ suite!(
     logs_page_in_order,
     checkpoints_register_once,
     checkpoints_scores_pins_and_deletes,
+    concurrent_reports_are_all_stored_once,
     delete_removes_everything,
     reopening_keeps_data,
     params_versions_are_immutable_and_found_every_way,
@@ -262,6 +263,25 @@ mod checks {
         assert!(matches!(store.add_checkpoint(c.clone()).await, Err(StoreError::Conflict(_))));
         assert_eq!(store.get_checkpoint("u-1").await.unwrap(), c);
         assert_eq!(store.list_checkpoints(t).await.unwrap(), vec![c]);
+    }
+
+    /// Many trials reporting at once (SQLite stores them in shared transactions): every report
+    /// gets its own count of new rows, retries store nothing, and summaries add up.
+    pub async fn concurrent_reports_are_all_stored_once(store: &dyn Store) {
+        let exp = store.create_experiment(experiment("conc")).await.unwrap();
+        let mut trials = Vec::new();
+        for r in 0..6 {
+            trials.push(trial(store, exp, r).await);
+        }
+        let batch = |from: i64| -> Vec<MetricRow> { (from..from + 500).map(|s| point(MetricGroup::Training, "loss", s, s as f64)).collect() };
+        let reports = trials.iter().flat_map(|&t| [(t, batch(0)), (t, batch(500)), (t, batch(250))]);
+        let counts = futures_util::future::join_all(reports.map(|(t, points)| async move { (t, store.add_metrics(t, &points).await.unwrap()) })).await;
+        for &t in &trials {
+            let stored: usize = counts.iter().filter(|(x, _)| *x == t).map(|(_, n)| n).sum();
+            assert_eq!(stored, 1000, "trial {t}: 1,500 reported, 1,000 distinct steps");
+            let s = &store.metric_summaries(t).await.unwrap()[0];
+            assert_eq!((s.count, s.last_step, s.min, s.max), (1000, 999, 0.0, 999.0), "trial {t}");
+        }
     }
 
     pub async fn checkpoints_scores_pins_and_deletes(store: &dyn Store) {
