@@ -204,8 +204,9 @@ const ROLLUP_WIDTHS: [i64; 3] = [1 << 10, 1 << 16, 1 << 22];
 /// Series up to this long are read raw; longer ones from the rollups.
 const RAW_SERIES_LIMIT: i64 = 20_000;
 
-/// Rows per multi-row INSERT: 30,000 bound parameters at 6 per row, under SQLite's 32,766.
-const METRIC_ROWS_PER_STATEMENT: usize = 5000;
+/// Rows per multi-row INSERT: 30,003 bound parameters at 3 per row, under SQLite's 32,766
+/// (PostgreSQL allows 65,535).
+const METRIC_ROWS_PER_STATEMENT: usize = 10_000;
 /// Rows per summary (8 parameters) or rollup (10 parameters) upsert: 10,000 parameters at most.
 const UPSERT_ROWS_PER_STATEMENT: usize = 1000;
 const LOG_ROWS_PER_STATEMENT: usize = 1000;
@@ -285,34 +286,43 @@ impl SqlStore {
         // that chunk is rolled back to its savepoint and inserted again with RETURNING, which
         // names exactly the rows that went in.
         let mut fresh: Vec<(Cow<'_, str>, Cow<'_, str>, i64, f64)> = Vec::with_capacity(points.len());
-        for chunk in points.chunks(METRIC_ROWS_PER_STATEMENT) {
-            let values = placeholders(self.dialect, chunk.len(), 6);
-            let bind_all = |sql: String| {
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for p in chunk {
-                    q = q.bind(trial_id).bind(p.group.as_str()).bind(p.name.as_str()).bind(p.step).bind(p.value).bind(p.ts_ms);
-                }
-                q
-            };
-            let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
-            let inserted = bind_all(format!(
-                "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING"
-            ))
-            .execute(&mut *savepoint)
-            .await?
-            .rows_affected();
-            if inserted as usize == chunk.len() {
-                savepoint.commit().await?;
-                fresh.extend(chunk.iter().map(|p| (Cow::Borrowed(p.group.as_str()), Cow::Borrowed(p.name.as_str()), p.step, p.value)));
-            } else {
-                savepoint.rollback().await?;
-                let rows = bind_all(format!(
-                    "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) VALUES {values} ON CONFLICT DO NOTHING RETURNING grp, name, step, value"
-                ))
-                .fetch_all(&mut **tx)
-                .await?;
-                for row in rows {
-                    fresh.push((Cow::Owned(row.try_get(0)?), Cow::Owned(row.try_get(1)?), row.try_get(2)?, row.try_get(3)?));
+        // One statement per metric: trial, group and name are bound once, and each row binds
+        // only its step, value and time, half the parameters and no string per row.
+        let mut by_metric: std::collections::BTreeMap<(&str, &str), Vec<&MetricRow>> = Default::default();
+        for p in points {
+            by_metric.entry((p.group.as_str(), p.name.as_str())).or_default().push(p);
+        }
+        for ((group, name), rows) in by_metric {
+            for chunk in rows.chunks(METRIC_ROWS_PER_STATEMENT) {
+                let values = placeholders_from(self.dialect, 4, chunk.len(), 3);
+                let (select, from) = match self.dialect {
+                    Dialect::Sqlite => ("?, ?, ?, column1, column2, column3", format!("(VALUES {values})")),
+                    Dialect::Postgres => ("$1, $2, $3, v.step, v.value, v.ts_ms", format!("(VALUES {values}) AS v(step, value, ts_ms)")),
+                };
+                // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT as a join clause.
+                let insert = format!("INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) SELECT {select} FROM {from} WHERE true ON CONFLICT DO NOTHING");
+                let bind_all = |sql: String| {
+                    let mut q = sqlx::query(AssertSqlSafe(sql)).bind(trial_id).bind(group).bind(name);
+                    for p in chunk {
+                        q = q.bind(p.step).bind(p.value).bind(p.ts_ms);
+                    }
+                    q
+                };
+                // Summaries must count only the rows that were new. Usually every row is (a
+                // fresh report): the plain insert says so by its row count. When a retried
+                // report collides, that chunk is rolled back to its savepoint and inserted again
+                // with RETURNING, which names exactly the rows that went in.
+                let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+                let inserted = bind_all(insert.clone()).execute(&mut *savepoint).await?.rows_affected();
+                if inserted as usize == chunk.len() {
+                    savepoint.commit().await?;
+                    fresh.extend(chunk.iter().map(|p| (Cow::Borrowed(group), Cow::Borrowed(name), p.step, p.value)));
+                } else {
+                    savepoint.rollback().await?;
+                    let rows = bind_all(format!("{insert} RETURNING step, value")).fetch_all(&mut **tx).await?;
+                    for row in rows {
+                        fresh.push((Cow::Borrowed(group), Cow::Borrowed(name), row.try_get(0)?, row.try_get(1)?));
+                    }
                 }
             }
         }
@@ -658,6 +668,11 @@ fn checkpoint_from(row: &AnyRow) -> StoreResult<CheckpointRow> {
 /// parameters. SQLite finds a named parameter such as `$7` by a linear search, which sqlx does
 /// for every bind: thousands of `$n` in one statement cost O(n^2), plain `?` costs O(n).
 fn placeholders(dialect: Dialect, rows: usize, cols: usize) -> String {
+    placeholders_from(dialect, 1, rows, cols)
+}
+
+/// As [`placeholders`], numbering PostgreSQL's parameters from `first`.
+fn placeholders_from(dialect: Dialect, first: usize, rows: usize, cols: usize) -> String {
     let mut s = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         if r > 0 {
@@ -672,7 +687,7 @@ fn placeholders(dialect: Dialect, rows: usize, cols: usize) -> String {
                 Dialect::Sqlite => s.push('?'),
                 Dialect::Postgres => {
                     s.push('$');
-                    s.push_str(&(r * cols + c + 1).to_string());
+                    s.push_str(&(r * cols + c + first).to_string());
                 }
             }
         }
