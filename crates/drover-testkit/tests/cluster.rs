@@ -202,6 +202,24 @@ async fn tokens_are_scoped_to_their_trial_and_nan_is_refused() {
     let (_, body) = cluster.post_raw(&format!("/api/v1/trials/{}/metrics", mine.trial_id), &report, Some(&mine.token)).await;
     assert_eq!(body["stored"], 0, "a retried report is stored once");
 
+    // Checkpoints that would reach outside their directory, or are not named by a UUID, are
+    // refused and nothing is registered.
+    let uuid = "3f1c2a8e-5b7d-4e2a-9c1f-0a1b2c3d4e5f";
+    let url = format!("/api/v1/trials/{}/checkpoints", mine.trial_id);
+    for (body, field) in [
+        (json!({"uuid": uuid, "step": 1, "resources": {"../../etc/passwd": 1}}), "resources.../../etc/passwd"),
+        (json!({"uuid": uuid, "step": 1, "resources": {"/abs": 1}}), "resources./abs"),
+        (json!({"uuid": uuid, "step": 1, "resources": {"a//b": 1}}), "resources.a//b"),
+        (json!({"uuid": "pbt", "step": 1, "resources": {"w": 1}}), "uuid"),
+        (json!({"uuid": "../x", "step": 1, "resources": {"w": 1}}), "uuid"),
+    ] {
+        let (status, answer) = cluster.post_raw(&url, &body, Some(&mine.token)).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["location"]["field"], field, "{answer}");
+    }
+    let listed: Vec<Checkpoint> = cluster.get(&format!("/api/v1/checkpoints?trial_id={}", mine.trial_id)).await;
+    assert!(listed.is_empty());
+
     let (status, _) = cluster.post_raw(&format!("/api/v1/experiments/{}/kill", e.id), &json!({}), None).await;
     assert_eq!(status, 200);
     let e = cluster.wait_terminal(e.id, Duration::from_secs(20)).await;
@@ -523,6 +541,11 @@ async fn unusable_checkpoint_storage_is_refused_at_creation() {
         ("checkpoint_storage: {type: s3}\n".to_string(), "needs `bucket`"),
         ("checkpoint_storage: {type: directory, path: /proc/drover-cannot-write-here}\n".to_string(), "checkpoint_storage"),
     ];
+    // Nothing listens on port 9: an endpoint that cannot be reached fails at creation too.
+    cases.push((
+        "checkpoint_storage: {type: s3, bucket: b-unreachable, endpoint_url: \"http://127.0.0.1:9\", access_key_id: a, secret_access_key: b}\n".to_string(),
+        "cannot be written",
+    ));
     if let Ok(endpoint) = std::env::var("DROVER_TEST_S3_ENDPOINT") {
         cases.push((
             format!("checkpoint_storage: {{type: s3, bucket: drover-no-such-bucket, endpoint_url: \"{endpoint}\", access_key_id: a, secret_access_key: b}}\n"),
