@@ -4,6 +4,7 @@
 mod client;
 mod embedded;
 mod output;
+mod params;
 mod run;
 
 use std::path::PathBuf;
@@ -139,6 +140,9 @@ enum Command {
     /// Inspect trials.
     #[command(subcommand, alias = "t")]
     Trial(TrialCommand),
+    /// The parameter database: names, versions, tags, push, get, queries.
+    #[command(subcommand)]
+    Param(params::ParamCommand),
     /// Checkpoints: list, download, delete, pin, and garbage collection.
     #[command(subcommand, alias = "c")]
     Checkpoint(CheckpointCommand),
@@ -387,6 +391,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Experiment(command) => return experiment(&client, command, output).await,
         Command::Trial(command) => trial(&client, command, output).await?,
         Command::Checkpoint(command) => checkpoint(&client, command, output).await?,
+        Command::Param(command) => params::run(&cli.master, command, output).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -534,4 +539,14 @@ async fn trial(client: &Client, command: TrialCommand, output: Output) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of every command (unique short options and the like), which it would
+    /// otherwise only make when a user runs the broken command.
+    #[test]
+    fn the_command_line_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

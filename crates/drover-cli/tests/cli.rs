@@ -235,22 +235,8 @@ fn checkpoint_commands_list_download_pin_and_delete() {
         "name: ck\nentrypoint: python3 trial.py\nsearcher: {name: single, metric: loss}\ncheckpoint_storage: {save_trial_latest: 2}\n";
     std::fs::write(ctx.join("ck.yaml"), config).unwrap();
     let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let master = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(DROVER)
-        .args(["up", "--port", &port.to_string(), "--cpu-slots", "1"])
-        .env("DROVER_DATA_DIR", &data)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let run = |args: &[&str]| -> Output {
-        Command::new(DROVER).args(args).env("DROVER_MASTER", &master).env("DROVER_DATA_DIR", &data).output().unwrap()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !run(&["agent", "list", "--output", "json"]).status.success() {
-        assert!(std::time::Instant::now() < deadline, "drover up never answered");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let up = Up::start(&data);
+    let run = |args: &[&str]| up.run(args);
     let out = run(&["experiment", "create", ctx.join("ck.yaml").to_str().unwrap(), "--follow", "--output", "json"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let list = |extra: &[&str]| -> serde_json::Value {
@@ -289,6 +275,89 @@ fn checkpoint_commands_list_download_pin_and_delete() {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["deleted"].as_array().unwrap().len(), 1);
     assert!(list(&["--experiment", "1"]).as_array().unwrap().is_empty());
-    let _ = Command::new("kill").arg(up.id().to_string()).status();
-    let _ = up.wait();
+}
+
+/// `drover up` on a free port, waited for; killed when dropped.
+struct Up {
+    child: std::process::Child,
+    master: String,
+}
+
+impl Up {
+    fn start(data: &Path) -> Up {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(DROVER)
+            .args(["up", "--port", &port.to_string(), "--cpu-slots", "1"])
+            .env("DROVER_DATA_DIR", data)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = Up { child, master: format!("http://127.0.0.1:{port}") };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !up.run(&["agent", "list", "--output", "json"]).status.success() {
+            assert!(std::time::Instant::now() < deadline, "drover up never answered");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        up
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(DROVER).args(args).env("DROVER_MASTER", &self.master).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn param_commands_push_query_tag_get_and_collect() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("data"));
+    for (v, rate) in [(1, 0.4), (2, 0.9), (3, 0.7)] {
+        let file = dir.path().join(format!("w{v}.bin"));
+        std::fs::write(&file, vec![v as u8; 1000 * v]).unwrap();
+        let meta = format!("{{\"win_rate\": {rate}}}");
+        let pushed = up.json(&["param", "push", "policy", &v.to_string(), file.to_str().unwrap(), "--metadata", &meta, "--output", "json"]);
+        assert_eq!(pushed[0]["version"], v);
+    }
+    let names = up.json(&["param", "list", "--output", "json"]);
+    assert_eq!(names[0]["name"], "policy");
+    assert_eq!(names[0]["versions"], 3);
+    let best = up.json(&["param", "versions", "policy", "--filter", "win_rate > 0.5", "--sort", "-win_rate", "--output", "json"]);
+    let picked: Vec<i64> = best.as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect();
+    assert_eq!(picked, vec![2, 3]);
+    let bad = up.run(&["param", "versions", "policy", "--filter", "win_rate >"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("column"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    assert!(up.run(&["param", "tag", "policy", "champion", "1"]).status.success());
+    let out = dir.path().join("got.bin");
+    let got = up.json(&["param", "get", "policy", "tag:champion", out.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(got["version"], 1);
+    assert_eq!(std::fs::read(&out).unwrap(), vec![1u8; 1000]);
+    let got = up.json(&["param", "get", "policy", "latest", out.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(got["version"], 3);
+
+    let gc = up.json(&["param", "gc", "policy", "--keep-untagged", "1", "--output", "json"]);
+    assert_eq!(gc["deleted"], serde_json::json!([2]), "the tagged version and the newest stay: {gc}");
+    let left: Vec<i64> = up
+        .json(&["param", "versions", "policy", "--output", "json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(left, vec![1, 3]);
+    let missing = up.run(&["param", "get", "policy", "2", out.to_str().unwrap()]);
+    assert!(!missing.status.success());
 }
