@@ -237,6 +237,9 @@ impl Master {
         for row in self.store.list_experiments().await? {
             let state: ExperimentState = row.state.parse().map_err(Error::internal)?;
             if state.is_terminal() {
+                // Its checkpoint policy is applied again: a no-op when it already ran, and the
+                // collection a crash interrupted (or never started) when it did not.
+                let _ = self.gc_queue.send(row.id);
                 continue;
             }
             let config: ExperimentConfig =

@@ -563,3 +563,48 @@ async fn unusable_checkpoint_storage_is_refused_at_creation() {
     assert!(experiments.is_empty(), "nothing was created");
     cluster.stop().await;
 }
+
+/// The checkpoint policy of an experiment that ended is applied when a master starts: a
+/// collection that a crash interrupted, or a policy written while the master was down, is not
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_master_applies_the_policies_of_ended_experiments() {
+    let cluster = Cluster::start(1).await;
+    let yaml = config(
+        "{name: single, metric: validation_loss}",
+        "  x: 0.5\n  n_metrics: 3\n  curve: true\n  checkpoint: true",
+        "checkpoint_storage: {save_trial_latest: 3}\n",
+    );
+    let e = cluster.create(&yaml).await;
+    let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
+    assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
+    assert_eq!(checkpoints_of(&cluster, e.id).await.len(), 3, "the policy keeps all three");
+
+    // The master stops; meanwhile the stored policy changes to keep one (as if a collection
+    // had never run); the next master applies it on start.
+    let Cluster { master, agent_stop, agent, http, dir } = cluster;
+    let addr = master.addr;
+    master.shutdown().await.unwrap();
+    let db = format!("sqlite://{}", dir.path().join("drover.db").display());
+    {
+        use drover_store::Store;
+        let store = drover_store::SqlStore::open(&db).await.unwrap();
+        let row = store.get_experiment(e.id).await.unwrap();
+        let mut config: Value = serde_json::from_str(&row.config_json).unwrap();
+        config["checkpoint_storage"]["save_trial_latest"] = json!(1);
+        store.update_experiment_config(e.id, &config.to_string()).await.unwrap();
+    }
+    let master = common::start_master(dir.path(), &addr.to_string()).await;
+    let cluster = Cluster { master, agent_stop, agent, http, dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = checkpoints_of(&cluster, e.id).await;
+        if left.len() == 1 {
+            assert_eq!(left[0].step, 3, "the latest is the one kept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted master never applied the policy: {} left", left.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop().await;
+}
