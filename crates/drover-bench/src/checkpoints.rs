@@ -121,7 +121,9 @@ pub async fn run(mb: u64, runs: usize) -> Result<()> {
         let floor = cp(&work.path().join("src"), &dst)?;
         std::fs::remove_dir_all(&dst)?;
         eprintln!("local run {run}: save {save:.3} s, restore {restore:.3} s, cp {floor:.3} s");
-        (saves.push(save), restores.push(restore), cps.push(floor));
+        saves.push(save);
+        restores.push(restore);
+        cps.push(floor);
     }
     let floor = median(&cps);
     for (op, times) in [("save", &saves), ("restore", &restores)] {
@@ -147,7 +149,8 @@ pub async fn run(mb: u64, runs: usize) -> Result<()> {
         let floor = started.elapsed().as_secs_f64();
         std::fs::remove_dir_all(&dst)?;
         eprintln!("local fsync run {run}: save {save:.3} s, cp + sync {floor:.3} s");
-        (saves.push(save), floors.push(floor));
+        saves.push(save);
+        floors.push(floor);
     }
     let (t, f) = (median(&saves), median(&floors));
     table.row(vec![
@@ -175,7 +178,10 @@ pub async fn run(mb: u64, runs: usize) -> Result<()> {
                 let (put, get) = s3_floor(&endpoint, &bucket, &work.path().join("src"), &dst).await?;
                 std::fs::remove_dir_all(&dst)?;
                 eprintln!("s3 run {run}: save {save:.3} s, restore {restore:.3} s, PUT loop {put:.3} s, GET loop {get:.3} s");
-                (saves.push(save), restores.push(restore), puts.push(put), gets.push(get));
+                saves.push(save);
+                restores.push(restore);
+                puts.push(put);
+                gets.push(get);
             }
             for (op, times, floor, name) in [("save", &saves, &puts, "PUT per file"), ("restore", &restores, &gets, "GET per file")] {
                 let (t, f) = (median(times), median(floor));

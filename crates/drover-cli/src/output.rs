@@ -165,16 +165,6 @@ pub fn agents(list: &[Agent], output: Output) {
     println!("{t}");
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_dates_and_hparams() {
-        assert_eq!(super::time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::time(1_795_300_000_000), "2026-11-21 22:26:40");
-        let h = serde_json::json!({"lr": 0.00012345, "hidden": 64, "opt": "adam", "d": 0.5});
-        assert_eq!(super::hparams(&h), "d=0.5 hidden=64 lr=1.234e-4 opt=adam");
-    }
-}
 
 /// The family tree of a PBT experiment: each member under the member it started from, the weak
 /// that copied a stronger one marked with what they changed, and the best member's line starred.
@@ -350,4 +340,15 @@ fn bytes(n: i64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_dates_and_hparams() {
+        assert_eq!(super::time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::time(1_795_300_000_000), "2026-11-21 22:26:40");
+        let h = serde_json::json!({"lr": 0.00012345, "hidden": 64, "opt": "adam", "d": 0.5});
+        assert_eq!(super::hparams(&h), "d=0.5 hidden=64 lr=1.234e-4 opt=adam");
+    }
 }

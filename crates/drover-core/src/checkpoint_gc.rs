@@ -87,7 +87,8 @@ mod tests {
     #[test]
     fn every_policy_combination_keeps_exactly_what_it_names() {
         // (experiment best, trial best, trial latest) -> kept, smaller is better.
-        let cases: [((u32, u32, u32), &[&str]); 10] = [
+        type Case<'a> = ((u32, u32, u32), &'a [&'a str]);
+        let cases: [Case; 10] = [
             ((0, 0, 0), &[]),
             ((0, 0, 1), &["a3", "b2"]),
             ((0, 0, 2), &["a2", "a3", "b1", "b2"]),

@@ -111,7 +111,8 @@ pub enum StorageError {
         key: String,
         storage: String,
         #[source]
-        source: object_store::Error,
+        // Boxed: object_store's error is large, and every Result here would carry its size.
+        source: Box<object_store::Error>,
     },
     #[error("the data for {key} stopped: {source}")]
     Aborted {
@@ -240,7 +241,7 @@ impl Storage {
         let (key, storage) = (key.to_string(), self.spec.describe());
         move |source| match source {
             object_store::Error::NotFound { .. } => StorageError::NotFound(key),
-            source => StorageError::Store { action, key, storage, source },
+            source => StorageError::Store { action, key, storage, source: Box::new(source) },
         }
     }
 
@@ -487,7 +488,7 @@ impl Storage {
         let stream = got.into_stream().map(move |chunk| {
             chunk.map_err(|source| match source {
                 object_store::Error::NotFound { .. } => StorageError::NotFound(key.clone()),
-                source => StorageError::Store { action: "reading", key: key.clone(), storage: storage.clone(), source },
+                source => StorageError::Store { action: "reading", key: key.clone(), storage: storage.clone(), source: Box::new(source) },
             })
         });
         Ok((size, stream.boxed()))
