@@ -30,6 +30,8 @@ const CHUNK: usize = 8 << 20;
 const READ_CHUNK: usize = 1 << 20;
 /// Chunks in flight during a multipart upload.
 const IN_FLIGHT: usize = 4;
+/// Files uploaded at once to an object store by `put_dir`.
+const FILES_IN_FLIGHT: usize = 3;
 
 /// How to reach a storage; also what the master hands a trial (as JSON) so that its SDK can
 /// save and restore checkpoints itself.
@@ -553,12 +555,21 @@ impl Storage {
     pub async fn put_dir(&self, prefix: &str, dir: &Path) -> Result<Vec<(String, u64)>> {
         let mut files = Vec::new();
         walk(dir, dir, &mut files)?;
-        let mut out = Vec::with_capacity(files.len());
-        for rel in files {
-            let key = format!("{}/{rel}", prefix.trim_end_matches('/'));
-            let size = self.put_file(&key, &dir.join(&rel)).await?;
-            out.push((rel, size));
-        }
+        // An object store answers each request after a round trip: a few files in flight keep
+        // the connection busy. A file system copy is bound by the disk; one at a time.
+        let in_flight = if self.root.is_some() { 1 } else { FILES_IN_FLIGHT };
+        let base = prefix.trim_end_matches('/');
+        let mut out: Vec<(String, u64)> = futures_util::stream::iter(files)
+            .map(|rel| async move {
+                let size = self.put_file(&format!("{base}/{rel}"), &dir.join(&rel)).await?;
+                Ok::<_, StorageError>((rel, size))
+            })
+            .buffer_unordered(in_flight)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        out.sort();
         Ok(out)
     }
 
