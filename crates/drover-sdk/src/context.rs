@@ -110,7 +110,8 @@ impl Context {
             checkpoint_storage: match optional(env::CHECKPOINT_STORAGE) {
                 Some(text) => Some(serde_json::from_str(&text).map_err(|e| SdkError::BadEnv {
                     var: env::CHECKPOINT_STORAGE,
-                    value: text.clone(),
+                    // It may hold a secret key: not repeated in a message that ends up in logs.
+                    value: format!("<{} bytes of JSON>", text.len()),
                     reason: e.to_string(),
                 })?),
                 None => None,
