@@ -135,13 +135,24 @@ async fn experiment_view(master: &Master, row: ExperimentRow, counts: &[(i64, St
         metric: config.searcher.metric.clone(),
         smaller_is_better: config.searcher.smaller_is_better,
         planned_trials: config.planned_trials().map(|n| n as i64),
-        config: serde_json::to_value(&config).unwrap_or(Value::Null),
+        config: redacted(&config),
         created_at: row.created_at,
         ended_at: row.ended_at,
         trial_counts,
         best_trial_id: best.map(|b| b.0),
         best_metric: best.map(|b| b.1),
     })
+}
+
+/// The configuration as clients may see it: a storage secret given in the file is not shown.
+fn redacted(config: &ExperimentConfig) -> Value {
+    let mut value = serde_json::to_value(config).unwrap_or(Value::Null);
+    if let Some(secret) = value.pointer_mut("/checkpoint_storage/secret_access_key")
+        && !secret.is_null()
+    {
+        *secret = Value::String("<redacted>".into());
+    }
+    value
 }
 
 fn trial_view(

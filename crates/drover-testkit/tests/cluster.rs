@@ -345,6 +345,9 @@ async fn pbt_end_to_end(storage: &str) {
     );
     let e = cluster.create(&yaml).await;
     assert_eq!(e.planned_trials, Some(12));
+    if !storage.is_empty() {
+        assert_eq!(e.config["checkpoint_storage"]["secret_access_key"], "<redacted>", "a storage secret is not served back");
+    }
     let e = cluster.wait_terminal(e.id, Duration::from_secs(120)).await;
     assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
 
