@@ -38,7 +38,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::SdkError;
-use crate::client::error_message;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// For calls that do not wait on purpose.
@@ -167,13 +166,6 @@ impl Advisor {
     }
 
     fn call<T: DeserializeOwned>(&self, what: &'static str, url: &str, request: RequestBuilder) -> Result<T, SdkError> {
-        let transport = |source| SdkError::Transport { what, url: url.to_string(), source };
-        let response = request.send().map_err(transport)?;
-        let status = response.status();
-        let body = response.bytes().map_err(transport)?;
-        if !status.is_success() {
-            return Err(SdkError::Api { what, status: status.as_u16(), message: error_message(&body) });
-        }
-        serde_json::from_slice(&body).map_err(|err| SdkError::BadResponse { what, message: err.to_string() })
+        crate::client::call_json(what, url, request)
     }
 }

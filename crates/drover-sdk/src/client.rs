@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use drover_api::rest::{
-    ApiError, Checkpoint, RegisterCheckpointRequest, ReportMetricsRequest, ReportMetricsResponse, TrialSignals,
-};
+use drover_api::rest::{ApiError, Checkpoint, RegisterCheckpointRequest, ReportMetricsRequest, ReportMetricsResponse, TrialSignals};
 use reqwest::blocking::{Client, RequestBuilder};
 use serde::de::DeserializeOwned;
 
@@ -37,11 +35,7 @@ impl MasterClient {
             // downloads in the trial's environment would otherwise capture these requests.
             .no_proxy()
             .build()
-            .map_err(|source| SdkError::Transport {
-                what: "creating the HTTP client",
-                url: base.to_string(),
-                source,
-            })?;
+            .map_err(|source| SdkError::Transport { what: "creating the HTTP client", url: base.to_string(), source })?;
         Ok(MasterClient { http, base: base.trim_end_matches('/').to_string(), token: token.to_string(), trial_id })
     }
 
@@ -71,16 +65,22 @@ impl MasterClient {
     }
 
     fn call<T: DeserializeOwned>(&self, what: &'static str, url: &str, request: RequestBuilder) -> Result<T, SdkError> {
-        let transport = |source| SdkError::Transport { what, url: url.to_string(), source };
-        let response = request.bearer_auth(&self.token).send().map_err(transport)?;
-        let status = response.status();
-        // A body cut off by a dropped connection is a transport problem and worth a retry.
-        let body = response.bytes().map_err(transport)?;
-        if !status.is_success() {
-            return Err(SdkError::Api { what, status: status.as_u16(), message: error_message(&body) });
-        }
-        serde_json::from_slice(&body).map_err(|err| SdkError::BadResponse { what, message: err.to_string() })
+        call_json(what, url, request.bearer_auth(&self.token))
     }
+}
+
+/// Sends `request` and decodes a JSON answer; an error status becomes `SdkError::Api` with the
+/// master's message. Every client of the SDK (trial, advisor, parameters) goes through here.
+pub(crate) fn call_json<T: DeserializeOwned>(what: &'static str, url: &str, request: RequestBuilder) -> Result<T, SdkError> {
+    let transport = |source| SdkError::Transport { what, url: url.to_string(), source };
+    let response = request.send().map_err(transport)?;
+    let status = response.status();
+    // A body cut off by a dropped connection is a transport problem and worth a retry.
+    let body = response.bytes().map_err(transport)?;
+    if !status.is_success() {
+        return Err(SdkError::Api { what, status: status.as_u16(), message: error_message(&body) });
+    }
+    serde_json::from_slice(&body).map_err(|err| SdkError::BadResponse { what, message: err.to_string() })
 }
 
 /// The master's `ApiError` message with its location, or the start of the raw body when the
@@ -111,8 +111,7 @@ mod tests {
 
     #[test]
     fn error_messages_come_from_api_errors_or_the_raw_body() {
-        let api =
-            br#"{"error":"bad_request","message":"metric loss is NaN","location":{"field":"points[0].metrics.loss"}}"#;
+        let api = br#"{"error":"bad_request","message":"metric loss is NaN","location":{"field":"points[0].metrics.loss"}}"#;
         assert_eq!(error_message(api), "metric loss is NaN (at points[0].metrics.loss)");
         let api = br#"{"error":"unauthorized","message":"bad token"}"#;
         assert_eq!(error_message(api), "bad token");

@@ -488,14 +488,7 @@ impl ParamClient {
     }
 
     fn call<T: DeserializeOwned>(&self, what: &'static str, url: &str, request: RequestBuilder) -> Result<T, SdkError> {
-        let transport = |source| SdkError::Transport { what, url: url.to_string(), source };
-        let response = request.send().map_err(transport)?;
-        let status = response.status();
-        let body = response.bytes().map_err(transport)?;
-        if !status.is_success() {
-            return Err(SdkError::Api { what, status: status.as_u16(), message: error_message(&body) });
-        }
-        serde_json::from_slice(&body).map_err(|err| SdkError::BadResponse { what, message: err.to_string() })
+        crate::client::call_json(what, url, request)
     }
 }
 
