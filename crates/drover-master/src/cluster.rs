@@ -105,9 +105,15 @@ pub struct Master {
     /// Experiments that just ended, for the checkpoint collector (`lib.rs` runs it).
     gc_queue: mpsc::UnboundedSender<i64>,
     pub(crate) gc_receiver: std::sync::Mutex<Option<mpsc::UnboundedReceiver<i64>>>,
+    /// PBT lineage files bound for an object store, written in order by a task of `lib.rs`.
+    lineage_writes: mpsc::UnboundedSender<LineageWrite>,
+    pub(crate) lineage_receiver: std::sync::Mutex<Option<mpsc::UnboundedReceiver<LineageWrite>>>,
     /// The parameter database.
     pub params: crate::params::Params,
 }
+
+/// Objects (key, bytes) to put on a storage.
+pub(crate) type LineageWrite = (StorageSpec, Vec<(String, Vec<u8>)>);
 
 #[derive(Default)]
 struct Inner {
@@ -205,6 +211,7 @@ impl Master {
     pub async fn open(config: MasterConfig, store: Arc<dyn Store>) -> Result<Arc<Master>> {
         let (changes, _) = watch::channel(0);
         let (gc_queue, gc_receiver) = mpsc::unbounded_channel();
+        let (lineage_writes, lineage_receiver) = mpsc::unbounded_channel();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let params = crate::params::Params::open(&config, store.clone(), shutdown.clone())?;
         let master = Arc::new(Master {
@@ -218,6 +225,8 @@ impl Master {
             shutdown,
             gc_queue,
             gc_receiver: std::sync::Mutex::new(Some(gc_receiver)),
+            lineage_writes,
+            lineage_receiver: std::sync::Mutex::new(Some(lineage_receiver)),
             params,
         });
         master.recover().await?;
@@ -1109,20 +1118,17 @@ impl Master {
         let written = match &spec {
             StorageSpec::S3 { .. } => {
                 // An object store has no links: a member's folder names its checkpoint's key.
+                // The writes (round trips to the store) happen off the control-plane lock, in
+                // order, on the lineage writer.
                 let prefix = format!("pbt/experiment-{exp_id}");
-                let put_all = async {
-                    let storage = Storage::open(&spec)?;
-                    for (name, bytes) in lineage::tables(&view) {
-                        storage.put_bytes(&format!("{prefix}/{name}"), bytes.into()).await?;
+                let mut objects: Vec<(String, Vec<u8>)> =
+                    lineage::tables(&view).into_iter().map(|(name, bytes)| (format!("{prefix}/{name}"), bytes)).collect();
+                for (folder, _, member) in lineage::member_files(&view) {
+                    if exp.lineage_members.insert(folder.clone()) {
+                        objects.push((format!("{prefix}/{folder}/member.json"), member));
                     }
-                    for (folder, _, member) in lineage::member_files(&view) {
-                        if exp.lineage_members.insert(folder.clone()) {
-                            storage.put_bytes(&format!("{prefix}/{folder}/member.json"), member.into()).await?;
-                        }
-                    }
-                    Ok::<_, drover_storage::StorageError>(())
-                };
-                put_all.await.map_err(|e| e.to_string())
+                }
+                self.lineage_writes.send((spec.clone(), objects)).map_err(|_| "the lineage writer has stopped".to_string())
             }
             _ => {
                 let root = self.checkpoint_dir(&exp.config);

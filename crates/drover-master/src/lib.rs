@@ -103,6 +103,23 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
             }
         })
     });
+    // PBT lineage files on an object store, written in the order they were produced.
+    if let Some(mut writes) = master.lineage_receiver.lock().unwrap().take() {
+        tokio::spawn(async move {
+            while let Some((spec, objects)) = writes.recv().await {
+                let put_all = async {
+                    let storage = drover_storage::Storage::open(&spec)?;
+                    for (key, bytes) in objects {
+                        storage.put_bytes(&key, bytes.into()).await?;
+                    }
+                    Ok::<_, drover_storage::StorageError>(())
+                };
+                if let Err(e) = put_all.await {
+                    tracing::warn!("cannot write the pbt lineage on {}: {e}", spec.describe());
+                }
+            }
+        });
+    }
     let shutdown = master.shutdown.clone();
     // Small request/response pairs (metric batches, agent frames) would otherwise wait out
     // Nagle's algorithm against the peer's delayed ACK: ~40 ms per exchange.

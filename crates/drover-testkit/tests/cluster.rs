@@ -401,6 +401,30 @@ async fn pbt_end_to_end(storage: &str) {
     assert!(exploited >= 2, "the worst member loses its tournament each generation");
 
     if !storage.is_empty() {
+        // The same family tree as objects in the bucket, written off the master's lock.
+        let c = &e.config["checkpoint_storage"];
+        let spec = drover_storage::StorageSpec::S3 {
+            bucket: c["bucket"].as_str().unwrap().into(),
+            prefix: Some("runs".into()),
+            endpoint_url: c["endpoint_url"].as_str().map(Into::into),
+            region: None,
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+        };
+        let bucket = drover_storage::Storage::open(&spec).unwrap();
+        let key = format!("pbt/experiment-{}/members.csv", e.id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = bucket.get_bytes(&key).await.map(|b| String::from_utf8_lossy(&b).lines().count()).unwrap_or(0);
+            if lines == 13 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{key} has {lines} lines");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let member = bucket.get_bytes(&format!("pbt/experiment-{}/g002_w03/member.json", e.id)).await.unwrap();
+        let member: Value = serde_json::from_slice(&member).unwrap();
+        assert_eq!(member["generation"], json!(2));
         cluster.stop().await;
         return;
     }
