@@ -2,6 +2,22 @@
 //! `/api/v1/agents/connect`. The agent decides nothing: it reports what it has and what runs, and
 //! obeys. Every task message carries its allocation id, so a message about a stale allocation
 //! can be recognised and refused.
+//!
+//! An agent proves it belongs to the cluster with the cluster's join secret, sent as
+//! `Authorization: Bearer <secret>` on the websocket upgrade request; without it the master
+//! answers 401 before any frame is exchanged.
+
+/// Most slots one agent may announce.
+pub const MAX_SLOTS: usize = 4096;
+/// Longest agent id, host name, version or slot field (bytes).
+pub const MAX_ID_LEN: usize = 128;
+/// Most allocations an agent may list as running in its hello.
+pub const MAX_RUNNING: usize = 4096;
+/// Largest websocket message either side sends or accepts (bytes). Log batches are cut well
+/// below it.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Environment variable holding the cluster's join secret for `drover agent`.
+pub const JOIN_TOKEN_ENV: &str = "DROVER_JOIN_TOKEN";
 
 use std::collections::BTreeMap;
 
@@ -40,6 +56,11 @@ pub enum AgentMessage {
         version: String,
         slots: Vec<SlotSpec>,
         running: Vec<String>,
+        /// Random, chosen once per agent process. A connection claiming the id of an agent that
+        /// is connected is refused unless it is that same process reconnecting (same
+        /// instance), so no one can take over a live agent's id and its trials.
+        #[serde(default)]
+        instance: String,
     },
     Heartbeat,
     TaskStarted {

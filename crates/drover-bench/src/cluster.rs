@@ -106,6 +106,7 @@ impl Cluster {
         let agent_config = drover_agent::AgentConfig {
             master_url: master.url(),
             agent_id: "bench-agent".into(),
+            join_token: Some(master.master.config.join_token.clone()),
             work_root: dir.path().join("work"),
             slots: drover_agent::discover(&drover_agent::SlotOptions {
                 cpu_slots: Some(slots as u32),

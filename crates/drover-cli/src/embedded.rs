@@ -5,12 +5,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use drover_agent::{AgentConfig, SlotOptions};
+use drover_master::datadir::{self, DataDirLock};
 use drover_master::{MasterConfig, RunningMaster};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub struct Embedded {
     pub master: RunningMaster,
+    /// The data directory is this process's while it runs.
+    _lock: DataDirLock,
     agent_shutdown: CancellationToken,
     agent: tokio::task::JoinHandle<()>,
 }
@@ -32,12 +35,17 @@ pub fn sqlite_url(data_dir: &Path) -> String {
 
 impl Embedded {
     pub async fn start(opts: EmbeddedOptions) -> Result<Embedded> {
-        std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("cannot create the data directory {}", opts.data_dir.display()))?;
+        // Two masters on one directory would take each other's trials for their own.
+        let mut lock = DataDirLock::acquire(&opts.data_dir)?;
         let db = opts.db.unwrap_or_else(|| sqlite_url(&opts.data_dir));
-        let config = MasterConfig::new(db, opts.data_dir.join("checkpoints"));
+        let mut config = MasterConfig::new(db, opts.data_dir.join("checkpoints"));
+        config.join_token = datadir::load_or_create_join_token(&opts.data_dir)?;
+        let join_token = config.join_token.clone();
         let listener = TcpListener::bind(&opts.bind).await.with_context(|| format!("cannot listen on {}", opts.bind))?;
         let master = drover_master::start(config, listener).await?;
+        lock.record(Some(&master.url()))?;
         let agent_config = AgentConfig {
+            join_token: Some(join_token),
             master_url: master.url(),
             agent_id: format!("{}-local", drover_agent::agent::hostname()),
             work_root: opts.data_dir.join("work"),
@@ -50,7 +58,7 @@ impl Embedded {
                 tracing::error!("embedded agent: {e}");
             }
         });
-        Ok(Embedded { master, agent_shutdown, agent })
+        Ok(Embedded { master, _lock: lock, agent_shutdown, agent })
     }
 
     pub fn url(&self) -> String {

@@ -90,6 +90,10 @@ enum Command {
         /// `postgres://...` or `sqlite:///path`; default: SQLite in the data directory.
         #[arg(long, env = "DROVER_DB")]
         db: Option<String>,
+        /// The cluster's join secret that agents must present (default: the one in
+        /// `DATA/join-token`, made on first start).
+        #[arg(long, env = "DROVER_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
         /// Where the parameter database keeps its blobs, as JSON, e.g.
         /// `{"type":"s3","bucket":"params","endpoint_url":"http://127.0.0.1:5055"}`
         /// (default: `params/` in the data directory).
@@ -109,6 +113,9 @@ enum Command {
         /// Where task working directories go.
         #[arg(long)]
         work_dir: Option<PathBuf>,
+        /// The cluster's join secret (the master keeps it in `DATA/join-token`).
+        #[arg(long, env = "DROVER_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
         #[command(flatten)]
         slots: SlotArgs,
     },
@@ -194,6 +201,10 @@ enum ExperimentCommand {
     /// Print the logs of all its trials.
     Logs {
         id: i64,
+        /// Print control characters as they are (by default they are shown escaped, so a
+        /// trial's output cannot drive the terminal).
+        #[arg(long)]
+        raw: bool,
     },
     /// Draw the family tree of a population based training experiment.
     Lineage {
@@ -256,6 +267,10 @@ enum TrialCommand {
         /// Keep printing new lines until the trial ends.
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Print control characters as they are (by default they are shown escaped, so a
+        /// trial's output cannot drive the terminal).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -279,13 +294,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(dispatch(cli)) {
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Dropping a runtime waits for every blocking task; one stuck in a system call (a hung
+    // mount) must not keep a stopped master alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// The context directory uploaded with an experiment: the one named, else the config's own.
@@ -324,11 +343,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             shutdown_on_signal().cancelled().await;
             cluster.stop().await?;
         }
-        Command::Master { port, bind, db, param_storage, data } => {
+        Command::Master { port, bind, db, join_token, param_storage, data } => {
             let dir = data_dir(&data);
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut lock = drover_master::datadir::DataDirLock::acquire(&dir)?;
             let db = db.unwrap_or_else(|| embedded::sqlite_url(&dir));
             let mut config = drover_master::MasterConfig::new(db, dir.join("checkpoints"));
+            let token_file = dir.join(drover_master::datadir::JOIN_TOKEN_FILE);
+            config.join_token = match join_token {
+                Some(t) if t.trim().is_empty() => bail!("--join-token is empty"),
+                Some(t) => t.trim().to_string(),
+                None => drover_master::datadir::load_or_create_join_token(&dir)?,
+            };
             if let Some(json) = param_storage {
                 let spec: drover_storage::StorageSpec =
                     serde_json::from_str(&json).with_context(|| format!("--param-storage: `{json}` is not a storage spec"))?;
@@ -339,7 +364,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let listener = tokio::net::TcpListener::bind(format!("{bind}:{port}")).await?;
             let master = drover_master::start(config, listener).await?;
+            lock.record(Some(&master.url()))?;
             eprintln!("master listening on {}", master.url());
+            eprintln!("agents join with: drover agent --master {} --join-token \"$(cat {})\"", master.url(), token_file.display());
             shutdown_on_signal().cancelled().await;
             master.shutdown().await?;
         }
@@ -352,9 +379,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::preview(&plan, &config, output);
         }
         Command::Agent { command: Some(AgentCommand::List), .. } => output::agents(&client.agents().await?, output),
-        Command::Agent { command: None, id, work_dir, slots } => {
+        Command::Agent { command: None, id, work_dir, join_token, slots } => {
+            let Some(join_token) = join_token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
+                bail!(
+                    "an agent needs the cluster's join token: --join-token or DROVER_JOIN_TOKEN (the master keeps it in DATA/{})",
+                    drover_master::datadir::JOIN_TOKEN_FILE
+                );
+            };
             let slots = drover_agent::discover(&slots.options());
             let config = drover_agent::AgentConfig {
+                join_token: Some(join_token),
                 master_url: cli.master.clone(),
                 agent_id: id.unwrap_or_else(drover_agent::agent::hostname),
                 work_root: work_dir.unwrap_or_else(|| std::env::temp_dir().join("drover-agent")),
@@ -368,13 +402,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let context = context_or_config_dir(&file, context);
             // Everything is checked before the cluster starts: a bad file starts nothing.
             let req = run::create_request(&file, context.as_deref(), true)?;
-            let cluster = Embedded::start(EmbeddedOptions {
+            let started_cluster = Embedded::start(EmbeddedOptions {
                 data_dir: data_dir(&data),
                 bind: "127.0.0.1:0".into(),
                 db: None,
                 slots: slots.options(),
             })
-            .await?;
+            .await;
+            let cluster = match started_cluster {
+                Ok(cluster) => cluster,
+                Err(e) => {
+                    // A master already holds the data directory: the experiment goes to it
+                    // rather than to a second master that would fight it over the same trials.
+                    let Some(url) = e.downcast_ref::<drover_master::datadir::DataDirError>().and_then(|d| d.holder_url()) else {
+                        return Err(e);
+                    };
+                    eprintln!("{} already runs a master at {url}; submitting there", data_dir(&data).display());
+                    let client = Client::new(url);
+                    let summary = run::run_on(&client, &req, output, started).await?;
+                    run::print_summary(&summary, output, top);
+                    return Ok(if summary.state == "COMPLETED" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                }
+            };
             let client = Client::new(&cluster.url());
             let interrupted = shutdown_on_signal();
             let result = tokio::select! {
@@ -438,9 +487,9 @@ async fn experiment(client: &Client, command: ExperimentCommand, output: Output)
             }
         }
         ExperimentCommand::Lineage { id } => output::lineage(&client.lineage(id).await?, output),
-        ExperimentCommand::Logs { id } => {
+        ExperimentCommand::Logs { id, raw } => {
             for t in client.trials(id).await? {
-                print_logs(client, t.id, false, Some(&format!("[trial {}] ", t.id))).await?;
+                print_logs(client, t.id, false, raw, Some(&format!("[trial {}] ", t.id))).await?;
             }
         }
     }
@@ -463,6 +512,7 @@ async fn checkpoint(client: &Client, command: CheckpointCommand, output: Output)
                 drover_storage::validate_key(file)
                     .map_err(|e| anyhow::anyhow!("the master listed a file that cannot be written safely: {e}"))?;
                 bar.set_message(file.clone());
+                refuse_links_under(&dir, file)?;
                 let got = client.download_checkpoint_file(&uuid, file, &dir.join(file)).await?;
                 if got != *size {
                     anyhow::bail!("{file} of checkpoint {uuid}: got {got} bytes, {size} were saved");
@@ -495,6 +545,19 @@ async fn checkpoint(client: &Client, command: CheckpointCommand, output: Output)
     Ok(())
 }
 
+/// Refuses to download `file` into `dir` when a link sits on its way (`dir/sub -> /etc` would
+/// make `sub/passwd` overwrite `/etc/passwd`).
+fn refuse_links_under(dir: &std::path::Path, file: &str) -> Result<()> {
+    let mut path = dir.to_path_buf();
+    for part in file.split('/') {
+        path.push(part);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!("{} is a symbolic link; drover does not download through links", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn command_done(e: drover_api::rest::Experiment, output: Output) {
     match output {
         Output::Json => output::print_json(&e),
@@ -502,12 +565,13 @@ fn command_done(e: drover_api::rest::Experiment, output: Output) {
     }
 }
 
-async fn print_logs(client: &Client, trial_id: i64, follow: bool, prefix: Option<&str>) -> Result<()> {
+async fn print_logs(client: &Client, trial_id: i64, follow: bool, raw: bool, prefix: Option<&str>) -> Result<()> {
+    let shown = |line: &str| if raw { std::borrow::Cow::Borrowed(line) } else { output::escape_control(line) };
     let mut after = 0;
     loop {
         let page = client.logs(trial_id, after, follow).await?;
         for l in &page.lines {
-            println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, l.line);
+            println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, shown(&l.line));
         }
         after = page.next_after;
         if page.lines.is_empty() {
@@ -519,7 +583,7 @@ async fn print_logs(client: &Client, trial_id: i64, follow: bool, prefix: Option
                 // One last read: lines may have landed after the empty page.
                 let last = client.logs(trial_id, after, false).await?;
                 for l in &last.lines {
-                    println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, l.line);
+                    println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, shown(&l.line));
                 }
                 return Ok(());
             }
@@ -531,11 +595,11 @@ async fn trial(client: &Client, command: TrialCommand, output: Output) -> Result
     match command {
         TrialCommand::List { experiment_id } => output::trials_table(&client.trials(experiment_id).await?, output),
         TrialCommand::Describe { id } => output::trial(&client.trial(id).await?, output),
-        TrialCommand::Logs { id, follow } => {
+        TrialCommand::Logs { id, follow, raw } => {
             if output == Output::Json {
                 bail!("trial logs prints lines; use the REST API (/api/v1/trials/{id}/logs) for JSON");
             }
-            print_logs(client, id, follow, None).await?;
+            print_logs(client, id, follow, raw, None).await?;
         }
     }
     Ok(())

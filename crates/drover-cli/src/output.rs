@@ -352,3 +352,38 @@ mod tests {
         assert_eq!(super::hparams(&h), "d=0.5 hidden=64 lr=1.234e-4 opt=adam");
     }
 }
+
+/// A trial's log line made safe for a terminal: control characters (escape sequences that
+/// could move the cursor, retitle the window or hide text) are shown escaped, `\x1b` style;
+/// tabs stay as they are.
+pub fn escape_control(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            let code = c as u32;
+            if code <= 0xff {
+                out.push_str(&format!("\\x{code:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{code:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_control;
+
+    #[test]
+    fn control_characters_are_escaped_and_text_kept() {
+        assert_eq!(escape_control("plain\ttext é"), "plain\ttext é");
+        assert_eq!(escape_control("\x1b]0;pwned\x07red\x1b[31m"), "\\x1b]0;pwned\\x07red\\x1b[31m");
+        assert_eq!(escape_control("a\rb\u{9b}c"), "a\\x0db\\x9bc");
+    }
+}

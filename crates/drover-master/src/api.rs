@@ -32,6 +32,8 @@ mod params;
 /// Most points one metrics report may carry.
 const MAX_POINTS_PER_REPORT: usize = 200_000;
 const MAX_METRIC_NAME: usize = 256;
+/// Most files one checkpoint may register.
+const MAX_CHECKPOINT_FILES: usize = 100_000;
 /// Longest wait for a custom search's events; advisors poll again.
 const MAX_EVENTS_WAIT_MS: u64 = 60_000;
 
@@ -547,17 +549,36 @@ async fn register_checkpoint(
     if req.uuid.len() != 36 || uuid::Uuid::try_parse(&req.uuid).is_err() {
         return Err(Error::bad_field("uuid", format!("`{}` is not a UUID such as 3f1c2a8e-5b7d-4e2a-9c1f-0a1b2c3d4e5f", req.uuid)));
     }
+    if req.resources.len() > MAX_CHECKPOINT_FILES {
+        return Err(Error::bad_field("resources", format!("{} files; a checkpoint may have at most {MAX_CHECKPOINT_FILES}", req.resources.len())));
+    }
     for path in req.resources.keys() {
         if let Err(e) = drover_storage::validate_key(path) {
             return Err(Error::bad_field(format!("resources.{path}"), format!("checkpoint file paths must be relative and stay inside the checkpoint: {e}")));
         }
+    }
+    let size = req
+        .resources
+        .values()
+        .try_fold(0u64, |sum, &n| sum.checked_add(n))
+        .and_then(|sum| i64::try_from(sum).ok())
+        .ok_or_else(|| Error::bad_field("resources", "the file sizes add up to more than 2^63 bytes"))?;
+    // What was stored must be the checkpoint's own bytes: a link (to /etc, to another
+    // checkpoint) is refused by name, so nothing later reads or deletes through it.
+    let storage = master.experiment_storage(auth.experiment_id).await?;
+    let links = storage.links(&req.uuid).await.map_err(|e| Error::internal(format!("cannot inspect checkpoint {}: {e}", req.uuid)))?;
+    if let Some(link) = links.first() {
+        return Err(Error::bad_field(
+            format!("resources.{link}"),
+            format!("`{link}` in checkpoint {} is a symbolic link; a checkpoint must hold its own files (the SDK stores what a link points to)", req.uuid),
+        ));
     }
     let row = CheckpointRow {
         uuid: req.uuid.clone(),
         trial_id: id,
         experiment_id: auth.experiment_id,
         step: req.step,
-        size: req.resources.values().sum::<u64>() as i64,
+        size,
         resources_json: serde_json::to_string(&req.resources).unwrap_or_default(),
         metadata_json: req.metadata.to_string(),
         created_at: now_ms(),
@@ -624,6 +645,9 @@ async fn checkpoint_file(State(master): State<Arc<Master>>, Path((uuid, path)): 
     let storage = master.experiment_storage(row.experiment_id).await?;
     let (size, stream) = storage.get_stream(&format!("{uuid}/{path}")).await.map_err(|e| match e {
         drover_storage::StorageError::NotFound(_) => Error::not_found(format!("{path} of checkpoint {uuid} is missing from storage")),
+        drover_storage::StorageError::Link { .. } => {
+            Error::forbidden(format!("{path} of checkpoint {uuid} is a symbolic link; drover never serves through links"))
+        }
         e => Error::internal(e.to_string()),
     })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, size.to_string())], axum::body::Body::from_stream(stream))

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::error::{Error, Result};
-use drover_storage::{Storage, StorageSpec};
+use drover_storage::StorageSpec;
 use crate::lineage::{self, MemberTrial};
 
 mod advisor;
@@ -49,6 +49,13 @@ pub struct MasterConfig {
     pub param_storage: StorageSpec,
     /// Largest parameter version accepted (413 past it).
     pub max_param_bytes: u64,
+    /// The cluster's join secret: an agent must present it to connect. `drover master`, `up`
+    /// and `run` keep it in `DATA/join-token` (see [`crate::datadir`]); by default a fresh
+    /// random one, which in-process tests read from here.
+    pub join_token: String,
+    /// Longest a checkpoint storage's creation-time probe may take before the experiment is
+    /// refused.
+    pub storage_probe_timeout: Duration,
 }
 
 impl MasterConfig {
@@ -64,6 +71,8 @@ impl MasterConfig {
             max_context_unpacked_bytes: 512 * 1024 * 1024,
             agent_reconnect_wait: Duration::from_secs(25),
             max_param_bytes: 4 << 30,
+            join_token: random_token(),
+            storage_probe_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -80,6 +89,18 @@ pub struct TrialAuth {
     pub time_metric: Option<Arc<str>>,
     /// Set when the trial is asked to stop; answered on every report without a query.
     pub stop_requested: Arc<AtomicBool>,
+    /// The agent that holds the allocation: only it may post the task's log lines.
+    pub agent_id: Option<Arc<str>>,
+}
+
+/// What an agent's hello announced (checked for size by the gateway).
+pub struct AgentHello {
+    pub hostname: String,
+    pub version: String,
+    pub slots: Vec<SlotSpec>,
+    pub running: Vec<String>,
+    /// Chosen once per agent process; see `drover_api::agent::AgentMessage::Hello`.
+    pub instance: String,
 }
 
 #[derive(Default)]
@@ -128,6 +149,8 @@ struct Inner {
 }
 
 struct AgentEntry {
+    /// The agent process connected under this id (its hello's `instance`).
+    instance: String,
     hostname: String,
     version: String,
     slots: Vec<SlotSpec>,
@@ -202,7 +225,7 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
@@ -285,6 +308,7 @@ impl Master {
                                     searcher_metric: runtime.config.searcher.metric.as_str().into(),
                                     time_metric: runtime.config.searcher.time_metric.as_deref().map(Into::into),
                                     stop_requested: Arc::new(AtomicBool::new(t.stop_requested)),
+                                    agent_id: a.agent_id.as_deref().map(Into::into),
                                 },
                             );
                         }
@@ -336,24 +360,35 @@ impl Master {
         context: Option<Vec<u8>>,
         activate: bool,
     ) -> Result<i64> {
-        let mut config = ExperimentConfig::parse(config_text, config_file)?;
-        if let Some(bytes) = &context {
-            if bytes.len() > self.config.max_context_bytes {
-                return Err(Error::too_large(format!(
-                    "the context is {} bytes, more than the limit of {} bytes",
-                    bytes.len(),
-                    self.config.max_context_bytes
-                )));
-            }
-            crate::context::validate(bytes, self.config.max_context_unpacked_bytes)?;
+        // Everything is checked before anything is written: a refused experiment leaves no row
+        // and no file. Parsing (YAML, the searcher's plan) and the context's decompression are
+        // CPU work on untrusted input, so they run off the async workers.
+        if let Some(bytes) = &context
+            && bytes.len() > self.config.max_context_bytes
+        {
+            return Err(Error::too_large(format!(
+                "the context is {} bytes, more than the limit of {} bytes",
+                bytes.len(),
+                self.config.max_context_bytes
+            )));
         }
-        let seed = *config.searcher.seed.get_or_insert_with(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 1);
-        let mut searcher = Searcher::new(&config, seed).map_err(|e| Error::bad_field("searcher", e.to_string()))?;
+        let (text, file) = (config_text.to_string(), config_file.map(str::to_string));
+        let max_unpacked = self.config.max_context_unpacked_bytes;
+        let (context, config, mut searcher) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut config = ExperimentConfig::parse(&text, file.as_deref())?;
+            if let Some(bytes) = &context {
+                crate::context::validate(bytes, max_unpacked)?;
+            }
+            let seed = *config.searcher.seed.get_or_insert_with(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 1);
+            let searcher = Searcher::new(&config, seed).map_err(|e| Error::bad_field("searcher", e.to_string()))?;
+            Ok((context, config, searcher))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("checking the experiment: {e}")))??;
         // A missing bucket or wrong credentials must fail now, not at the first checkpoint
         // hours from now: write, read back and delete a probe object.
         let spec = self.checkpoint_storage(&config);
-        let storage = Storage::open(&spec).map_err(|e| Error::bad_field("checkpoint_storage", e.to_string()))?;
-        storage.check().await.map_err(|e| Error::bad_field("checkpoint_storage", format!("{} is not usable: {e}", spec.describe())))?;
+        crate::probe::check_storage(&spec, self.config.storage_probe_timeout).await?;
 
         let mut inner = self.inner.lock().await;
         let need = config.resources.slots_per_trial as usize;
@@ -379,10 +414,20 @@ impl Master {
                 created_at: now_ms(),
             })
             .await?;
-        self.counters.experiments_created.fetch_add(1, Ordering::Relaxed);
         let actions = searcher.initial_trials();
         inner.experiments.insert(id, ExperimentRuntime::new(config, state, has_context, searcher));
-        self.apply_actions(&mut inner, id, actions).await?;
+        if let Err(e) = self.apply_actions(&mut inner, id, actions).await {
+            // Refused means nothing changed: take back the row and what was queued.
+            if let Some(exp) = inner.experiments.remove(&id) {
+                inner.queue.retain(|t| !exp.trials.contains_key(t));
+            }
+            inner.searcher_watch.remove(&id);
+            if let Err(undo) = self.store.delete_experiment(id).await {
+                tracing::error!(experiment = id, "cannot take back a failed creation: {}", undo);
+            }
+            return Err(e);
+        }
+        self.counters.experiments_created.fetch_add(1, Ordering::Relaxed);
         self.schedule(&mut inner).await?;
         self.bump();
         Ok(id)
@@ -747,6 +792,7 @@ impl Master {
             searcher_metric: exp.config.searcher.metric.as_str().into(),
             time_metric: exp.config.searcher.time_metric.as_deref().map(Into::into),
             stop_requested: Arc::new(AtomicBool::new(false)),
+            agent_id: Some(agent_id.as_str().into()),
         };
         self.auth.write().unwrap().insert(token, auth);
         let agent = inner.agents.get_mut(&agent_id).expect("placement chose a known agent");
@@ -854,16 +900,22 @@ impl Master {
 
     /// An agent said hello. Returns the connection number that later calls must quote, so a
     /// replaced connection's late messages are recognised as stale.
-    pub async fn agent_connected(
-        &self,
-        agent_id: &str,
-        hostname: String,
-        version: String,
-        slots: Vec<SlotSpec>,
-        running: Vec<String>,
-        sender: mpsc::UnboundedSender<MasterMessage>,
-    ) -> Result<u64> {
+    ///
+    /// An id that is connected can only be taken again by the same agent process (the same
+    /// `instance`, reconnecting after a broken connection); anyone else claiming it is refused,
+    /// so a second agent cannot end the running trials of the first by saying hello.
+    pub async fn agent_connected(&self, agent_id: &str, hello: AgentHello, sender: mpsc::UnboundedSender<MasterMessage>) -> Result<u64> {
+        let AgentHello { hostname, version, slots, running, instance } = hello;
         let mut inner = self.inner.lock().await;
+        if let Some(live) = inner.agents.get(agent_id)
+            && live.sender.as_ref().is_some_and(|s| !s.is_closed())
+            && live.instance != instance
+        {
+            return Err(Error::conflict(format!(
+                "agent id `{agent_id}` is in use by a connected agent on {}; give this agent another --id",
+                live.hostname
+            )));
+        }
         inner.next_connection += 1;
         let connection = inner.next_connection;
         let now = now_ms();
@@ -871,6 +923,7 @@ impl Master {
         inner.agents.insert(
             agent_id.to_string(),
             AgentEntry {
+                instance,
                 hostname,
                 version,
                 slots,
@@ -922,8 +975,18 @@ impl Master {
 
     pub async fn agent_message(&self, agent_id: &str, connection: u64, message: AgentMessage) -> Result<()> {
         if let AgentMessage::TaskLogs { allocation_id, lines } = &message {
-            // Logs skip the control-plane lock; the allocation is checked against the token map.
-            let trial_id = self.auth.read().unwrap().values().find(|a| &a.allocation_id == allocation_id).map(|a| a.trial_id);
+            // Logs skip the control-plane lock; the allocation is checked against the token map,
+            // and only the agent holding it may write its log.
+            let trial_id = self
+                .auth
+                .read()
+                .unwrap()
+                .values()
+                .find(|a| &a.allocation_id == allocation_id && a.agent_id.as_deref() == Some(agent_id))
+                .map(|a| a.trial_id);
+            if trial_id.is_none() {
+                tracing::warn!(agent = agent_id, allocation = %allocation_id, "dropped log lines for an allocation this agent does not hold");
+            }
             if let Some(trial_id) = trial_id {
                 let rows: Vec<LogRow> =
                     lines.iter().map(|l| LogRow { id: 0, ts_ms: l.ts_ms, stream: l.stream.clone(), line: l.line.clone() }).collect();

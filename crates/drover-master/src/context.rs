@@ -1,10 +1,16 @@
 //! Checks an uploaded context tarball before it is stored: it must be gzip'd tar, small enough
-//! once unpacked, and every entry must stay inside the directory it is unpacked into.
+//! once unpacked, with at most [`MAX_CONTEXT_ENTRIES`] entries, only files, directories and
+//! links that stay inside, and every entry must stay inside the directory it is unpacked into.
+//! The agent checks the same again when it unpacks; refusing here means a bad context is
+//! refused when the experiment is created, not once per trial on every agent.
 
 use std::io::Read;
 use std::path::Component;
 
 use crate::error::Error;
+
+/// Most entries a context tarball may hold.
+pub const MAX_CONTEXT_ENTRIES: usize = 100_000;
 
 /// Validates `bytes` as a gzip tarball whose unpacked size is at most `max_unpacked` bytes.
 pub fn validate(bytes: &[u8], max_unpacked: u64) -> Result<(), Error> {
@@ -12,7 +18,10 @@ pub fn validate(bytes: &[u8], max_unpacked: u64) -> Result<(), Error> {
     let mut archive = tar::Archive::new(decoder);
     let entries = archive.entries().map_err(|e| Error::bad_field("context", format!("not a gzip tarball: {e}")))?;
     let mut total: u64 = 0;
-    for entry in entries {
+    for (index, entry) in entries.enumerate() {
+        if index >= MAX_CONTEXT_ENTRIES {
+            return Err(Error::bad_field("context", format!("the context has more than {MAX_CONTEXT_ENTRIES} entries")));
+        }
         let mut entry = entry.map_err(|e| Error::bad_field("context", format!("unreadable tarball: {e}")))?;
         let path = entry.path().map_err(|e| Error::bad_field("context", format!("bad entry name: {e}")))?.into_owned();
         let shown = path.display().to_string();
@@ -20,6 +29,13 @@ pub fn validate(bytes: &[u8], max_unpacked: u64) -> Result<(), Error> {
             return Err(Error::bad_field("context", format!("entry `{shown}` would unpack outside the context directory")));
         }
         let kind = entry.header().entry_type();
+        use tar::EntryType as T;
+        if !matches!(kind, T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link | T::XHeader | T::XGlobalHeader | T::GNULongName | T::GNULongLink) {
+            return Err(Error::bad_field(
+                "context",
+                format!("entry `{shown}` is a {kind:?}; a context holds only files, directories and links"),
+            ));
+        }
         if kind.is_symlink() || kind.is_hard_link() {
             let target = entry.link_name().ok().flatten().map(|t| t.into_owned()).unwrap_or_default();
             if target.is_absolute() || target.components().any(|c| matches!(c, Component::ParentDir)) {
@@ -66,5 +82,28 @@ mod tests {
         let e = validate(&tarball(&[("big", &[0u8; 500])]), 100).unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
         assert!(validate(b"not gzip at all", 100).is_err());
+    }
+
+    fn special(kind: tar::EntryType, name: &str) -> Vec<u8> {
+        let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(enc);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &[][..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn refuses_fifos_devices_and_too_many_entries() {
+        for kind in [tar::EntryType::Fifo, tar::EntryType::Char, tar::EntryType::Block] {
+            let e = validate(&special(kind, "weird"), 100).unwrap_err();
+            assert!(e.body.message.contains("weird"), "{:?}", e.body);
+        }
+        let names: Vec<String> = (0..=MAX_CONTEXT_ENTRIES).map(|i| format!("f{i}")).collect();
+        let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        let e = validate(&tarball(&entries), 1 << 30).unwrap_err();
+        assert!(e.body.message.contains("entries"), "{:?}", e.body);
     }
 }

@@ -7,18 +7,73 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
-use drover_api::agent::{AgentMessage, MasterMessage};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use drover_api::agent::{AgentMessage, MAX_ID_LEN, MAX_MESSAGE_BYTES, MAX_RUNNING, MAX_SLOTS, MasterMessage, SlotSpec};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::cluster::Master;
+use crate::error::Error;
 
 const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn connect(State(master): State<Arc<Master>>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.max_message_size(64 * 1024 * 1024).on_upgrade(move |socket| serve_agent(master, socket))
+/// The upgrade is refused (401) unless it carries the cluster's join secret: tasks carry trial
+/// tokens, environments and storage secrets, and only members of the cluster may receive them.
+pub async fn connect(State(master): State<Arc<Master>>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => {
+            return Error::unauthorized("an agent must present the cluster's join token (Authorization: Bearer ...)").into_response();
+        }
+        Some(token) if !constant_time_eq(token.as_bytes(), master.config.join_token.as_bytes()) => {
+            tracing::warn!("an agent presented a wrong join token");
+            return Error::unauthorized("wrong join token").into_response();
+        }
+        Some(_) => {}
+    }
+    upgrade
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| serve_agent(master, socket))
+}
+
+/// Compares secrets without leaking through timing how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a hello may announce: bounded, so one frame cannot make the master hold or scan
+/// millions of slots.
+fn check_hello(agent_id: &str, hostname: &str, version: &str, slots: &[SlotSpec], running: &[String], instance: &str) -> Result<(), String> {
+    let text_ok = |s: &str| s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
+    if agent_id.is_empty() || !text_ok(agent_id) {
+        return Err(format!("agent ids must be 1 to {MAX_ID_LEN} bytes without control characters"));
+    }
+    if !text_ok(hostname) || !text_ok(version) || !text_ok(instance) {
+        return Err(format!("hostname, version and instance must be at most {MAX_ID_LEN} bytes without control characters"));
+    }
+    if slots.len() > MAX_SLOTS {
+        return Err(format!("{} slots announced; an agent may have at most {MAX_SLOTS}", slots.len()));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for s in slots {
+        if s.id.is_empty() || !text_ok(&s.id) || !text_ok(&s.device) || s.device_index.as_deref().is_some_and(|d| !text_ok(d)) {
+            return Err(format!("slot fields must be 1 to {MAX_ID_LEN} bytes without control characters"));
+        }
+        if !ids.insert(s.id.as_str()) {
+            return Err(format!("slot id `{}` is announced twice", s.id));
+        }
+    }
+    if running.len() > MAX_RUNNING || running.iter().any(|r| !text_ok(r)) {
+        return Err(format!("at most {MAX_RUNNING} running allocations, each at most {MAX_ID_LEN} bytes"));
+    }
+    Ok(())
 }
 
 fn encode(message: &MasterMessage) -> Message {
@@ -34,26 +89,32 @@ async fn serve_agent(master: Arc<Master>, socket: WebSocket) {
             return;
         }
     };
-    let Ok(AgentMessage::Hello { agent_id, hostname, version, slots, running }) = hello else {
+    let Ok(AgentMessage::Hello { agent_id, hostname, version, slots, running, instance }) = hello else {
         let reject = MasterMessage::Reject { reason: "the first message must be a hello".into() };
         let _ = sink.send(encode(&reject)).await;
         return;
     };
-    if agent_id.is_empty() || agent_id.len() > 128 {
-        let _ = sink.send(encode(&MasterMessage::Reject { reason: "agent ids must be 1 to 128 characters".into() })).await;
+    if let Err(reason) = check_hello(&agent_id, &hostname, &version, &slots, &running, &instance) {
+        tracing::warn!("refused an agent's hello: {reason}");
+        let _ = sink.send(encode(&MasterMessage::Reject { reason })).await;
         return;
     }
     let (sender, mut orders) = mpsc::unbounded_channel::<MasterMessage>();
-    if sink.send(encode(&MasterMessage::Welcome { heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS })).await.is_err() {
-        return;
-    }
-    let connection = match master.agent_connected(&agent_id, hostname, version, slots, running, sender).await {
+    let hello = crate::cluster::AgentHello { hostname, version, slots, running, instance };
+    // Registered before the welcome: a refused claim (the id of a live agent) gets a Reject,
+    // never a Welcome followed by tasks.
+    let connection = match master.agent_connected(&agent_id, hello, sender).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("agent {agent_id}: {}", e.body.message);
+            tracing::warn!("agent {agent_id}: {}", e.body.message);
+            let _ = sink.send(encode(&MasterMessage::Reject { reason: e.body.message })).await;
             return;
         }
     };
+    if sink.send(encode(&MasterMessage::Welcome { heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS })).await.is_err() {
+        master.agent_disconnected(&agent_id, connection).await;
+        return;
+    }
     tracing::info!("agent {agent_id} connected");
     loop {
         tokio::select! {

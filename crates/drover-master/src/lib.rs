@@ -11,11 +11,14 @@ pub mod api;
 mod checkpoints;
 pub mod cluster;
 mod context;
+pub mod datadir;
 pub mod error;
 pub mod gateway;
+mod guard;
 mod lineage;
 mod lttb;
 pub mod params;
+mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +29,9 @@ use drover_store::SqlStore;
 pub use error::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+/// How long a stopping master waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A master serving on a socket.
 pub struct RunningMaster {
@@ -44,7 +50,17 @@ impl RunningMaster {
     /// Stops accepting work, closes agent connections and waits for the server to end.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.master.shutdown.cancel();
-        let served = self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // Requests in flight get a grace period, not a veto: SIGTERM must stop the master
+        // promptly whatever a request is doing.
+        let mut task = self.task;
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(joined) => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(_) => {
+                tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping without them");
+                task.abort();
+                Ok(())
+            }
+        };
         // `drover run` stops its master right after the experiment ends: the experiment's
         // checkpoint policy must still be applied.
         if let Some(collector) = self.collector {
@@ -70,7 +86,8 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
     let store = Arc::new(SqlStore::open(&config.db_url).await?);
     let master = Master::open(config, store).await.map_err(StartError::Recover)?;
     let addr = listener.local_addr()?;
-    let app = api::router(master.clone());
+    let listening = guard::Listening { addr };
+    let app = api::router(master.clone()).layer(axum::middleware::from_fn(move |req, next| guard::guard(listening, req, next)));
     let ticker = master.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs(1));

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{Cluster, config};
+use common::{Cluster, JOIN_TOKEN, config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_search_runs_real_trials_to_completion() {
@@ -251,8 +251,9 @@ async fn a_restarted_master_reattaches_running_trials_and_resumes_the_search() {
     let Cluster { master, agent_stop, agent, http, dir } = cluster;
     let addr = master.addr;
     master.shutdown().await.unwrap();
-    let config =
+    let mut config =
         drover_master::MasterConfig::new(format!("sqlite://{}", dir.path().join("drover.db").display()), dir.path().join("checkpoints"));
+    config.join_token = JOIN_TOKEN.into();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let master = drover_master::start(config, listener).await.unwrap();
     let cluster = Cluster { master, agent_stop, agent, http, dir };

@@ -23,6 +23,13 @@
 //!   `{"epoch", "w", "lineage"}`, where `lineage` lists the trial ids whose training the weight
 //!   carries (its ancestors' from the checkpoint it started from, then its own).
 //!
+//! - `plant_links` (string, a decoy directory the test made; never a system path): behaves as
+//!   a hostile trial on a file-system storage. It saves `n_metrics` checkpoints through the SDK;
+//!   into each stored checkpoint it then plants, behind drover's back, `etcdir -> DECOY` and
+//!   replaces `state.json` by a link to `DECOY/file`. Then it registers by hand a checkpoint
+//!   whose directory holds a link, and prints the master's answer
+//!   (`hostile registration: HTTP 400 ...`).
+//!
 //! On a restart with a latest checkpoint, it restores it and prints its `state.json` first.
 //!
 //! With `DROVER_TRIVIAL_OFFLINE=1` it talks to no master: it computes the same 10 losses (x = 0.5),
@@ -67,6 +74,9 @@ fn run() -> Result<ExitCode, SdkError> {
     }
     if let Some(mb) = ctx.hparam_opt::<u64>("die_during_checkpoint_mb")? {
         return die_during_checkpoint(ctx, mb);
+    }
+    if let Some(decoy) = ctx.hparam_opt::<String>("plant_links")? {
+        return plant_links(ctx, std::path::Path::new(&decoy), n_metrics);
     }
     if ctx.hparam_opt::<bool>("pbt")?.unwrap_or(false) {
         return toy_pbt_member(ctx, x, n_metrics);
@@ -232,6 +242,45 @@ fn toy_pbt_member(ctx: Context, x: f64, n_metrics: i64) -> Result<ExitCode, SdkE
     let uuid = ctx.checkpoint_save(epoch, &dir, json!({"source": "drover-trivial-trial", "pbt": true}))?;
     println!("saved checkpoint {uuid} at epoch {epoch}");
     let _ = std::fs::remove_dir_all(&dir);
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plant_links(ctx: Context, decoy: &std::path::Path, n: i64) -> Result<ExitCode, SdkError> {
+    let io = |action: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| SdkError::Io { action, path, source }
+    };
+    let root = std::path::PathBuf::from(std::env::var(drover_sdk::env::CHECKPOINT_DIR).expect("a file-system storage"));
+    for step in 1..=n {
+        let dir = scratch_dir(&ctx, "save")?;
+        std::fs::write(dir.join("state.json"), json!({"step": step}).to_string()).map_err(io("write", &dir))?;
+        let uuid = ctx.checkpoint_save(step, &dir, json!({}))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let stored = root.join(&uuid);
+        std::os::unix::fs::symlink(decoy, stored.join("etcdir")).map_err(io("link", &stored))?;
+        std::fs::remove_file(stored.join("state.json")).map_err(io("remove", &stored))?;
+        std::os::unix::fs::symlink(decoy.join("file"), stored.join("state.json")).map_err(io("link", &stored))?;
+        println!("planted links in checkpoint {uuid}");
+        ctx.report_validation(step, &[("validation_loss", 1.0 / step as f64)]);
+    }
+    // A registration of a directory that holds a link must be refused, naming the file.
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let dir = root.join(&uuid);
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    std::fs::write(dir.join("real.bin"), b"weights").map_err(io("write", &dir))?;
+    std::os::unix::fs::symlink(decoy.join("file"), dir.join("linked.bin")).map_err(io("link", &dir))?;
+    let master = std::env::var(drover_sdk::env::MASTER).unwrap_or_default();
+    let token = std::env::var(drover_sdk::env::TRIAL_TOKEN).unwrap_or_default();
+    let answer = reqwest::blocking::Client::new()
+        .post(format!("{master}/api/v1/trials/{}/checkpoints", ctx.trial_id()))
+        .bearer_auth(token)
+        .json(&json!({"uuid": uuid, "step": n + 1, "resources": {"real.bin": 7, "linked.bin": 4}, "metadata": {}}))
+        .send();
+    match answer {
+        Ok(r) => println!("hostile registration: HTTP {} {}", r.status().as_u16(), r.text().unwrap_or_default()),
+        Err(e) => println!("hostile registration: no answer: {e}"),
+    }
     ctx.close()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub const TRIAL: &str = env!("CARGO_BIN_EXE_drover-trivial-trial");
+/// The join secret of the test clusters (fixed, so a restarted master admits the same agent).
+pub const JOIN_TOKEN: &str = "test-cluster-join-token";
 
 pub struct Cluster {
     pub master: drover_master::RunningMaster,
@@ -22,7 +24,8 @@ pub struct Cluster {
 
 /// A master on the database in `dir`, listening on `addr` (`127.0.0.1:0` for any port).
 pub async fn start_master(dir: &std::path::Path, addr: &str) -> drover_master::RunningMaster {
-    let config = drover_master::MasterConfig::new(format!("sqlite://{}", dir.join("drover.db").display()), dir.join("checkpoints"));
+    let mut config = drover_master::MasterConfig::new(format!("sqlite://{}", dir.join("drover.db").display()), dir.join("checkpoints"));
+    config.join_token = JOIN_TOKEN.into();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     drover_master::start(config, listener).await.unwrap()
 }
@@ -35,6 +38,7 @@ impl Cluster {
         let agent_config = drover_agent::AgentConfig {
             master_url: master.url(),
             agent_id: "test-agent".into(),
+            join_token: Some(JOIN_TOKEN.into()),
             work_root: dir.path().join("work"),
             slots: drover_agent::discover(&drover_agent::SlotOptions {
                 cpu_slots: Some(slots),
