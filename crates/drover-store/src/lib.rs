@@ -39,7 +39,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_experiment(&self, id: i64) -> StoreResult<ExperimentRow>;
     async fn list_experiments(&self) -> StoreResult<Vec<ExperimentRow>>;
     async fn set_experiment_state(&self, id: i64, state: &str, ended_at: Option<i64>) -> StoreResult<()>;
-    /// Deletes the experiment and everything under it.
+    /// Deletes the experiment and everything under it. Its id and its trials' ids are never
+    /// handed out again (SQLite: AUTOINCREMENT since migration 5; PostgreSQL: identity sequences).
     async fn delete_experiment(&self, id: i64) -> StoreResult<()>;
     async fn get_context(&self, experiment_id: i64) -> StoreResult<Option<Vec<u8>>>;
     /// Whether the experiment has a context, without reading it.

@@ -12,6 +12,11 @@ async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
 
 /// A store on a private schema of the test database, or `None` (with a notice) when unset.
 async fn postgres_store(test: &str) -> Option<SqlStore> {
+    Some(SqlStore::open(&postgres_url(test).await?).await.unwrap())
+}
+
+/// The URL of a fresh private schema of the test database, or `None` (with a notice) when unset.
+async fn postgres_url(test: &str) -> Option<String> {
     let Ok(base) = std::env::var("DROVER_TEST_POSTGRES_URL") else {
         eprintln!("notice: DROVER_TEST_POSTGRES_URL is unset; skipping the PostgreSQL half of {test}");
         return None;
@@ -21,8 +26,7 @@ async fn postgres_store(test: &str) -> Option<SqlStore> {
     admin.execute_raw(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.unwrap();
     admin.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    Some(SqlStore::open(&url).await.unwrap())
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 macro_rules! suite {
@@ -63,12 +67,15 @@ suite!(
     params_versions_are_immutable_and_found_every_way,
     params_tags_move_and_follow_deletes,
     params_metadata_updates_and_names_list,
+    deleting_the_newest_experiment_frees_no_ids,
+    deleting_the_newest_trials_experiment_frees_no_ids,
+    schema_is_at_the_latest_version,
 );
 
 mod checks {
     use drover_store::*;
 
-    fn experiment(name: &str) -> NewExperiment {
+    pub fn experiment(name: &str) -> NewExperiment {
         NewExperiment {
             name: name.into(),
             description: Some("d".into()),
@@ -80,7 +87,7 @@ mod checks {
         }
     }
 
-    async fn trial(store: &dyn Store, exp: i64, request_id: i64) -> i64 {
+    pub async fn trial(store: &dyn Store, exp: i64, request_id: i64) -> i64 {
         store
             .create_trial(NewTrial {
                 experiment_id: exp,
@@ -179,7 +186,7 @@ mod checks {
         // A retried report stores nothing and does not move the summaries.
         assert_eq!(store.add_metrics(t, &batch).await.unwrap(), 0);
         // A batch with one old and one new point stores just the new one.
-        let mixed = vec![point(MetricGroup::Training, "loss", 5, 99.0), point(MetricGroup::Training, "loss", 3, 99.0), point(MetricGroup::Training, "loss", 6, 1.5)];
+        let mixed = [point(MetricGroup::Training, "loss", 5, 99.0), point(MetricGroup::Training, "loss", 3, 99.0), point(MetricGroup::Training, "loss", 6, 1.5)];
         assert_eq!(store.add_metrics(t, &mixed[1..]).await.unwrap(), 1);
         assert_eq!(store.add_metrics(t, &mixed[..1]).await.unwrap(), 0);
         // The same key twice in one batch is stored, and counted, once.
@@ -421,11 +428,387 @@ mod checks {
         );
     }
 
+    /// Experiments 1..3 with two trials each: (experiment ids, trial ids).
+    async fn three_experiments(store: &dyn Store) -> (Vec<i64>, Vec<i64>) {
+        let (mut experiments, mut trials) = (Vec::new(), Vec::new());
+        for e in 1..=3 {
+            let exp = store.create_experiment(experiment(&format!("e{e}"))).await.unwrap();
+            experiments.push(exp);
+            for r in 1..=2 {
+                trials.push(trial(store, exp, r).await);
+            }
+        }
+        (experiments, trials)
+    }
+
+    pub fn above_all(id: i64, ever: &[i64], what: &str) {
+        assert!(ever.iter().all(|&old| id > old), "new {what} id {id} is not above every id handed out before: {ever:?}");
+    }
+
+    /// A deleted experiment's id, and its trials' ids, are never handed out again, even when it
+    /// was the newest (SQLite's plain `INTEGER PRIMARY KEY` reused them).
+    pub async fn deleting_the_newest_experiment_frees_no_ids(store: &dyn Store) {
+        let (mut experiments, mut trials) = three_experiments(store).await;
+        // Several rounds: delete the newest experiment, then create one with trials.
+        for round in 0..3 {
+            store.delete_experiment(*experiments.last().unwrap()).await.unwrap();
+            let exp = store.create_experiment(experiment(&format!("again{round}"))).await.unwrap();
+            above_all(exp, &experiments, "experiment");
+            experiments.push(exp);
+            for r in 1..=2 {
+                let t = trial(store, exp, r).await;
+                above_all(t, &trials, "trial");
+                trials.push(t);
+            }
+            assert!(matches!(store.get_trial(trials[trials.len() - 3]).await, Err(StoreError::NotFound(_))), "deleted trials stay gone");
+        }
+        assert_eq!(store.list_experiments().await.unwrap().len(), 3);
+    }
+
+    /// The newest trial belongs to an older experiment; deleting that experiment frees no trial id.
+    pub async fn deleting_the_newest_trials_experiment_frees_no_ids(store: &dyn Store) {
+        let (mut experiments, mut trials) = three_experiments(store).await;
+        let first = experiments[0];
+        trials.push(trial(store, first, 3).await);
+        store.delete_experiment(first).await.unwrap();
+        let t = trial(store, experiments[1], 3).await;
+        above_all(t, &trials, "trial");
+        trials.push(t);
+        let exp = store.create_experiment(experiment("after")).await.unwrap();
+        above_all(exp, &experiments, "experiment");
+        experiments.push(exp);
+        above_all(trial(store, exp, 1).await, &trials, "trial");
+        assert!(matches!(store.get_experiment(first).await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.list_trials(experiments[1]).await.unwrap().len(), 3, "other experiments keep their trials");
+    }
+
+    /// Every migration is recorded, including those with nothing to do on this database
+    /// (migration 5 on PostgreSQL).
+    pub async fn schema_is_at_the_latest_version(store: &SqlStore) {
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3, 4, 5]);
+    }
+
     pub async fn reopening_keeps_data(store: &dyn Store) {
         // Running migrations again on a migrated database must be a no-op; the suite's store was
         // opened (and migrated) already, so create data and check a second open sees it.
         let exp = store.create_experiment(experiment("r")).await.unwrap();
         assert!(store.get_experiment(exp).await.is_ok());
+    }
+}
+
+/// Upgrading a database that migrations 1–4 made (SQLite's ids were rowids then): every row is
+/// kept, and from then on deleted ids stay dead.
+mod upgrade {
+    use super::checks::{above_all, experiment, trial};
+    use drover_store::*;
+
+    /// What a version-4 database held: every id ever handed out, the live ones, and a dump of
+    /// everything readable through the store.
+    pub struct Old {
+        pub experiments_ever: Vec<i64>,
+        pub trials_ever: Vec<i64>,
+        pub experiments: Vec<i64>,
+        pub trials: Vec<i64>,
+        pub dump: Vec<String>,
+    }
+
+    /// Creates a database at `url` with migrations 1–4 only, with rows in every table (and a
+    /// deleted experiment in the middle, so both id sequences have a gap).
+    pub async fn build_version_4(url: &str) -> Old {
+        let store = SqlStore::open_at_version(url, 4).await.unwrap();
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3, 4]);
+        let (mut experiments_ever, mut trials_ever) = (Vec::new(), Vec::new());
+        for e in 0..4 {
+            let exp = store.create_experiment(experiment(&format!("old{e}"))).await.unwrap();
+            store.save_searcher_snapshot(exp, &format!("{{\"rng\":{e}}}")).await.unwrap();
+            experiments_ever.push(exp);
+            for r in 0..3 {
+                let t = trial(&store, exp, r).await;
+                trials_ever.push(t);
+                let alloc = format!("alloc-{t}");
+                let new = NewAllocation {
+                    id: alloc.clone(),
+                    trial_id: t,
+                    token: format!("token-{t}"),
+                    state: "RUNNING".into(),
+                    agent_id: Some("agent".into()),
+                    slot_ids: vec!["cpu0".into()],
+                    created_at: 7,
+                };
+                store.create_allocation(new).await.unwrap();
+                let loss: Vec<MetricRow> = (0..3000)
+                    .map(|s| MetricRow {
+                        group: MetricGroup::Training,
+                        name: "loss".into(),
+                        step: s,
+                        value: 1.0 / (1 + s + t) as f64,
+                        ts_ms: s,
+                    })
+                    .collect();
+                store.add_metrics(t, &loss).await.unwrap();
+                let acc: Vec<MetricRow> = [1000, 2000]
+                    .map(|s| MetricRow { group: MetricGroup::Validation, name: "acc".into(), step: s, value: (s + r) as f64, ts_ms: s })
+                    .into();
+                store.add_metrics(t, &acc).await.unwrap();
+                let lines: Vec<LogRow> =
+                    (0..5).map(|i| LogRow { id: 0, ts_ms: i, stream: "stdout".into(), line: format!("trial {t} line {i}") }).collect();
+                store.append_logs(t, &alloc, &lines).await.unwrap();
+                for step in [1000, 2000] {
+                    let uuid = format!("ck-{t}-{step}");
+                    store
+                        .add_checkpoint(CheckpointRow {
+                            uuid: uuid.clone(),
+                            trial_id: t,
+                            experiment_id: exp,
+                            step,
+                            size: step,
+                            resources_json: "{}".into(),
+                            metadata_json: "{}".into(),
+                            created_at: step,
+                            pinned: false,
+                        })
+                        .await
+                        .unwrap();
+                    store.update_trial(t, TrialUpdate { latest_checkpoint: Some(uuid), ..Default::default() }).await.unwrap();
+                }
+                store.set_checkpoint_pinned(&format!("ck-{t}-1000"), true).await.unwrap();
+            }
+        }
+        store.delete_experiment(experiments_ever[1]).await.unwrap();
+        let param = |version: i64| ParamVersionRow {
+            name: "policy".into(),
+            version,
+            created_at: version,
+            size: version,
+            sha256: format!("{version:064x}"),
+            metadata_json: "{}".into(),
+            storage_key: format!("policy/{version}"),
+        };
+        store.add_param_version(param(1), &["best".into()]).await.unwrap();
+        store.add_param_version(param(2), &[]).await.unwrap();
+        let experiments: Vec<i64> = store.list_experiments().await.unwrap().iter().map(|e| e.id).collect();
+        let mut trials = Vec::new();
+        for &exp in &experiments {
+            trials.extend(store.list_trials(exp).await.unwrap().iter().map(|t| t.id));
+        }
+        assert_eq!((experiments.len(), trials.len()), (3, 9));
+        let dump = dump(&store, &experiments, &trials).await;
+        store.close().await;
+        Old { experiments_ever, trials_ever, experiments, trials, dump }
+    }
+
+    /// Everything the store reads back about these experiments and trials, one entry per read.
+    pub async fn dump(store: &SqlStore, experiments: &[i64], trials: &[i64]) -> Vec<String> {
+        let mut out = vec![format!("{:?}", store.list_experiments().await.unwrap())];
+        let mut counts = store.trial_counts().await.unwrap();
+        counts.sort();
+        out.push(format!("{counts:?}"));
+        for &e in experiments {
+            out.push(format!("context {e}: {:?}", store.get_context(e).await.unwrap()));
+            out.push(format!("snapshot {e}: {:?}", store.load_searcher_snapshot(e).await.unwrap()));
+            out.push(format!("trials {e}: {:?}", store.list_trials(e).await.unwrap()));
+            out.push(format!("summaries {e}: {:?}", store.experiment_summaries(e).await.unwrap()));
+            out.push(format!("checkpoints {e}: {:?}", store.list_experiment_checkpoints(e).await.unwrap()));
+            out.push(format!("scores {e}: {:?}", store.checkpoint_scores(e, "acc").await.unwrap()));
+        }
+        for &t in trials {
+            out.push(format!("allocation {t}: {:?}", store.get_allocation(&format!("alloc-{t}")).await.unwrap()));
+            out.push(format!("loss {t}: {:?}", store.metric_series(t, "training", "loss", 100).await.unwrap()));
+            out.push(format!("acc {t}: {:?}", store.metric_series(t, "validation", "acc", 100).await.unwrap()));
+            out.push(format!("logs {t}: {:?}", store.read_logs(t, 0, 1000).await.unwrap()));
+        }
+        out.push(format!("{:?}", store.list_param_versions("policy").await.unwrap()));
+        out.push(format!("{:?}", store.list_param_tags("policy").await.unwrap()));
+        out
+    }
+
+    /// Opens the old database with this release: it is at the latest version and reads back
+    /// exactly as before.
+    pub async fn check_rows_kept(url: &str, old: &Old) {
+        let store = SqlStore::open(url).await.unwrap();
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(dump(&store, &old.experiments, &old.trials).await, old.dump);
+        store.close().await;
+    }
+
+    /// After the upgrade, neither deleting the newest experiment nor reopening hands out an old id.
+    pub async fn check_ids_stay_dead(url: &str, old: &Old) {
+        let (mut experiments_ever, mut trials_ever) = (old.experiments_ever.clone(), old.trials_ever.clone());
+        let store = SqlStore::open(url).await.unwrap();
+        store.delete_experiment(*old.experiments.last().unwrap()).await.unwrap();
+        let exp = store.create_experiment(experiment("new")).await.unwrap();
+        above_all(exp, &experiments_ever, "experiment");
+        experiments_ever.push(exp);
+        let t = trial(&store, exp, 1).await;
+        above_all(t, &trials_ever, "trial");
+        trials_ever.push(t);
+        store.delete_experiment(exp).await.unwrap();
+        store.close().await;
+        let store = SqlStore::open(url).await.unwrap();
+        let exp = store.create_experiment(experiment("reopened")).await.unwrap();
+        above_all(exp, &experiments_ever, "experiment");
+        above_all(trial(&store, exp, 1).await, &trials_ever, "trial");
+        store.close().await;
+    }
+}
+
+/// SQLite: migration 5 rebuilds `experiments` and `trials` with AUTOINCREMENT and keeps every
+/// row of every table, every column, index and foreign key.
+#[tokio::test]
+async fn sqlite_upgrade_from_version_4_keeps_every_row_and_ends_id_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let old = upgrade::build_version_4(&url).await;
+    let (counts, schema) = (raw::table_counts(&url).await, raw::schema(&url).await);
+    assert!(counts.iter().all(|(_, n)| *n > 0), "every table has rows before the upgrade: {counts:?}");
+    for line in [
+        "trials: experiments experiment_id id NO ACTION CASCADE",
+        "trials: sqlite_autoindex_trials_1 1 u 0 1 request_id",
+        "metrics: trials trial_id id NO ACTION CASCADE",
+        "checkpoints: checkpoints_trial 0 c 0 1 step",
+    ] {
+        assert!(schema.iter().any(|l| l == line), "`{line}` in {schema:#?}");
+    }
+    assert_eq!(raw::autoincrement_tables(&url).await, Vec::<String>::new(), "the hook built an old schema");
+    upgrade::check_rows_kept(&url, &old).await;
+    assert_eq!(raw::table_counts(&url).await, counts);
+    assert_eq!(raw::schema(&url).await, schema, "same columns, indexes and foreign keys everywhere");
+    assert_eq!(raw::autoincrement_tables(&url).await, vec!["experiments", "trials"]);
+    assert_eq!(raw::foreign_key_violations(&url).await, Vec::<String>::new());
+    upgrade::check_ids_stay_dead(&url, &old).await;
+    assert_eq!(raw::foreign_key_violations(&url).await, Vec::<String>::new());
+}
+
+/// Rows whose parent was already missing (say, an experiment deleted by hand with foreign keys
+/// off) do not block the upgrade, and it keeps them: the rebuild only has to add no new ones.
+#[tokio::test]
+async fn sqlite_upgrade_keeps_rows_whose_parent_was_already_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("orphans.db").display());
+    let old = upgrade::build_version_4(&url).await;
+    raw::execute(&url, "PRAGMA foreign_keys = OFF; INSERT INTO metrics VALUES (999999, 'training', 'loss', 1, 1.0, 1)").await;
+    let orphans = raw::foreign_key_violations(&url).await;
+    assert_eq!(orphans, vec!["Ok(\"metrics\") Ok(None)"]);
+    let counts = raw::table_counts(&url).await;
+    upgrade::check_rows_kept(&url, &old).await;
+    assert_eq!(raw::table_counts(&url).await, counts);
+    assert_eq!(raw::foreign_key_violations(&url).await, orphans);
+    upgrade::check_ids_stay_dead(&url, &old).await;
+}
+
+/// PostgreSQL's identity columns never reused an id: migration 5 only records itself.
+#[tokio::test]
+async fn postgres_upgrade_from_version_4_keeps_every_row_and_ids_stay_dead() {
+    let Some(url) = postgres_url("upgrade_from_version_4").await else { return };
+    let old = upgrade::build_version_4(&url).await;
+    upgrade::check_rows_kept(&url, &old).await;
+    upgrade::check_ids_stay_dead(&url, &old).await;
+}
+
+/// A table migration 5 does not know (here: an extra index on `experiments`) stops the upgrade
+/// before anything changed; once it is gone, the upgrade goes through.
+#[tokio::test]
+async fn sqlite_upgrade_refuses_an_unknown_table_shape_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("odd.db").display());
+    let old = upgrade::build_version_4(&url).await;
+    raw::execute(&url, "CREATE INDEX experiments_by_name ON experiments (name)").await;
+    let (counts, schema) = (raw::table_counts(&url).await, raw::schema(&url).await);
+    let err = SqlStore::open(&url).await.err().expect("the upgrade must refuse");
+    assert!(err.to_string().contains("migration 5") && err.to_string().contains("experiments"), "{err}");
+    assert_eq!(raw::table_counts(&url).await, counts);
+    assert_eq!(raw::schema(&url).await, schema);
+    assert_eq!(raw::autoincrement_tables(&url).await, Vec::<String>::new());
+    assert_eq!(SqlStore::open_at_version(&url, 4).await.unwrap().schema_versions().await.unwrap(), vec![1, 2, 3, 4]);
+    raw::execute(&url, "DROP INDEX experiments_by_name").await;
+    upgrade::check_rows_kept(&url, &old).await;
+    upgrade::check_ids_stay_dead(&url, &old).await;
+}
+
+/// The connection that ran migration 5 has its foreign keys back on (an in-memory database has
+/// only that one connection).
+#[tokio::test]
+async fn sqlite_foreign_keys_are_on_after_migrating() {
+    let store = SqlStore::open("sqlite::memory:").await.unwrap();
+    assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3, 4, 5]);
+    let orphan =
+        NewTrial { experiment_id: 12345, request_id: 1, state: "QUEUED".into(), hparams_json: "{}".into(), seed: 1, created_at: 1 };
+    assert!(store.create_trial(orphan).await.is_err(), "a trial of a missing experiment is refused");
+}
+
+/// Looks at a SQLite file directly, with no store open on it.
+mod raw {
+    use sqlx::{AssertSqlSafe, Connection, Row};
+
+    async fn connect(url: &str) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(url).await.unwrap()
+    }
+
+    pub async fn execute(url: &str, sql: &'static str) {
+        let mut conn = connect(url).await;
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+
+    async fn strings(url: &str, sql: &str) -> Vec<String> {
+        let mut conn = connect(url).await;
+        let rows = sqlx::query_scalar(AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        rows
+    }
+
+    async fn tables(url: &str) -> Vec<String> {
+        strings(
+            url,
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('sqlite_sequence', 'schema_migrations') ORDER BY name",
+        )
+        .await
+    }
+
+    /// Rows per table (every table of the store).
+    pub async fn table_counts(url: &str) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for table in tables(url).await {
+            let mut conn = connect(url).await;
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"))).fetch_one(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+            out.push((table, n));
+        }
+        assert_eq!(out.len(), 10, "{out:?}");
+        out
+    }
+
+    /// Every table's columns, foreign keys and indexes (with their columns), as pragmas report them.
+    pub async fn schema(url: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for table in tables(url).await {
+            let mut conn = connect(url).await;
+            let queries = [
+                r#"SELECT name || ' ' || type || ' ' || "notnull" || ' ' || coalesce(dflt_value, '-') || ' ' || pk FROM pragma_table_info($1) ORDER BY cid"#,
+                r#"SELECT "table" || ' ' || "from" || ' ' || coalesce("to", '-') || ' ' || on_update || ' ' || on_delete FROM pragma_foreign_key_list($1) ORDER BY id, seq"#,
+                r#"SELECT il.name || ' ' || il."unique" || ' ' || il.origin || ' ' || il.partial || ' ' || ii.seqno || ' ' || coalesce(ii.name, '-')
+                   FROM pragma_index_list($1) AS il JOIN pragma_index_info(il.name) AS ii ORDER BY il.name, ii.seqno"#,
+            ];
+            for q in queries {
+                let rows: Vec<String> = sqlx::query_scalar(q).bind(&table).fetch_all(&mut conn).await.unwrap();
+                out.extend(rows.into_iter().map(|r| format!("{table}: {r}")));
+            }
+            conn.close().await.unwrap();
+        }
+        out
+    }
+
+    /// Tables created with AUTOINCREMENT.
+    pub async fn autoincrement_tables(url: &str) -> Vec<String> {
+        strings(url, "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%' ORDER BY name").await
+    }
+
+    pub async fn foreign_key_violations(url: &str) -> Vec<String> {
+        let mut conn = connect(url).await;
+        let rows = sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        rows.iter().map(|r| format!("{:?} {:?}", r.try_get::<String, _>(0), r.try_get::<Option<i64>, _>(1))).collect()
     }
 }
 
