@@ -3,22 +3,39 @@
 //! Tasks outlive connections: when the websocket drops, tasks keep running, their messages are
 //! buffered in a bounded outbox, and the agent reconnects with backoff and announces the
 //! allocations it still holds in its `Hello` so that the master can reattach them.
+//!
+//! The agent proves it belongs to the cluster with the join secret ([`AgentConfig::join_token`],
+//! sent as `Authorization: Bearer` on the upgrade request). A master answering the upgrade with
+//! 401 or 403 has refused that secret: retrying cannot help, so the agent stops with
+//! [`AgentError::Rejected`]. Every `Hello` of one [`run_agent`] call carries the same random
+//! `instance`, which tells the master a reconnect of this process from another agent claiming
+//! its id.
+//!
+//! No frame larger than [`MAX_MESSAGE_BYTES`] is ever sent (the master would drop the
+//! connection, and the agent would resend it after reconnecting, forever): a `TaskLogs` too
+//! large is split into several, a `TaskExited` error too long is shortened, and anything else
+//! too large is dropped with a warning and an `agent` log line for its task.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_api::agent::{AgentMessage, LogLine, MasterMessage, SlotSpec, TaskSpec};
+use drover_api::agent::{
+    AgentMessage, JOIN_TOKEN_ENV, LogLine, MAX_MESSAGE_BYTES, MasterMessage, SlotSpec, TaskSpec,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header::AUTHORIZATION};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::{RunnerConfig, TaskHandle, spawn_task};
+use crate::runner::{RunnerConfig, SPLIT_END_MARKER, SPLIT_START_MARKER, TaskHandle, spawn_task};
 
 pub const CONNECT_PATH: &str = "/api/v1/agents/connect";
 
@@ -39,6 +56,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const SHUTDOWN_REPORT_SLACK: Duration = Duration::from_secs(2);
 /// Task messages kept while disconnected.
 pub const OUTBOX_CAPACITY: usize = 10_000;
+/// Bytes of log line text kept while disconnected; past it the oldest batches go.
+pub const OUTBOX_LOG_BYTES: usize = 64 * 1024 * 1024;
+/// Longest `TaskExited` error sent; a longer one is shortened to this (bytes).
+const MAX_EXIT_ERROR_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -49,6 +70,10 @@ pub struct AgentConfig {
     pub work_root: PathBuf,
     /// The slots, already discovered (see [`crate::slots::discover`]).
     pub slots: Vec<SlotSpec>,
+    /// The cluster's join secret, sent as `Authorization: Bearer <token>` when connecting
+    /// (`drover agent` reads it from `DROVER_JOIN_TOKEN`). `None`, or only whitespace, sends
+    /// no header; surrounding whitespace is not part of the token.
+    pub join_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +82,8 @@ pub enum AgentError {
     InvalidMasterUrl { url: String },
     #[error("the master rejected this agent: {reason}")]
     Rejected { reason: String },
+    #[error("the join token cannot be sent in an HTTP header (it has control characters)")]
+    InvalidJoinToken,
     #[error("cannot create the work root {path}: {source}")]
     WorkRoot {
         path: PathBuf,
@@ -89,29 +116,53 @@ pub fn connect_url(master_url: &str) -> Result<String, AgentError> {
 /// errors: the agent keeps retrying, with its tasks running.
 pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let ws_url = connect_url(&config.master_url)?;
+    let authorization = authorization_header(config.join_token.as_deref())?;
     tokio::fs::create_dir_all(&config.work_root)
         .await
         .map_err(|source| AgentError::WorkRoot {
             path: config.work_root.clone(),
             source,
         })?;
+    let runner = RunnerConfig::new(
+        config.master_url.clone(),
+        config.work_root.clone(),
+        config.slots.clone(),
+    );
+    // Unpacked contexts of an earlier agent process are not known to this one.
+    runner
+        .contexts
+        .clear()
+        .await
+        .map_err(|source| AgentError::WorkRoot {
+            path: runner.contexts.root().to_owned(),
+            source,
+        })?;
     let (task_tx, task_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
-        runner: Arc::new(RunnerConfig {
-            master_url: config.master_url.clone(),
-            work_root: config.work_root.clone(),
-            slots: config.slots.clone(),
-        }),
+        runner: Arc::new(runner),
         hostname: hostname(),
+        instance: uuid::Uuid::new_v4().to_string(),
         config,
         ws_url,
+        authorization,
         tasks: HashMap::new(),
-        outbox: Outbox::new(OUTBOX_CAPACITY),
+        outbox: Outbox::new(OUTBOX_CAPACITY, OUTBOX_LOG_BYTES),
         task_tx,
         task_rx,
         shutdown,
     };
     agent.run().await
+}
+
+/// The `Authorization` header for a join token, marked sensitive (never logged).
+fn authorization_header(join_token: Option<&str>) -> Result<Option<HeaderValue>, AgentError> {
+    let Some(token) = join_token.map(str::trim).filter(|token| !token.is_empty()) else {
+        return Ok(None);
+    };
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| AgentError::InvalidJoinToken)?;
+    value.set_sensitive(true);
+    Ok(Some(value))
 }
 
 /// The name this machine reports: `/etc/hostname`, else `$HOSTNAME`, else `localhost`.
@@ -137,10 +188,23 @@ enum SessionEnd {
     Lost { welcomed: bool, reason: String },
 }
 
+enum Connected {
+    Socket(Box<Socket>),
+    /// Could not connect; worth retrying.
+    Failed(String),
+    /// The master refused the upgrade (401/403): retrying cannot help.
+    Refused(String),
+    Shutdown,
+}
+
 struct Agent {
     config: AgentConfig,
     ws_url: String,
+    /// `Authorization: Bearer <join token>`, if there is a token.
+    authorization: Option<HeaderValue>,
     hostname: String,
+    /// Random, once per `run_agent`: sent in every `Hello` of this process.
+    instance: String,
     runner: Arc<RunnerConfig>,
     /// Tasks whose `TaskExited` has not yet come out of `task_rx`.
     tasks: HashMap<String, TaskHandle>,
@@ -156,7 +220,7 @@ impl Agent {
         let mut backoff = INITIAL_BACKOFF;
         while !self.shutdown.is_cancelled() {
             match self.connect().await {
-                Some(Ok(socket)) => match self.session(socket).await {
+                Connected::Socket(socket) => match self.session(*socket).await {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Rejected(reason) => {
                         tracing::error!(%reason, "the master rejected this agent");
@@ -170,10 +234,15 @@ impl Agent {
                         }
                     }
                 },
-                Some(Err(reason)) => {
+                Connected::Failed(reason) => {
                     tracing::warn!(url = %self.ws_url, %reason, "cannot connect to the master")
                 }
-                None => break, // shutdown while connecting
+                Connected::Refused(reason) => {
+                    tracing::error!(url = %self.ws_url, %reason, "the master refused this agent");
+                    self.stop_all_tasks().await;
+                    return Err(AgentError::Rejected { reason });
+                }
+                Connected::Shutdown => break,
             }
             if !self.wait_buffering(backoff).await {
                 break;
@@ -192,26 +261,56 @@ impl Agent {
         self.outbox.push(message);
     }
 
-    /// Connects, buffering task messages meanwhile. `None` on shutdown.
-    async fn connect(&mut self) -> Option<Result<Socket, String>> {
+    /// Connects, buffering task messages meanwhile.
+    async fn connect(&mut self) -> Connected {
+        // Built afresh each time: the upgrade request carries a random key.
+        let mut request = match self.ws_url.as_str().into_client_request() {
+            Ok(request) => request,
+            Err(error) => return Connected::Failed(error.to_string()),
+        };
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
+        }
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let connecting = tokio::time::timeout(
             CONNECT_TIMEOUT,
             // Task messages are small frames sent back to back; with Nagle on, each one after the
             // first waits for the master's delayed ACK (~40 ms).
-            tokio_tungstenite::connect_async_with_config(self.ws_url.clone(), None, true),
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
         );
         tokio::pin!(connecting);
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return None,
-                result = &mut connecting => return Some(match result {
-                    Ok(Ok((socket, _response))) => Ok(socket),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
-                }),
+                () = self.shutdown.cancelled() => return Connected::Shutdown,
+                result = &mut connecting => return match result {
+                    Ok(Ok((socket, _response))) => Connected::Socket(Box::new(socket)),
+                    Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response)))
+                        if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) =>
+                    {
+                        Connected::Refused(self.refusal(response.status()))
+                    }
+                    Ok(Err(error)) => Connected::Failed(error.to_string()),
+                    Err(_) => Connected::Failed(format!("no connection within {CONNECT_TIMEOUT:?}")),
+                },
                 Some(message) = self.task_rx.recv() => self.absorb(message),
             }
         }
+    }
+
+    fn refusal(&self, status: StatusCode) -> String {
+        let sent = if self.authorization.is_some() {
+            "this agent sent one"
+        } else {
+            "this agent sent none"
+        };
+        format!(
+            "the master answered {status} to the connection: the join token is missing or wrong \
+             ({sent}; give the agent the cluster's join secret in {JOIN_TOKEN_ENV})"
+        )
     }
 
     /// Waits `duration`, buffering task messages meanwhile. False on shutdown.
@@ -241,6 +340,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             slots: self.config.slots.clone(),
             running: self.running_allocations(),
+            instance: self.instance.clone(),
         };
         if let Err(reason) = send(&mut socket, &hello).await {
             return SessionEnd::Lost {
@@ -367,14 +467,43 @@ impl Agent {
         }
     }
 
-    /// Sends everything queued, oldest first. A message that fails to send goes back to the
-    /// front of the queue.
+    /// Sends everything queued, oldest first, each message in frames that fit
+    /// [`MAX_MESSAGE_BYTES`]. What fails to send goes back to the front of the queue.
     async fn flush_outbox(&mut self, socket: &mut Socket) -> Result<(), String> {
         self.outbox.add_drop_notices();
         while let Some(message) = self.outbox.pop() {
-            if let Err(reason) = send(socket, &message).await {
-                self.outbox.push_front(message);
-                return Err(reason);
+            let frames = match fit_frames(message, MAX_MESSAGE_BYTES) {
+                Ok(frames) => frames,
+                Err(unsendable) => {
+                    tracing::warn!(
+                        bytes = unsendable.bytes,
+                        kind = unsendable.kind,
+                        "dropping a message larger than the websocket limit"
+                    );
+                    if let Some(allocation_id) = unsendable.allocation_id {
+                        self.outbox.push_front(AgentMessage::TaskLogs {
+                            allocation_id,
+                            lines: vec![agent_line(format!(
+                                "the agent dropped a {} message of {} bytes: it exceeds the \
+                                 {MAX_MESSAGE_BYTES}-byte message limit",
+                                unsendable.kind, unsendable.bytes
+                            ))],
+                        });
+                    }
+                    continue;
+                }
+            };
+            let mut frames = frames.into_iter();
+            while let Some((message, text)) = frames.next() {
+                if let Err(error) = socket.send(Message::text(text)).await {
+                    let unsent: Vec<AgentMessage> = std::iter::once(message)
+                        .chain(frames.map(|(message, _)| message))
+                        .collect();
+                    for message in unsent.into_iter().rev() {
+                        self.outbox.push_front(message);
+                    }
+                    return Err(error.to_string());
+                }
             }
         }
         Ok(())
@@ -437,31 +566,180 @@ impl Agent {
     }
 }
 
+/// Sends one message that is not a task's (a `Hello`, a `Heartbeat`); never a frame above
+/// [`MAX_MESSAGE_BYTES`].
 async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), String> {
     let text = serde_json::to_string(message)
-        .map_err(|error| format!("cannot encode {message:?}: {error}"))?;
+        .map_err(|error| format!("cannot encode a {} message: {error}", kind(message)))?;
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "a {} message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte message limit",
+            kind(message),
+            text.len()
+        ));
+    }
     socket
         .send(Message::text(text))
         .await
         .map_err(|error| error.to_string())
 }
 
-/// Task messages waiting for a connection. Bounded: when full, the oldest log batch goes first
-/// (its lost line count is reported later as an `agent` log line), then the oldest other
-/// non-exit message; a `TaskExited` is never dropped, since without it the master would never
-/// learn how the task ended (and there is only one per task, so they cannot pile up).
+fn kind(message: &AgentMessage) -> &'static str {
+    match message {
+        AgentMessage::Hello { .. } => "Hello",
+        AgentMessage::Heartbeat => "Heartbeat",
+        AgentMessage::TaskStarted { .. } => "TaskStarted",
+        AgentMessage::TaskLogs { .. } => "TaskLogs",
+        AgentMessage::TaskExited { .. } => "TaskExited",
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+fn agent_line(line: String) -> LogLine {
+    LogLine {
+        ts_ms: now_ms(),
+        stream: "agent".to_owned(),
+        line,
+    }
+}
+
+/// A message that cannot be made to fit a frame.
+#[derive(Debug, PartialEq)]
+struct Unsendable {
+    kind: &'static str,
+    bytes: usize,
+    allocation_id: Option<String>,
+}
+
+/// Encodes `message` as frames of at most `limit` bytes each, in order: a `TaskLogs` too large
+/// is split between its lines (a single line too large is cut into fragments marked like the
+/// runner's), a `TaskExited` with an overlong error gets it shortened; anything else too large
+/// cannot be sent.
+fn fit_frames(
+    message: AgentMessage,
+    limit: usize,
+) -> Result<Vec<(AgentMessage, String)>, Unsendable> {
+    let mut frames = Vec::new();
+    let mut pending = vec![message];
+    // A stack, last piece first, so the frames come out in order.
+    while let Some(message) = pending.pop() {
+        let unsendable = |message: &AgentMessage, bytes: usize| Unsendable {
+            kind: kind(message),
+            bytes,
+            allocation_id: match message {
+                AgentMessage::TaskStarted { allocation_id, .. }
+                | AgentMessage::TaskLogs { allocation_id, .. }
+                | AgentMessage::TaskExited { allocation_id, .. } => Some(allocation_id.clone()),
+                AgentMessage::Hello { .. } | AgentMessage::Heartbeat => None,
+            },
+        };
+        let text = serde_json::to_string(&message).map_err(|_| unsendable(&message, 0))?;
+        if text.len() <= limit {
+            frames.push((message, text));
+            continue;
+        }
+        let bytes = text.len();
+        match message {
+            AgentMessage::TaskLogs {
+                allocation_id,
+                mut lines,
+            } if lines.len() > 1 => {
+                let second = lines.split_off(lines.len() / 2);
+                pending.push(AgentMessage::TaskLogs {
+                    allocation_id: allocation_id.clone(),
+                    lines: second,
+                });
+                pending.push(AgentMessage::TaskLogs {
+                    allocation_id,
+                    lines,
+                });
+            }
+            AgentMessage::TaskLogs {
+                allocation_id,
+                mut lines,
+            } if lines.len() == 1
+                && lines[0].line.len()
+                    > 2 * (SPLIT_START_MARKER.len() + SPLIT_END_MARKER.len()) =>
+            {
+                let line = lines.remove(0);
+                let mut middle = line.line.len() / 2;
+                while !line.line.is_char_boundary(middle) {
+                    middle -= 1;
+                }
+                let (head, tail) = line.line.split_at(middle);
+                let piece = |text: String| AgentMessage::TaskLogs {
+                    allocation_id: allocation_id.clone(),
+                    lines: vec![LogLine {
+                        ts_ms: line.ts_ms,
+                        stream: line.stream.clone(),
+                        line: text,
+                    }],
+                };
+                pending.push(piece(format!("{SPLIT_START_MARKER}{tail}")));
+                pending.push(piece(format!("{head}{SPLIT_END_MARKER}")));
+            }
+            AgentMessage::TaskExited {
+                allocation_id,
+                exit_code,
+                signal,
+                error: Some(error),
+            } if error.len() > MAX_EXIT_ERROR_BYTES => {
+                let mut end = MAX_EXIT_ERROR_BYTES;
+                while !error.is_char_boundary(end) {
+                    end -= 1;
+                }
+                pending.push(AgentMessage::TaskExited {
+                    allocation_id,
+                    exit_code,
+                    signal,
+                    error: Some(format!(
+                        "{}… ({} bytes in all; shortened by the agent)",
+                        &error[..end],
+                        error.len()
+                    )),
+                });
+            }
+            other => return Err(unsendable(&other, bytes)),
+        }
+    }
+    Ok(frames)
+}
+
+/// Task messages waiting for a connection. Bounded in messages and in bytes of log text: when
+/// full, the oldest log batch goes first (its lost line count is reported later as an `agent`
+/// log line), then the oldest other non-exit message; a `TaskExited` is never dropped, since
+/// without it the master would never learn how the task ended (and there is only one per task,
+/// so they cannot pile up).
 #[derive(Debug)]
 struct Outbox {
     queue: VecDeque<AgentMessage>,
     capacity: usize,
+    /// Most bytes of log line text queued.
+    log_capacity: usize,
+    log_bytes: usize,
     dropped_lines: BTreeMap<String, usize>,
 }
 
+/// Bytes of log line text in a message.
+fn log_bytes(message: &AgentMessage) -> usize {
+    match message {
+        AgentMessage::TaskLogs { lines, .. } => lines.iter().map(|line| line.line.len()).sum(),
+        _ => 0,
+    }
+}
+
 impl Outbox {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, log_capacity: usize) -> Self {
         Outbox {
             queue: VecDeque::new(),
             capacity,
+            log_capacity,
+            log_bytes: 0,
             dropped_lines: BTreeMap::new(),
         }
     }
@@ -470,54 +748,66 @@ impl Outbox {
         if self.queue.len() >= self.capacity {
             self.drop_one();
         }
+        self.log_bytes += log_bytes(&message);
         self.queue.push_back(message);
+        while self.log_bytes > self.log_capacity && self.drop_oldest_logs() {}
     }
 
     fn drop_one(&mut self) {
+        if self.drop_oldest_logs() {
+            return;
+        }
+        let victim = self
+            .queue
+            .iter()
+            .position(|m| !matches!(m, AgentMessage::TaskExited { .. }));
+        // With only exit reports queued, nothing goes: they are all kept, over capacity.
+        if let Some(other) = victim.and_then(|index| self.queue.remove(index)) {
+            tracing::warn!(message = ?other, "outbox full: dropped a message");
+        }
+    }
+
+    /// Drops the oldest log batch, counting its lines; false if there is none.
+    fn drop_oldest_logs(&mut self) -> bool {
         let oldest_logs = self
             .queue
             .iter()
             .position(|m| matches!(m, AgentMessage::TaskLogs { .. }));
-        let victim = oldest_logs.or_else(|| {
-            self.queue
-                .iter()
-                .position(|m| !matches!(m, AgentMessage::TaskExited { .. }))
-        });
-        match victim.and_then(|index| self.queue.remove(index)) {
-            Some(AgentMessage::TaskLogs {
-                allocation_id,
-                lines,
-            }) => {
-                *self.dropped_lines.entry(allocation_id).or_default() += lines.len();
+        match oldest_logs.and_then(|index| self.queue.remove(index)) {
+            Some(message) => {
+                self.log_bytes -= log_bytes(&message);
+                if let AgentMessage::TaskLogs {
+                    allocation_id,
+                    lines,
+                } = message
+                {
+                    *self.dropped_lines.entry(allocation_id).or_default() += lines.len();
+                }
+                true
             }
-            Some(other) => tracing::warn!(message = ?other, "outbox full: dropped a message"),
-            None => {} // only exit reports queued: keep them all, over capacity
+            None => false,
         }
     }
 
     fn push_front(&mut self, message: AgentMessage) {
+        self.log_bytes += log_bytes(&message);
         self.queue.push_front(message);
     }
 
     fn pop(&mut self) -> Option<AgentMessage> {
-        self.queue.pop_front()
+        let message = self.queue.pop_front()?;
+        self.log_bytes -= log_bytes(&message);
+        Some(message)
     }
 
     /// Puts, at the front, one `agent` log line per allocation that lost lines, so the user
     /// sees the gap in the task's log. They go before everything else and so before the
     /// task's `TaskExited`.
     fn add_drop_notices(&mut self) {
-        let ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as i64);
         for (allocation_id, count) in std::mem::take(&mut self.dropped_lines).into_iter().rev() {
-            self.queue.push_front(AgentMessage::TaskLogs {
+            self.push_front(AgentMessage::TaskLogs {
                 allocation_id,
-                lines: vec![LogLine {
-                    ts_ms,
-                    stream: "agent".to_owned(),
-                    line: format!("{count} log lines were dropped while the agent was disconnected from the master"),
-                }],
+                lines: vec![agent_line(format!("{count} log lines were dropped while the agent was disconnected from the master"))],
             });
         }
     }
@@ -586,7 +876,7 @@ mod tests {
 
     #[test]
     fn full_outbox_drops_oldest_logs_first_and_reports_the_gap() {
-        let mut outbox = Outbox::new(3);
+        let mut outbox = Outbox::new(3, usize::MAX);
         outbox.push(logs("a", 2));
         outbox.push(exited("b"));
         outbox.push(logs("a", 5));
@@ -615,7 +905,7 @@ mod tests {
 
     #[test]
     fn outbox_never_drops_exit_reports() {
-        let mut outbox = Outbox::new(2);
+        let mut outbox = Outbox::new(2, usize::MAX);
         for allocation in ["a", "b", "c", "d"] {
             outbox.push(exited(allocation));
         }
@@ -626,7 +916,7 @@ mod tests {
 
     #[test]
     fn outbox_drops_other_messages_before_exit_reports() {
-        let mut outbox = Outbox::new(2);
+        let mut outbox = Outbox::new(2, usize::MAX);
         outbox.push(AgentMessage::TaskStarted {
             allocation_id: "a".to_owned(),
             pid: 1,
@@ -635,5 +925,170 @@ mod tests {
         outbox.push(exited("a"));
         let drained: Vec<AgentMessage> = std::iter::from_fn(|| outbox.pop()).collect();
         assert_eq!(drained, [exited("b"), exited("a")]);
+    }
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            ts_ms: 7,
+            stream: "stdout".to_owned(),
+            line: text.to_owned(),
+        }
+    }
+
+    fn lines_in(frames: &[(AgentMessage, String)]) -> Vec<String> {
+        frames
+            .iter()
+            .flat_map(|(message, _)| match message {
+                AgentMessage::TaskLogs { lines, .. } => {
+                    lines.iter().map(|l| l.line.clone()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_messages_are_one_frame() {
+        let frames = fit_frames(logs("a", 3), 1000).expect("fits");
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, logs("a", 3));
+        assert_eq!(
+            frames[0].1,
+            serde_json::to_string(&logs("a", 3)).expect("encode")
+        );
+    }
+
+    #[test]
+    fn large_log_batches_are_split_in_order_below_the_limit() {
+        let texts: Vec<String> = (0..40)
+            .map(|i| format!("{i:03}-{}", "\u{1}".repeat(50)))
+            .collect();
+        let message = AgentMessage::TaskLogs {
+            allocation_id: "a".to_owned(),
+            lines: texts.iter().map(|t| line(t)).collect(),
+        };
+        let frames = fit_frames(message, 2000).expect("fits once split");
+        assert!(frames.len() > 1);
+        for (message, text) in &frames {
+            assert!(text.len() <= 2000, "{} bytes", text.len());
+            assert_eq!(&serde_json::to_string(message).expect("encode"), text);
+        }
+        assert_eq!(lines_in(&frames), texts);
+    }
+
+    #[test]
+    fn a_single_huge_line_is_cut_with_markers() {
+        let text = format!("{}€", "x".repeat(5000));
+        let message = AgentMessage::TaskLogs {
+            allocation_id: "a".to_owned(),
+            lines: vec![line(&text)],
+        };
+        let frames = fit_frames(message, 1500).expect("fits once cut");
+        assert!(frames.iter().all(|(_, text)| text.len() <= 1500));
+        let pieces = lines_in(&frames);
+        assert!(pieces.len() >= 4);
+        let mut joined = String::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut piece = piece.as_str();
+            if i > 0 {
+                piece = piece
+                    .strip_prefix(SPLIT_START_MARKER)
+                    .expect("start marker");
+            }
+            if i + 1 < pieces.len() {
+                piece = piece.strip_suffix(SPLIT_END_MARKER).expect("end marker");
+            }
+            joined.push_str(piece);
+        }
+        assert_eq!(joined, text);
+    }
+
+    #[test]
+    fn an_overlong_exit_error_is_shortened_not_dropped() {
+        let message = AgentMessage::TaskExited {
+            allocation_id: "a".to_owned(),
+            exit_code: None,
+            signal: None,
+            error: Some("e".repeat(3 * MAX_EXIT_ERROR_BYTES)),
+        };
+        let frames = fit_frames(message, 2 * MAX_EXIT_ERROR_BYTES).expect("fits");
+        match &frames[..] {
+            [
+                (
+                    AgentMessage::TaskExited {
+                        error: Some(error), ..
+                    },
+                    text,
+                ),
+            ] => {
+                assert!(text.len() <= 2 * MAX_EXIT_ERROR_BYTES);
+                assert!(
+                    error.contains("shortened by the agent"),
+                    "{}",
+                    &error[error.len() - 60..]
+                );
+            }
+            other => panic!(
+                "expected one shortened TaskExited, got {} frames",
+                other.len()
+            ),
+        }
+    }
+
+    #[test]
+    fn other_oversized_messages_are_refused() {
+        let message = AgentMessage::TaskStarted {
+            allocation_id: "b".repeat(500),
+            pid: 1,
+        };
+        let refused = fit_frames(message, 100).expect_err("cannot fit");
+        assert_eq!(refused.kind, "TaskStarted");
+        assert_eq!(
+            refused.allocation_id.as_deref(),
+            Some("b".repeat(500).as_str())
+        );
+        assert!(refused.bytes > 500);
+    }
+
+    #[test]
+    fn outbox_bounds_log_bytes() {
+        let big = |n: usize| AgentMessage::TaskLogs {
+            allocation_id: "a".to_owned(),
+            lines: vec![line(&"z".repeat(n))],
+        };
+        let mut outbox = Outbox::new(100, 1000);
+        outbox.push(big(400));
+        outbox.push(exited("b"));
+        outbox.push(big(400));
+        assert_eq!(outbox.log_bytes, 800);
+        outbox.push(big(400)); // drops the first batch
+        assert_eq!(outbox.log_bytes, 800);
+        assert_eq!(outbox.len(), 3);
+        outbox.add_drop_notices();
+        let notice = outbox.pop().expect("notice");
+        assert!(
+            matches!(&notice, AgentMessage::TaskLogs { lines, .. } if lines[0].line.starts_with("1 log lines were dropped"))
+        );
+        assert_eq!(outbox.pop(), Some(exited("b")));
+        assert_eq!(outbox.log_bytes, 800);
+        outbox.pop();
+        outbox.pop();
+        assert_eq!(outbox.log_bytes, 0);
+        assert_eq!(outbox.pop(), None);
+    }
+
+    #[test]
+    fn join_token_header() {
+        assert_eq!(authorization_header(None).expect("ok"), None);
+        assert_eq!(authorization_header(Some("  ")).expect("ok"), None);
+        let value = authorization_header(Some(" s3cret\n"))
+            .expect("ok")
+            .expect("a header");
+        assert_eq!(value.to_str().expect("ascii"), "Bearer s3cret");
+        assert!(value.is_sensitive());
+        assert!(matches!(
+            authorization_header(Some("a\nb")),
+            Err(AgentError::InvalidJoinToken)
+        ));
     }
 }

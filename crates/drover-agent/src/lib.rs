@@ -11,11 +11,13 @@
 //!
 //! Modules:
 //! - [`slots`]: discovering this machine's slots (nvidia-smi for GPUs, else CPU slots).
-//! - [`context`]: fetching and safely extracting an experiment's context tarball.
+//! - [`context`]: fetching and safely extracting an experiment's context tarball, once per
+//!   experiment (a cache under the work root), then copied into each task's directory.
 //! - [`runner`]: one task as a process group, independent of the websocket: it writes its
-//!   messages into a channel, so it can be driven and tested without a master.
-//! - [`agent`]: the websocket session with the master, reconnection, and buffering of task
-//!   messages while disconnected.
+//!   messages into a channel, so it can be driven and tested without a master. Long output
+//!   lines are cut into marked fragments and batches are bounded in lines and bytes.
+//! - [`agent`]: the websocket session with the master (join token, per-process instance id),
+//!   reconnection, buffering of task messages while disconnected, and the frame size limit.
 
 pub mod agent;
 pub mod context;

@@ -10,10 +10,20 @@
 //! *and* its group is empty: members still alive then keep what remains of a kill's grace (or,
 //! after a natural exit, get SIGTERM and a short grace), then SIGKILL, so that `TaskExited`
 //! never announces a task while a process of it still holds a GPU.
+//!
+//! **Output.** Each line of stdout and stderr becomes a [`LogLine`] (lossily decoded as UTF-8,
+//! without its line ending). A line longer than [`MAX_LINE_BYTES`] is cut into fragments of at
+//! most that many bytes each, cut on a UTF-8 character boundary: every fragment but the last
+//! ends with [`SPLIT_END_MARKER`] (`…[continued]`) and every fragment but the first starts with
+//! [`SPLIT_START_MARKER`] (`[continued]…`), so a reader sees where a line was split and can
+//! join the pieces by dropping the markers. Lines are sent in `TaskLogs` batches of at most
+//! [`LOG_BATCH_LINES`] lines and [`LOG_BATCH_BYTES`] bytes of line text, so that a batch
+//! encodes well below `drover_api::agent::MAX_MESSAGE_BYTES` even when every byte is a control
+//! character JSON escapes as `\u00XX`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,14 +38,27 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::context::{self, ContextError};
+use crate::context::{CACHE_DIR_NAME, ContextCache, ContextError};
 
 /// A log batch is sent this long after its first line at the latest...
 const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// ...or as soon as it has this many lines.
-const LOG_BATCH_LINES: usize = 500;
-/// A process printing without newlines must not grow one line without bound.
-const MAX_LINE_BYTES: usize = 64 * 1024;
+/// ...or as soon as it has this many lines...
+pub const LOG_BATCH_LINES: usize = 500;
+/// ...or before its line text would exceed this many bytes. JSON escaping at most sextuples a
+/// line (a control byte becomes `\u00XX`), so a batch encodes to about 6 MiB at worst, well
+/// under `MAX_MESSAGE_BYTES` (16 MiB).
+pub const LOG_BATCH_BYTES: usize = 1024 * 1024;
+/// Longest log line sent (bytes, markers included, for valid UTF-8 output): a process printing
+/// without newlines must not grow one line without bound.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Ends a fragment of a line that was cut (see the module doc).
+pub const SPLIT_END_MARKER: &str = "…[continued]";
+/// Starts the continuation of a line that was cut (see the module doc).
+pub const SPLIT_START_MARKER: &str = "[continued]…";
+/// Bytes of output per fragment, leaving room for both markers.
+const FRAGMENT_BYTES: usize = MAX_LINE_BYTES - SPLIT_END_MARKER.len() - SPLIT_START_MARKER.len();
+/// Lines waiting between a stream's reader and the batcher.
+const LINE_CHANNEL_CAPACITY: usize = 256;
 /// After a natural exit, how long processes the task left behind get between SIGTERM and
 /// SIGKILL.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(3);
@@ -56,6 +79,25 @@ pub struct RunnerConfig {
     pub work_root: PathBuf,
     /// This agent's slots, to map a task's slot ids to devices.
     pub slots: Vec<SlotSpec>,
+    /// Experiments' contexts, unpacked once each (under `work_root`).
+    pub contexts: Arc<ContextCache>,
+}
+
+impl RunnerConfig {
+    /// A configuration with a context cache in `<work_root>/.drover-contexts`.
+    pub fn new(
+        master_url: impl Into<String>,
+        work_root: impl Into<PathBuf>,
+        slots: Vec<SlotSpec>,
+    ) -> Self {
+        let work_root = work_root.into();
+        RunnerConfig {
+            master_url: master_url.into(),
+            contexts: Arc::new(ContextCache::new(&work_root)),
+            work_root,
+            slots,
+        }
+    }
 }
 
 /// Why a task could not start; sent as the `error` of its `TaskExited`.
@@ -75,8 +117,6 @@ pub enum StartError {
     },
     #[error(transparent)]
     Context(#[from] ContextError),
-    #[error("context extraction failed: {0}")]
-    ExtractionPanicked(String),
     #[error("cannot start {program:?}: {source}")]
     Spawn {
         program: String,
@@ -168,11 +208,13 @@ async fn supervise(
     let _ = outgoing.send(exited);
 }
 
-/// The id names a directory under work_root, so it must not be able to climb out of it.
+/// The id names a directory under work_root, so it must not be able to climb out of it (nor
+/// be the context cache, which is removed with it).
 fn is_single_component(allocation_id: &str) -> bool {
     !(allocation_id.is_empty()
         || allocation_id == "."
         || allocation_id == ".."
+        || allocation_id == CACHE_DIR_NAME
         || allocation_id.contains('/')
         || allocation_id.contains('\0'))
 }
@@ -214,7 +256,7 @@ async fn start(
     if let Some(context_path) = &spec.context_path {
         // A kill may arrive while a large context downloads; it must not wait for it.
         tokio::select! {
-            prepared = prepare_context(&config.master_url, context_path, &spec.token, &work_dir) => prepared?,
+            prepared = config.contexts.populate(spec.experiment_id, &config.master_url, context_path, &spec.token, &work_dir) => prepared?,
             () = kill_requested(kill_requests) => return Err(StartError::KilledBeforeStart),
         }
     }
@@ -248,7 +290,7 @@ async fn start(
         pid,
     });
 
-    let (lines_tx, lines_rx) = mpsc::channel(4 * LOG_BATCH_LINES);
+    let (lines_tx, lines_rx) = mpsc::channel(LINE_CHANNEL_CAPACITY);
     let readers = [
         child
             .stdout
@@ -271,21 +313,6 @@ async fn start(
         process_group,
         log_batcher,
     })
-}
-
-async fn prepare_context(
-    master_url: &str,
-    context_path: &str,
-    token: &str,
-    work_dir: &Path,
-) -> Result<(), StartError> {
-    let tarball = context::fetch_context(master_url, context_path, token).await?;
-    let destination = work_dir.to_path_buf();
-    // Decompressing and writing files blocks; keep it off the runtime's worker threads.
-    tokio::task::spawn_blocking(move || context::extract_context(&tarball, &destination))
-        .await
-        .map_err(|error| StartError::ExtractionPanicked(error.to_string()))??;
-    Ok(())
 }
 
 /// Resolves once a kill has been requested (at once if one already was). Never resolves if
@@ -535,15 +562,15 @@ fn now_ms() -> i64 {
         .map_or(0, |since| since.as_millis() as i64)
 }
 
-/// Reads `reader` line by line (lossily as UTF-8, without the line ending) into `lines`, cutting
-/// lines longer than [`MAX_LINE_BYTES`] into several.
+/// Reads `reader` line by line into `lines`, cutting lines longer than [`MAX_LINE_BYTES`] into
+/// marked fragments (see the module doc).
 async fn read_lines(
     reader: impl AsyncRead + Unpin,
     stream: &'static str,
     lines: mpsc::Sender<LogLine>,
 ) {
     let mut reader = BufReader::new(reader);
-    let mut current: Vec<u8> = Vec::new();
+    let mut splitter = LineSplitter::default();
     loop {
         let available = match reader.fill_buf().await {
             Ok(available) => available,
@@ -555,38 +582,24 @@ async fn read_lines(
         if available.is_empty() {
             break;
         }
-        let room = MAX_LINE_BYTES - current.len();
-        let window = &available[..available.len().min(room)];
-        let (taken, line_complete) = match window.iter().position(|&byte| byte == b'\n') {
-            Some(newline) => {
-                current.extend_from_slice(&window[..newline]);
-                (newline + 1, true)
-            }
-            None => {
-                current.extend_from_slice(window);
-                (window.len(), current.len() >= MAX_LINE_BYTES)
-            }
-        };
+        let (taken, line) = splitter.feed(available);
         reader.consume(taken);
-        if line_complete && send_line(&lines, stream, &mut current).await.is_err() {
+        if let Some(line) = line
+            && send_line(&lines, stream, line).await.is_err()
+        {
             return;
         }
     }
-    if !current.is_empty() {
-        let _ = send_line(&lines, stream, &mut current).await;
+    if let Some(line) = splitter.finish() {
+        let _ = send_line(&lines, stream, line).await;
     }
 }
 
 async fn send_line(
     lines: &mpsc::Sender<LogLine>,
     stream: &'static str,
-    current: &mut Vec<u8>,
+    line: String,
 ) -> Result<(), mpsc::error::SendError<LogLine>> {
-    if current.last() == Some(&b'\r') {
-        current.pop();
-    }
-    let line = String::from_utf8_lossy(current).into_owned();
-    current.clear();
     lines
         .send(LogLine {
             ts_ms: now_ms(),
@@ -594,6 +607,127 @@ async fn send_line(
             line,
         })
         .await
+}
+
+/// Turns a byte stream into lines (lossily decoded, without `\n` or `\r\n`), cutting lines
+/// longer than [`FRAGMENT_BYTES`] into fragments marked with [`SPLIT_END_MARKER`] and
+/// [`SPLIT_START_MARKER`].
+#[derive(Debug, Default)]
+struct LineSplitter {
+    /// Bytes of the line so far (of the current fragment, if it continues a cut line).
+    current: Vec<u8>,
+    /// The current fragment continues a line that was cut.
+    continuing: bool,
+}
+
+impl LineSplitter {
+    /// Takes bytes from the front of `available` (not empty): returns how many it used and the
+    /// line they completed, if any. It may use none, when a line ends exactly at the limit.
+    fn feed(&mut self, available: &[u8]) -> (usize, Option<String>) {
+        if self.current.len() >= FRAGMENT_BYTES {
+            // Full: what follows tells whether the line ends here or goes on.
+            return match available {
+                [b'\n', ..] => (1, Some(self.take(false))),
+                [b'\r', b'\n', ..] => (2, Some(self.take(false))),
+                _ => (0, Some(self.take(true))),
+            };
+        }
+        let room = FRAGMENT_BYTES - self.current.len();
+        let window = &available[..available.len().min(room)];
+        match window.iter().position(|&byte| byte == b'\n') {
+            Some(newline) => {
+                self.current.extend_from_slice(&window[..newline]);
+                (newline + 1, Some(self.take(false)))
+            }
+            None => {
+                self.current.extend_from_slice(window);
+                (window.len(), None)
+            }
+        }
+    }
+
+    /// The last line, at the end of the stream (which may not end with a newline).
+    fn finish(&mut self) -> Option<String> {
+        (!self.current.is_empty() || self.continuing).then(|| self.take(false))
+    }
+
+    /// The current line (`cut`: a fragment of it, ended at a character boundary, the rest
+    /// carried into the next fragment).
+    fn take(&mut self, cut: bool) -> String {
+        let mut bytes = std::mem::take(&mut self.current);
+        if cut {
+            let boundary = utf8_cut(&bytes);
+            self.current = bytes.split_off(boundary);
+        } else if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let mut line =
+            String::with_capacity(text.len() + SPLIT_START_MARKER.len() + SPLIT_END_MARKER.len());
+        if self.continuing {
+            line.push_str(SPLIT_START_MARKER);
+        }
+        line.push_str(&text);
+        if cut {
+            line.push_str(SPLIT_END_MARKER);
+        }
+        self.continuing = cut;
+        line
+    }
+}
+
+/// Where to cut `bytes` so that no UTF-8 character is split: before an incomplete sequence at
+/// the end, else at the end. (Invalid bytes are cut anywhere; they decode as U+FFFD either way.)
+fn utf8_cut(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let byte = bytes[len - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: the lead is further back
+        }
+        let needed = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if needed > back { len - back } else { len };
+    }
+    len
+}
+
+/// Gathers lines into batches bounded by [`LOG_BATCH_LINES`] and [`LOG_BATCH_BYTES`].
+#[derive(Debug, Default)]
+struct LogBatch {
+    lines: Vec<LogLine>,
+    bytes: usize,
+}
+
+impl LogBatch {
+    /// Adds a line; returns a batch that must be sent now (the earlier lines, when this one
+    /// would take the batch past its byte budget, or the batch with it, when it is full).
+    fn add(&mut self, line: LogLine) -> Option<Vec<LogLine>> {
+        let mut full = None;
+        if !self.lines.is_empty() && self.bytes + line.line.len() > LOG_BATCH_BYTES {
+            full = self.take();
+        }
+        self.bytes += line.line.len();
+        self.lines.push(line);
+        if full.is_none() && (self.lines.len() >= LOG_BATCH_LINES || self.bytes >= LOG_BATCH_BYTES)
+        {
+            full = self.take();
+        }
+        full
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn take(&mut self) -> Option<Vec<LogLine>> {
+        self.bytes = 0;
+        (!self.lines.is_empty()).then(|| std::mem::take(&mut self.lines))
+    }
 }
 
 /// Collects lines into `TaskLogs` batches until every reader is done, then sends the rest.
@@ -612,38 +746,39 @@ async fn batch_logs(
     }
     let _readers = AbortOnDrop(readers);
 
-    let flush = |batch: &mut Vec<LogLine>| {
-        if !batch.is_empty() {
-            let _ = outgoing.send(AgentMessage::TaskLogs {
-                allocation_id: allocation_id.clone(),
-                lines: std::mem::take(batch),
-            });
-        }
+    let send = |lines: Vec<LogLine>| {
+        let _ = outgoing.send(AgentMessage::TaskLogs {
+            allocation_id: allocation_id.clone(),
+            lines,
+        });
     };
-    let mut batch: Vec<LogLine> = Vec::new();
+    let mut batch = LogBatch::default();
     let mut flush_at: Option<Instant> = None;
     loop {
         tokio::select! {
             line = lines.recv() => match line {
                 Some(line) => {
-                    if batch.is_empty() {
-                        flush_at = Some(Instant::now() + LOG_FLUSH_INTERVAL);
-                    }
-                    batch.push(line);
-                    if batch.len() >= LOG_BATCH_LINES {
-                        flush(&mut batch);
+                    if let Some(full) = batch.add(line) {
+                        send(full);
                         flush_at = None;
+                    }
+                    if !batch.is_empty() && flush_at.is_none() {
+                        flush_at = Some(Instant::now() + LOG_FLUSH_INTERVAL);
                     }
                 }
                 None => break,
             },
             () = sleep_until_some(flush_at) => {
-                flush(&mut batch);
+                if let Some(lines) = batch.take() {
+                    send(lines);
+                }
                 flush_at = None;
             }
         }
     }
-    flush(&mut batch);
+    if let Some(lines) = batch.take() {
+        send(lines);
+    }
 }
 
 #[cfg(test)]
@@ -745,6 +880,47 @@ mod tests {
         assert!(!group_has_live_members(Pid::from_raw(i32::MAX)));
     }
 
+    fn split_all(input: &[u8]) -> Vec<String> {
+        let mut splitter = LineSplitter::default();
+        let mut lines = Vec::new();
+        let mut rest = input;
+        // Fed in odd-sized pieces, as a pipe delivers them.
+        while !rest.is_empty() {
+            let piece = &rest[..rest.len().min(7001)];
+            let (taken, line) = splitter.feed(piece);
+            lines.extend(line);
+            rest = &rest[taken..];
+        }
+        lines.extend(splitter.finish());
+        lines
+    }
+
+    /// Joins fragments back into lines by dropping the markers.
+    fn join_fragments(lines: &[String]) -> Vec<String> {
+        let mut joined: Vec<String> = Vec::new();
+        let mut open = false;
+        for line in lines {
+            let mut text = line.as_str();
+            if open {
+                text = text
+                    .strip_prefix(SPLIT_START_MARKER)
+                    .expect("a continuation is marked");
+            }
+            let cut = text.ends_with(SPLIT_END_MARKER);
+            if cut {
+                text = &text[..text.len() - SPLIT_END_MARKER.len()];
+            }
+            if open {
+                joined.last_mut().expect("open line").push_str(text);
+            } else {
+                joined.push(text.to_owned());
+            }
+            open = cut;
+        }
+        assert!(!open, "the last fragment is not marked as cut");
+        joined
+    }
+
     #[tokio::test]
     async fn long_lines_are_split_and_partial_last_line_kept() {
         let mut input = vec![b'a'; MAX_LINE_BYTES + 10];
@@ -755,10 +931,126 @@ mod tests {
         while let Some(line) = rx.recv().await {
             lines.push(line.line);
         }
-        assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
-        assert_eq!(lines[1], "a".repeat(10));
+        assert_eq!(
+            lines.len(),
+            4,
+            "{:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            lines[0],
+            format!("{}{SPLIT_END_MARKER}", "a".repeat(FRAGMENT_BYTES))
+        );
+        assert!(lines[0].len() <= MAX_LINE_BYTES);
+        assert_eq!(
+            lines[1],
+            format!(
+                "{SPLIT_START_MARKER}{}",
+                "a".repeat(MAX_LINE_BYTES + 10 - FRAGMENT_BYTES)
+            )
+        );
         assert_eq!(lines[2], "second");
         assert_eq!(lines[3], "no newline at end");
+    }
+
+    #[test]
+    fn splitting_marks_every_cut_and_loses_nothing() {
+        let long = "x".repeat(3 * FRAGMENT_BYTES + 5);
+        let input = format!("short\n{long}\n\nlast");
+        let lines = split_all(input.as_bytes());
+        assert_eq!(lines.len(), 7);
+        assert!(lines[1].ends_with(SPLIT_END_MARKER) && !lines[1].starts_with(SPLIT_START_MARKER));
+        assert!(lines[2].starts_with(SPLIT_START_MARKER) && lines[2].ends_with(SPLIT_END_MARKER));
+        assert!(lines[4].starts_with(SPLIT_START_MARKER) && !lines[4].ends_with(SPLIT_END_MARKER));
+        assert!(lines.iter().all(|line| line.len() <= MAX_LINE_BYTES));
+        assert_eq!(join_fragments(&lines), ["short", long.as_str(), "", "last"]);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_fragment_size_is_not_cut() {
+        let exact = "y".repeat(FRAGMENT_BYTES);
+        let lines = split_all(format!("{exact}\r\n{exact}\nz").as_bytes());
+        assert_eq!(lines, [exact.clone(), exact.clone(), "z".to_owned()]);
+        // At the end of the stream too.
+        assert_eq!(split_all(exact.as_bytes()), std::slice::from_ref(&exact));
+    }
+
+    #[test]
+    fn lines_are_cut_on_character_boundaries() {
+        for prefix in 0..4 {
+            // Multi-byte characters straddle the cut at every offset.
+            let text = format!(
+                "{}{}",
+                "a".repeat(prefix),
+                "é€😀".repeat(FRAGMENT_BYTES / 4)
+            );
+            let lines = split_all(text.as_bytes());
+            assert!(lines.len() > 1);
+            for line in &lines {
+                assert!(!line.contains('\u{FFFD}'), "a character was split");
+                assert!(line.len() <= MAX_LINE_BYTES);
+            }
+            assert_eq!(join_fragments(&lines), [text]);
+        }
+    }
+
+    #[test]
+    fn utf8_cut_finds_incomplete_sequences() {
+        assert_eq!(utf8_cut(b"abc"), 3);
+        assert_eq!(utf8_cut("aé".as_bytes()), 3);
+        assert_eq!(utf8_cut(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(utf8_cut(&"a😀".as_bytes()[..4]), 1);
+        assert_eq!(utf8_cut("a😀".as_bytes()), 5);
+        assert_eq!(utf8_cut(&[0xFF, 0x80, 0x80, 0x80, 0x80]), 5);
+        assert_eq!(utf8_cut(b""), 0);
+    }
+
+    fn log_line(text: String) -> LogLine {
+        LogLine {
+            ts_ms: 1_700_000_000_000,
+            stream: "stdout".to_owned(),
+            line: text,
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_by_lines_and_bytes() {
+        let mut batch = LogBatch::default();
+        let mut sent: Vec<Vec<LogLine>> = Vec::new();
+        for i in 0..1000 {
+            sent.extend(batch.add(log_line(i.to_string())));
+        }
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|b| b.len() == LOG_BATCH_LINES));
+        assert!(batch.take().is_none());
+
+        // Worst case: full-length lines of control bytes, which JSON escapes as `\u00XX`.
+        let nasty = "\u{1}".repeat(MAX_LINE_BYTES);
+        let mut sent = Vec::new();
+        for _ in 0..100 {
+            sent.extend(batch.add(log_line(nasty.clone())));
+        }
+        sent.extend(batch.take());
+        assert_eq!(sent.iter().map(Vec::len).sum::<usize>(), 100);
+        for lines in sent {
+            let bytes: usize = lines.iter().map(|l| l.line.len()).sum();
+            assert!(bytes <= LOG_BATCH_BYTES, "{bytes} bytes in a batch");
+            let encoded = serde_json::to_string(&AgentMessage::TaskLogs {
+                allocation_id: "0195d3a4-0000-7000-8000-000000000000".to_owned(),
+                lines,
+            })
+            .expect("encode");
+            assert!(
+                encoded.len() < drover_api::agent::MAX_MESSAGE_BYTES / 2,
+                "a batch encodes to {} bytes",
+                encoded.len()
+            );
+        }
+    }
+
+    #[test]
+    fn the_cache_directory_is_not_an_allocation_id() {
+        assert!(!is_single_component(CACHE_DIR_NAME));
+        assert!(is_single_component("0195d3a4-0000-7000-8000-000000000000"));
     }
 }

@@ -1,18 +1,26 @@
 //! The agent against a fake master: a websocket server on 127.0.0.1 driven by each test.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_agent::agent::{AgentConfig, AgentError, run_agent};
-use drover_api::agent::{AgentMessage, LogLine, MasterMessage, SlotKind, SlotSpec, TaskSpec};
+use drover_agent::runner::{MAX_LINE_BYTES, SPLIT_END_MARKER, SPLIT_START_MARKER};
+use drover_api::agent::{
+    AgentMessage, LogLine, MAX_MESSAGE_BYTES, MasterMessage, SlotKind, SlotSpec, TaskSpec,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+const JOIN_TOKEN: &str = "s3cret-join-token";
 
 type MasterSide = WebSocketStream<TcpStream>;
 
@@ -24,9 +32,14 @@ struct Harness {
 }
 
 async fn start_agent() -> Harness {
+    start_agent_with_token(Some(JOIN_TOKEN)).await
+}
+
+async fn start_agent_with_token(join_token: Option<&str>) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let work_root = tempfile::tempdir().expect("tempdir");
     let config = AgentConfig {
+        join_token: join_token.map(str::to_owned),
         master_url: format!("http://{}", listener.local_addr().expect("addr")),
         agent_id: "agent-under-test".to_owned(),
         work_root: work_root.path().to_owned(),
@@ -48,15 +61,46 @@ async fn start_agent() -> Harness {
     }
 }
 
+/// The master's side of the upgrade: the websocket limits of a real master, and the
+/// `Authorization` header the agent sent.
+async fn accept_upgrade(stream: TcpStream) -> (MasterSide, Option<String>) {
+    let seen = Arc::new(Mutex::new(None));
+    let record = seen.clone();
+    // The callback's error type is tungstenite's, large or not.
+    #[allow(clippy::result_large_err)]
+    let callback = move |request: &Request, response: Response| {
+        *record.lock().expect("lock") = request
+            .headers()
+            .get("authorization")
+            .map(|value| value.to_str().expect("ascii").to_owned());
+        Ok::<Response, ErrorResponse>(response)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let socket = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+        .await
+        .expect("websocket handshake");
+    let authorization = seen.lock().expect("lock").clone();
+    (socket, authorization)
+}
+
 impl Harness {
     async fn accept(&self) -> MasterSide {
         let (stream, _) = tokio::time::timeout(TIMEOUT, self.listener.accept())
             .await
             .expect("the agent connects in time")
             .expect("accept");
-        tokio_tungstenite::accept_async(stream)
+        let (socket, authorization) = accept_upgrade(stream).await;
+        assert_eq!(authorization, Some(format!("Bearer {JOIN_TOKEN}")));
+        socket
+    }
+
+    /// True if the agent opens no new connection within `wait`.
+    async fn stays_connected(&self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.listener.accept())
             .await
-            .expect("websocket handshake")
+            .is_err()
     }
 
     async fn stop(self) -> Result<(), AgentError> {
@@ -135,6 +179,10 @@ fn lines_of(messages: &[AgentMessage]) -> Vec<LogLine> {
 }
 
 fn hello_running(message: AgentMessage) -> Vec<String> {
+    hello_running_and_instance(message).0
+}
+
+fn hello_running_and_instance(message: AgentMessage) -> (Vec<String>, String) {
     match message {
         AgentMessage::Hello {
             agent_id,
@@ -142,12 +190,13 @@ fn hello_running(message: AgentMessage) -> Vec<String> {
             slots,
             running,
             hostname,
+            instance,
         } => {
             assert_eq!(agent_id, "agent-under-test");
             assert_eq!(version, env!("CARGO_PKG_VERSION"));
             assert!(!hostname.is_empty());
             assert_eq!(slots.len(), 1);
-            running
+            (running, instance)
         }
         other => panic!("expected Hello, got {other:?}"),
     }
@@ -222,7 +271,8 @@ async fn runs_a_task_for_the_master() {
 async fn keeps_tasks_across_a_reconnect_and_delivers_buffered_output() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
-    hello_running(recv(&mut master).await);
+    let (_, first_instance) = hello_running_and_instance(recv(&mut master).await);
+    assert_eq!(first_instance.len(), 36, "a UUID: {first_instance}");
     send(
         &mut master,
         &MasterMessage::Welcome {
@@ -250,7 +300,9 @@ async fn keeps_tasks_across_a_reconnect_and_delivers_buffered_output() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let mut master = harness.accept().await;
-    assert_eq!(hello_running(recv(&mut master).await), ["survivor"]);
+    let (running, instance) = hello_running_and_instance(recv(&mut master).await);
+    assert_eq!(running, ["survivor"]);
+    assert_eq!(instance, first_instance, "a reconnect of the same process");
     send(
         &mut master,
         &MasterMessage::Welcome {
@@ -481,6 +533,7 @@ async fn retries_until_the_master_is_up() {
             agent_id: "agent-under-test".to_owned(),
             work_root: work_root.path().to_owned(),
             slots: Vec::new(),
+            join_token: None,
         },
         shutdown.clone(),
     ));
@@ -515,10 +568,161 @@ async fn invalid_master_url_is_an_error() {
         agent_id: "a".to_owned(),
         work_root: work_root.path().to_owned(),
         slots: Vec::new(),
+        join_token: None,
     };
     let result = run_agent(config, CancellationToken::new()).await;
     assert!(
         matches!(result, Err(AgentError::InvalidMasterUrl { .. })),
         "{result:?}"
     );
+}
+
+#[tokio::test]
+async fn each_agent_process_has_its_own_instance() {
+    let first = start_agent().await;
+    let second = start_agent().await;
+    let mut master = first.accept().await;
+    let (_, one) = hello_running_and_instance(recv(&mut master).await);
+    let mut other = second.accept().await;
+    let (_, two) = hello_running_and_instance(recv(&mut other).await);
+    assert_ne!(one, two);
+    first.stop().await.expect("clean shutdown");
+    second.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_refused_join_token_stops_the_agent_without_retrying() {
+    for (token, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("wrong"), StatusCode::FORBIDDEN),
+    ] {
+        let harness = start_agent_with_token(token).await;
+        let (stream, _) = tokio::time::timeout(TIMEOUT, harness.listener.accept())
+            .await
+            .expect("the agent connects")
+            .expect("accept");
+        let seen = Arc::new(Mutex::new(None));
+        let record = seen.clone();
+        #[allow(clippy::result_large_err)]
+        let refuse = move |request: &Request, _response: Response| {
+            *record.lock().expect("lock") = request
+                .headers()
+                .get("authorization")
+                .map(|value| value.to_str().expect("ascii").to_owned());
+            let mut refusal = ErrorResponse::new(Some("no".to_owned()));
+            *refusal.status_mut() = status;
+            Err(refusal)
+        };
+        assert!(
+            tokio_tungstenite::accept_hdr_async(stream, refuse)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            token.map(|token| format!("Bearer {token}"))
+        );
+        let result = tokio::time::timeout(TIMEOUT, harness.agent)
+            .await
+            .expect("the agent stops instead of retrying")
+            .expect("agent task");
+        match result {
+            Err(AgentError::Rejected { reason }) => {
+                assert!(
+                    reason.contains("join token is missing or wrong"),
+                    "{reason}"
+                );
+                assert!(reason.contains(status.as_str()), "{reason}");
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1500), harness.listener.accept())
+                .await
+                .is_err(),
+            "no second attempt"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_17_mb_line_arrives_in_fragments_without_a_reconnect() {
+    const LINE_BYTES: usize = 17_000_000;
+    let harness = start_agent().await;
+    let mut master = harness.accept().await;
+    hello_running(recv(&mut master).await);
+    send(
+        &mut master,
+        &MasterMessage::Welcome {
+            heartbeat_interval_ms: 200,
+        },
+    )
+    .await;
+    send(
+        &mut master,
+        &MasterMessage::StartTask(task(
+            "huge-line",
+            &format!("head -c {LINE_BYTES} /dev/zero | tr '\\0' x; echo; echo after"),
+        )),
+    )
+    .await;
+    // The master's side reads with MAX_MESSAGE_BYTES limits: a larger frame fails `recv`.
+    let messages = recv_until_exit(&mut master).await;
+    assert!(
+        matches!(
+            messages.last(),
+            Some(AgentMessage::TaskExited {
+                exit_code: Some(0),
+                ..
+            })
+        ),
+        "{:?}",
+        messages.last()
+    );
+    let lines: Vec<String> = lines_of(&messages)
+        .into_iter()
+        .filter(|l| l.stream == "stdout")
+        .map(|l| l.line)
+        .collect();
+    assert!(
+        lines.len() > LINE_BYTES / MAX_LINE_BYTES,
+        "{} lines",
+        lines.len()
+    );
+    assert!(lines.iter().all(|line| line.len() <= MAX_LINE_BYTES));
+    // Every cut is marked on both sides; dropping the markers gives back every byte.
+    let (fragments, rest) = lines.split_at(lines.len() - 1);
+    assert_eq!(rest, ["after"]);
+    let mut joined = String::with_capacity(LINE_BYTES);
+    for (i, fragment) in fragments.iter().enumerate() {
+        let mut text = fragment.as_str();
+        if i > 0 {
+            text = text
+                .strip_prefix(SPLIT_START_MARKER)
+                .unwrap_or_else(|| panic!("fragment {i} has no start marker"));
+        }
+        if i + 1 < fragments.len() {
+            text = text
+                .strip_suffix(SPLIT_END_MARKER)
+                .unwrap_or_else(|| panic!("fragment {i} has no end marker"));
+        }
+        joined.push_str(text);
+    }
+    assert_eq!(joined.len(), LINE_BYTES);
+    assert!(joined.bytes().all(|byte| byte == b'x'));
+
+    // Still the same connection, and the next task runs on it.
+    assert!(harness.stays_connected(Duration::from_millis(300)).await);
+    send(
+        &mut master,
+        &MasterMessage::StartTask(task("next", "echo next")),
+    )
+    .await;
+    let messages = recv_until_exit(&mut master).await;
+    assert!(
+        matches!(messages.last(), Some(AgentMessage::TaskExited { allocation_id, exit_code: Some(0), .. }) if allocation_id == "next")
+    );
+    assert!(lines_of(&messages).iter().any(|l| l.line == "next"));
+    assert!(harness.stays_connected(Duration::from_millis(300)).await);
+    harness.stop().await.expect("clean shutdown");
 }

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use drover_agent::context::{ContextCache, ExtractLimits};
 use drover_agent::runner::{RunnerConfig, TaskHandle, spawn_task};
 use drover_api::agent::{AgentMessage, LogLine, SlotKind, SlotSpec, TaskSpec};
 use tokio::sync::mpsc;
@@ -19,11 +21,7 @@ struct Setup {
 
 fn setup(master_url: &str, slots: Vec<SlotSpec>) -> Setup {
     let work_root = tempfile::tempdir().expect("tempdir");
-    let config = Arc::new(RunnerConfig {
-        master_url: master_url.to_owned(),
-        work_root: work_root.path().to_owned(),
-        slots,
-    });
+    let config = Arc::new(RunnerConfig::new(master_url, work_root.path(), slots));
     Setup { work_root, config }
 }
 
@@ -534,4 +532,192 @@ async fn kill_during_context_fetch_does_not_wait_for_it() {
     let error = exit_of(&messages).2.expect("error");
     assert!(error.contains("killed before"), "{error}");
     drop(listener);
+}
+
+/// Serves `body` (HTTP 200) to every request, one connection each, counting them.
+fn serve_counting(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read_exact(&mut byte).is_err() {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    (url, requests)
+}
+
+fn in_experiment(mut task: TaskSpec, experiment_id: i64) -> TaskSpec {
+    task.experiment_id = experiment_id;
+    task.context_path = Some(format!("/api/v1/experiments/{experiment_id}/context"));
+    task
+}
+
+#[tokio::test]
+async fn the_context_is_downloaded_and_unpacked_once_per_experiment() {
+    let tarball = gzip_tar(&[
+        ("data/value.txt", b"7\n"),
+        ("run.sh", b"cat data/value.txt\n"),
+    ]);
+    let (url, requests) = serve_counting(tarball);
+    let setup = setup(&url, vec![cpu_slot()]);
+    // Two tasks of one experiment at once; each changes its own copy.
+    let script = "cat data/value.txt; echo changed > data/value.txt; cat data/value.txt";
+    let (_a, mut rx_a) = start(
+        &setup,
+        in_experiment(spec("first", &["/bin/sh", "-c", script]), 1),
+    );
+    let (_b, mut rx_b) = start(
+        &setup,
+        in_experiment(spec("second", &["/bin/sh", "-c", script]), 1),
+    );
+    for rx in [&mut rx_a, &mut rx_b] {
+        let messages = until_exit(rx).await;
+        assert_eq!(exit_of(&messages), (Some(0), None, None), "{messages:?}");
+        assert_eq!(stdout_text(&messages), ["7", "changed"]);
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "one download for both tasks"
+    );
+    assert_eq!(setup.config.contexts.unpack_count(), 1);
+
+    // A later task of the experiment gets a fresh copy, still without a download.
+    let (_c, mut rx_c) = start(
+        &setup,
+        in_experiment(spec("third", &["/bin/sh", "run.sh"]), 1),
+    );
+    let messages = until_exit(&mut rx_c).await;
+    assert_eq!(stdout_text(&messages), ["7"], "{messages:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+    // Another experiment has its own.
+    let (_d, mut rx_d) = start(
+        &setup,
+        in_experiment(spec("other", &["/bin/sh", "run.sh"]), 2),
+    );
+    let messages = until_exit(&mut rx_d).await;
+    assert_eq!(stdout_text(&messages), ["7"], "{messages:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(setup.config.contexts.unpack_count(), 2);
+    // Nothing is left behind but the unpacked trees.
+    let mut cached: Vec<String> = std::fs::read_dir(setup.config.contexts.root())
+        .expect("cache dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    cached.sort();
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    assert!(cached[0].starts_with("experiment-1-") && cached[1].starts_with("experiment-2-"));
+}
+
+/// A gzip'd tar of one entry of another type than a file (written raw).
+fn gzip_tar_with(path: &str, entry_type: tar::EntryType) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(encoder);
+    let mut ok = tar::Header::new_gnu();
+    ok.as_old_mut().name[..6].copy_from_slice(b"ok.txt");
+    ok.set_size(2);
+    ok.set_mode(0o644);
+    ok.set_cksum();
+    builder.append(&ok, &b"ok"[..]).expect("append");
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_entry_type(entry_type);
+    header.set_mode(0o644);
+    header.set_size(0);
+    header.set_cksum();
+    builder.append(&header, &b""[..]).expect("append");
+    builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn a_context_with_a_fifo_is_refused_naming_it() {
+    let (url, requests) = serve_counting(gzip_tar_with("data/queue", tar::EntryType::Fifo));
+    let setup = setup(&url, vec![cpu_slot()]);
+    let task = in_experiment(spec("fifo", &["/bin/sh", "-c", "echo must not run"]), 3);
+    let (_handle, mut rx) = start(&setup, task);
+    let messages = until_exit(&mut rx).await;
+    assert_eq!(messages.len(), 1, "the task must not start: {messages:?}");
+    let error = exit_of(&messages).2.expect("error");
+    assert!(
+        error.contains("data/queue") && error.contains("fifo"),
+        "{error}"
+    );
+    // Refusals are not cached: the next task of the experiment tries again.
+    let task = in_experiment(spec("fifo-again", &["/bin/true"]), 3);
+    let (_handle, mut rx) = start(&setup, task);
+    let error = exit_of(&until_exit(&mut rx).await).2.expect("error");
+    assert!(error.contains("fifo"), "{error}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(setup.config.contexts.unpack_count(), 0);
+    // No half-unpacked tree or downloaded tarball stays behind.
+    let left: Vec<_> = std::fs::read_dir(setup.config.contexts.root())
+        .expect("cache dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn least_recently_used_contexts_are_evicted() {
+    let (url, requests) = serve_counting(gzip_tar(&[("run.sh", b"echo ok\n")]));
+    let work_root = tempfile::tempdir().expect("tempdir");
+    let config = Arc::new(RunnerConfig {
+        contexts: Arc::new(ContextCache::with_limits(
+            work_root.path(),
+            ExtractLimits::default(),
+            1,
+        )),
+        ..RunnerConfig::new(&url, work_root.path(), vec![cpu_slot()])
+    });
+    let setup = Setup { work_root, config };
+    for (allocation_id, experiment_id) in [("a", 1), ("b", 2), ("c", 1)] {
+        let task = in_experiment(spec(allocation_id, &["/bin/sh", "run.sh"]), experiment_id);
+        let (_handle, mut rx) = start(&setup, task);
+        let messages = until_exit(&mut rx).await;
+        assert_eq!(stdout_text(&messages), ["ok"], "{messages:?}");
+    }
+    // Keeping one, experiment 1 was evicted by experiment 2 and fetched again.
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    let mut trees = Vec::new();
+    for _ in 0..100 {
+        trees = std::fs::read_dir(setup.config.contexts.root())
+            .expect("cache dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        if trees.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert!(trees[0].starts_with("experiment-1-"), "{trees:?}");
 }
