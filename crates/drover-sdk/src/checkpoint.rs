@@ -1,12 +1,27 @@
-//! Checkpoint files in the shared storage directory: `{root}/{uuid}/...`.
+//! Checkpoint files in the cluster's checkpoint storage, under `{uuid}/...`: a directory
+//! shared by the master and the agents (`{root}/{uuid}/`), or an object store (S3).
 //!
-//! A checkpoint is first written to `{root}/{uuid}.partial/` and renamed when complete, so a
-//! crash mid-copy never leaves a half checkpoint under a real uuid.
+//! On a file system a checkpoint is first written to `{root}/{uuid}.partial/` and renamed when
+//! complete, so a crash mid-copy never leaves a half checkpoint under a real uuid. On S3 the
+//! files are streamed and registered with the master only once all are stored.
+//!
+//! Symbolic links, the same rule for every storage, all of it enforced by `drover-storage`:
+//! - Saving copies a link inside the saved directory as what it points to (a file, or a
+//!   directory walked in turn), as `cp -L` would; a link whose target leaves the directory or
+//!   does not exist, a link cycle, a fifo, socket or device is refused, naming the file, and
+//!   nothing is saved. A checkpoint thus never pulls in outside files, and storage never holds
+//!   a link drover made.
+//! - Restoring never follows a link in storage (another trial may have planted one in a
+//!   shared checkpoint directory): a file reached through one is an error, not the target's
+//!   bytes. It never writes through a link already in the destination either: a link on the
+//!   way to a file (`x -> /etc` when restoring `x/passwd`) is refused by name, and a link at
+//!   a file's own name is replaced by the file, its target untouched.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io;
 use std::path::{Component, Path, PathBuf};
+
+use drover_storage::{Storage, StorageError, StorageSpec};
 
 use crate::SdkError;
 
@@ -24,14 +39,16 @@ pub(crate) fn validate_uuid(uuid: &str) -> Result<(), SdkError> {
     if bad { Err(SdkError::Checkpoint(format!("{uuid:?} is not a valid checkpoint uuid"))) } else { Ok(()) }
 }
 
-/// A file to copy: its path relative to the checkpoint (always with `/`), and where to read it.
-struct SourceFile {
-    relative: String,
-    path: PathBuf,
+fn open_storage(spec: &StorageSpec) -> Result<Storage, SdkError> {
+    Storage::open(spec).map_err(|e| SdkError::Checkpoint(e.to_string()))
 }
 
-/// Copies every file under `src` into `{root}/{uuid}/` and returns the relative paths with their
-/// sizes. On failure nothing is left under the uuid.
+fn directory(root: &Path) -> Result<Storage, SdkError> {
+    open_storage(&StorageSpec::Directory { path: root.to_path_buf() })
+}
+
+/// Copies every file under `src` into `{root}/{uuid}/` (by the rule in the module docs) and
+/// returns the relative paths with their sizes. On failure nothing is left under the uuid.
 /// `fsync`: make the copy durable (contents and directory entries) before the rename.
 pub(crate) fn write(src: &Path, root: &Path, uuid: &str, fsync: bool) -> Result<BTreeMap<String, u64>, SdkError> {
     validate_uuid(uuid)?;
@@ -49,125 +66,57 @@ pub(crate) fn write(src: &Path, root: &Path, uuid: &str, fsync: bool) -> Result<
             src.display()
         )));
     }
-
-    let mut files = Vec::new();
-    collect(&src_real, &src_real, "", &mut vec![src_real.clone()], &mut files)?;
-
-    let partial = root.join(format!("{uuid}.partial"));
-    let result = copy_all(&files, &partial, fsync);
-    let resources = match result {
-        Ok(resources) => resources,
+    let storage = directory(&root_real)?;
+    let partial_key = format!("{uuid}.partial");
+    let partial = root_real.join(&partial_key);
+    // Made here, not by the copy: create_dir fails on anything already by that name (a link
+    // included), so the copy starts from a directory of our own.
+    fs::create_dir(&partial).map_err(SdkError::io("create", &partial))?;
+    let copied = block_on(storage.put_dir(&partial_key, &src_real)).and_then(|stored| {
+        let stored = stored.map_err(|e| SdkError::Checkpoint(format!("saving checkpoint {uuid}: {e}")))?;
+        if fsync {
+            sync_partial(&partial, &stored)?;
+        }
+        Ok(stored)
+    });
+    let resources = match copied {
+        Ok(stored) => stored.into_iter().collect(),
         Err(err) => {
-            let _ = fs::remove_dir_all(&partial);
+            let _ = block_on(storage.delete_prefix(&partial_key));
             return Err(err);
         }
     };
-    let done = root.join(uuid);
+    let done = root_real.join(uuid);
     if let Err(err) = fs::rename(&partial, &done) {
-        let _ = fs::remove_dir_all(&partial);
+        let _ = block_on(storage.delete_prefix(&partial_key));
         return Err(SdkError::io("rename the finished checkpoint to", done)(err));
     }
     if fsync {
         // Makes the rename itself durable.
-        sync_dir(root)?;
+        sync_dir(&root_real)?;
     }
     Ok(resources)
 }
 
-fn copy_all(files: &[SourceFile], partial: &Path, fsync: bool) -> Result<BTreeMap<String, u64>, SdkError> {
-    fs::create_dir(partial).map_err(SdkError::io("create", partial))?;
-    let mut resources = BTreeMap::new();
-    let mut dirs = vec![partial.to_path_buf()];
-    for file in files {
-        let dest = partial.join(&file.relative);
-        let parent = dest.parent().expect("a file under partial has a parent");
-        if !parent.exists() {
-            fs::create_dir_all(parent).map_err(SdkError::io("create", parent))?;
-            let mut dir = parent;
-            while dir != partial && !dirs.iter().any(|known| known == dir) {
-                dirs.push(dir.to_path_buf());
-                dir = dir.parent().expect("inside partial");
-            }
-        }
-        let size = copy_file(&file.path, &dest, true)?;
-        resources.insert(file.relative.clone(), size);
-    }
-    if fsync {
-        // Durable before registered: the contents, synced together (the disk can write them
-        // in parallel; one file at a time would wait for each in turn), then the entries.
-        let copies: Vec<PathBuf> = files.iter().map(|f| partial.join(&f.relative)).collect();
-        sync_files(&copies)?;
-        for dir in &dirs {
-            sync_dir(dir)?;
+/// Durable before registered: the contents, synced together (the disk can write them in
+/// parallel; one file at a time would wait for each in turn), then the directory entries.
+fn sync_partial(partial: &Path, stored: &[(String, u64)]) -> Result<(), SdkError> {
+    let copies: Vec<PathBuf> = stored.iter().map(|(relative, _)| partial.join(relative)).collect();
+    sync_files(&copies)?;
+    let mut dirs: Vec<PathBuf> = vec![partial.to_path_buf()];
+    for copy in &copies {
+        let mut dir = copy.parent();
+        while let Some(d) = dir.filter(|d| *d != partial) {
+            dirs.push(d.to_path_buf());
+            dir = d.parent();
         }
     }
-    Ok(resources)
-}
-
-/// Walks `dir` (a real, canonical path) and lists its regular files. Symlinks are followed when
-/// they stay inside the checkpoint directory and refused when they lead out of it, which would
-/// copy unrelated files (or a whole home directory) into storage.
-fn collect(
-    root: &Path,
-    dir: &Path,
-    prefix: &str,
-    ancestors: &mut Vec<PathBuf>,
-    out: &mut Vec<SourceFile>,
-) -> Result<(), SdkError> {
-    let mut entries = fs::read_dir(dir)
-        .map_err(SdkError::io("list", dir))?
-        .collect::<Result<Vec<_>, io::Error>>()
-        .map_err(SdkError::io("list", dir))?;
-    // Sorted so that the copy order (and any error) does not depend on the file system.
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            return Err(SdkError::Checkpoint(format!("{} has a name that is not UTF-8", path.display())));
-        };
-        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let meta = fs::symlink_metadata(&path).map_err(SdkError::io("read", &path))?;
-        let (real, meta) = if meta.file_type().is_symlink() {
-            let target = fs::canonicalize(&path).map_err(SdkError::io("follow the symlink", &path))?;
-            if !target.starts_with(root) {
-                return Err(SdkError::Checkpoint(format!(
-                    "symlink {} points to {}, outside the checkpoint directory",
-                    path.display(),
-                    target.display()
-                )));
-            }
-            let meta = fs::metadata(&target).map_err(SdkError::io("read", &target))?;
-            (target, meta)
-        } else {
-            (path.clone(), meta)
-        };
-        if meta.is_file() {
-            out.push(SourceFile { relative, path: real });
-        } else if meta.is_dir() {
-            if ancestors.contains(&real) {
-                return Err(SdkError::Checkpoint(format!("symlink {} makes a cycle", path.display())));
-            }
-            ancestors.push(real.clone());
-            collect(root, &real, &relative, ancestors, out)?;
-            ancestors.pop();
-        } else {
-            return Err(SdkError::Checkpoint(format!(
-                "{} is neither a file nor a directory (a socket or device?)",
-                path.display()
-            )));
-        }
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs.iter().rev() {
+        sync_dir(dir)?;
     }
     Ok(())
-}
-
-/// Streams `src` into `dest` (never the whole file in memory; the kernel copies) and returns
-/// the bytes copied. `fresh`: the destination must not exist yet (a new checkpoint); otherwise
-/// it is replaced. Not synced: the caller decides whether the copy must be durable.
-fn copy_file(src: &Path, dest: &Path, fresh: bool) -> Result<u64, SdkError> {
-    let mut reader = File::open(src).map_err(SdkError::io("open", src))?;
-    let mut writer =
-        if fresh { File::create_new(dest) } else { File::create(dest) }.map_err(SdkError::io("create", dest))?;
-    io::copy(&mut reader, &mut writer).map_err(SdkError::io("copy into", dest))
 }
 
 /// fdatasync on every file, a few at a time in parallel.
@@ -197,75 +146,38 @@ fn sync_dir(dir: &Path) -> Result<(), SdkError> {
     File::open(dir).and_then(|handle| handle.sync_all()).map_err(SdkError::io("sync the directory", dir))
 }
 
-/// Copies the files of checkpoint `uuid`, as registered with the master, into `dest`, and checks
-/// that each has the registered size (a truncated copy in storage must not load silently).
+/// Copies the files of checkpoint `uuid`, as registered with the master, from `{root}/{uuid}/`
+/// into `dest`, and checks that each has the registered size (a truncated copy in storage must
+/// not load silently).
 pub(crate) fn read(root: &Path, uuid: &str, resources: &BTreeMap<String, u64>, dest: &Path) -> Result<(), SdkError> {
     validate_uuid(uuid)?;
     let src = root.join(uuid);
-    if !src.is_dir() {
-        return Err(SdkError::Checkpoint(format!("checkpoint {uuid} is not in storage at {}", src.display())));
-    }
-    fs::create_dir_all(dest).map_err(SdkError::io("create", dest))?;
-    for (relative, expected) in resources {
-        let relative_path = safe_relative(relative)?;
-        let from = src.join(&relative_path);
-        let to = dest.join(&relative_path);
-        if let Some(parent) = to.parent() {
-            fs::create_dir_all(parent).map_err(SdkError::io("create", parent))?;
+    match fs::symlink_metadata(&src) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(SdkError::Checkpoint(format!("checkpoint {uuid}: {}", StorageError::Link { key: uuid.to_string() })));
         }
-        let size = copy_file(&from, &to, false)?;
-        if size != *expected {
-            return Err(SdkError::Checkpoint(format!(
-                "{relative} of checkpoint {uuid} has {size} bytes in storage, but {expected} were saved"
-            )));
-        }
+        _ => return Err(SdkError::Checkpoint(format!("checkpoint {uuid} is not in storage at {}", src.display()))),
     }
-    Ok(())
-}
-
-/// A resource name from the master must stay below the destination directory.
-fn safe_relative(relative: &str) -> Result<PathBuf, SdkError> {
-    let path = Path::new(relative);
-    let ok = !relative.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
-    if ok {
-        Ok(path.to_path_buf())
-    } else {
-        Err(SdkError::Checkpoint(format!("unsafe file name {relative:?} in checkpoint")))
-    }
-}
-
-/// Runs storage IO from this blocking SDK on a small runtime of its own.
-fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T, SdkError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| SdkError::Checkpoint(format!("cannot start an IO runtime: {e}")))?;
-    Ok(runtime.block_on(work))
-}
-
-/// Streams every file under `src` to `{uuid}/...` in an object store (S3) and returns the
-/// relative paths with their sizes.
-pub(crate) fn upload(spec: &drover_storage::StorageSpec, src: &Path, uuid: &str) -> Result<BTreeMap<String, u64>, SdkError> {
-    validate_uuid(uuid)?;
-    let storage = drover_storage::Storage::open(spec).map_err(|e| SdkError::Checkpoint(e.to_string()))?;
-    let stored = block_on(storage.put_dir(uuid, src))?.map_err(|e| {
-        let _ = block_on(storage.delete_prefix(uuid));
-        SdkError::Checkpoint(format!("saving checkpoint {uuid}: {e}"))
-    })?;
-    Ok(stored.into_iter().collect())
+    fetch(&directory(root)?, uuid, resources, dest)
 }
 
 /// Streams checkpoint `uuid` from an object store into `dest`, checking each file's size
 /// against the registered list (and that nothing registered is missing).
-pub(crate) fn download(spec: &drover_storage::StorageSpec, uuid: &str, resources: &BTreeMap<String, u64>, dest: &Path) -> Result<(), SdkError> {
+pub(crate) fn download(spec: &StorageSpec, uuid: &str, resources: &BTreeMap<String, u64>, dest: &Path) -> Result<(), SdkError> {
     validate_uuid(uuid)?;
-    let storage = drover_storage::Storage::open(spec).map_err(|e| SdkError::Checkpoint(e.to_string()))?;
+    fetch(&open_storage(spec)?, uuid, resources, dest)
+}
+
+/// Copies the registered files of `uuid` into `dest` without following a link in storage or in
+/// `dest` (both enforced by [`Storage::get_file_into`]).
+fn fetch(storage: &Storage, uuid: &str, resources: &BTreeMap<String, u64>, dest: &Path) -> Result<(), SdkError> {
     fs::create_dir_all(dest).map_err(SdkError::io("create", dest))?;
     block_on(async {
         for (relative, expected) in resources {
-            let to = dest.join(safe_relative(relative)?);
+            check_relative(relative)?;
             let size = storage
-                .get_file(&format!("{uuid}/{relative}"), &to)
+                .get_file_into(&format!("{uuid}/{relative}"), dest, relative)
                 .await
                 .map_err(|e| SdkError::Checkpoint(format!("restoring {relative} of checkpoint {uuid}: {e}")))?;
             if size != *expected {
@@ -278,19 +190,46 @@ pub(crate) fn download(spec: &drover_storage::StorageSpec, uuid: &str, resources
     })?
 }
 
-pub(crate) fn remove_remote(spec: &drover_storage::StorageSpec, uuid: &str) {
+/// A resource name from the master must stay below the destination directory.
+fn check_relative(relative: &str) -> Result<(), SdkError> {
+    let path = Path::new(relative);
+    let ok = !relative.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
+    if ok { Ok(()) } else { Err(SdkError::Checkpoint(format!("unsafe file name {relative:?} in checkpoint"))) }
+}
+
+/// Runs storage IO from this blocking SDK on a small runtime of its own.
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T, SdkError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SdkError::Checkpoint(format!("cannot start an IO runtime: {e}")))?;
+    Ok(runtime.block_on(work))
+}
+
+/// Streams every file under `src` to `{uuid}/...` in an object store (S3), by the rule in the
+/// module docs, and returns the relative paths with their sizes.
+pub(crate) fn upload(spec: &StorageSpec, src: &Path, uuid: &str) -> Result<BTreeMap<String, u64>, SdkError> {
+    validate_uuid(uuid)?;
+    let storage = open_storage(spec)?;
+    let stored = block_on(storage.put_dir(uuid, src))?.map_err(|e| {
+        let _ = block_on(storage.delete_prefix(uuid));
+        SdkError::Checkpoint(format!("saving checkpoint {uuid}: {e}"))
+    })?;
+    Ok(stored.into_iter().collect())
+}
+
+pub(crate) fn remove_remote(spec: &StorageSpec, uuid: &str) {
     if validate_uuid(uuid).is_ok()
-        && let Ok(storage) = drover_storage::Storage::open(spec)
+        && let Ok(storage) = Storage::open(spec)
     {
         let _ = block_on(storage.delete_prefix(uuid));
     }
 }
 
 /// Removes a saved checkpoint that the master refused to register: nothing refers to it.
+/// Through the storage, so a link in it is removed itself, never followed.
 pub(crate) fn remove(root: &Path, uuid: &str) {
-    if validate_uuid(uuid).is_ok() {
-        let _ = fs::remove_dir_all(root.join(uuid));
-    }
+    remove_remote(&StorageSpec::Directory { path: root.to_path_buf() }, uuid);
 }
 
 #[cfg(test)]
@@ -323,12 +262,8 @@ mod tests {
         let uuid = new_uuid();
 
         let resources = write(&src, &root, &uuid, true).unwrap();
-        let expected: BTreeMap<String, u64> = [
-            ("state.json".to_string(), 12),
-            ("sub/deeper/notes.txt".to_string(), 5),
-            ("weights.bin".to_string(), 100_000),
-        ]
-        .into();
+        let expected: BTreeMap<String, u64> =
+            [("state.json".to_string(), 12), ("sub/deeper/notes.txt".to_string(), 5), ("weights.bin".to_string(), 100_000)].into();
         assert_eq!(resources, expected);
         assert!(root.join(&uuid).join("sub/deeper/notes.txt").is_file());
         assert!(!root.join(format!("{uuid}.partial")).exists());
@@ -350,9 +285,16 @@ mod tests {
         let root = tmp.path().join("storage");
         let uuid = new_uuid();
 
-        let err = write(&src, &root, &uuid, true).unwrap_err();
-        assert!(err.to_string().contains("outside the checkpoint directory"), "{err}");
+        let err = write(&src, &root, &uuid, true).unwrap_err().to_string();
+        assert!(err.contains("`link`") && err.contains("outside the saved directory") && err.contains("secret.txt"), "{err}");
         assert_eq!(fs::read_dir(&root).unwrap().count(), 0, "no partial or final directory");
+
+        // Likewise a link that leads nowhere.
+        fs::remove_file(src.join("link")).unwrap();
+        std::os::unix::fs::symlink("missing", src.join("dangling")).unwrap();
+        let err = write(&src, &root, &uuid, true).unwrap_err().to_string();
+        assert!(err.contains("`dangling`") && err.contains("does not exist"), "{err}");
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
     }
 
     #[test]
@@ -365,6 +307,99 @@ mod tests {
         let resources = write(&src, &tmp.path().join("storage"), &new_uuid(), false).unwrap();
         let names: Vec<&str> = resources.keys().map(String::as_str).collect();
         assert_eq!(names, ["alias/model.bin", "latest.bin", "real/model.bin"]);
+        // Stored as plain copies: storage never holds a link drover made.
+        let stored = tmp.path().join("storage").join(only_entry(&tmp.path().join("storage")));
+        assert!(fs::symlink_metadata(stored.join("latest.bin")).unwrap().is_file());
+        assert!(fs::symlink_metadata(stored.join("alias")).unwrap().is_dir());
+    }
+
+    /// The one checkpoint in `root`.
+    fn only_entry(root: &Path) -> String {
+        let names: Vec<String> = fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        names[0].clone()
+    }
+
+    /// A decoy directory and file in the test's own tempdir, for links to point at.
+    fn decoys(tmp: &Path) -> (PathBuf, PathBuf) {
+        let dir = tmp.join("decoy-dir");
+        write_file(&dir.join("notes.txt"), b"decoy");
+        write_file(&dir.join("deeper/notes.txt"), b"decoy");
+        let file = tmp.join("decoy-file");
+        write_file(&file, b"0123456789");
+        (dir, file)
+    }
+
+    fn assert_decoys_intact(dir: &Path, file: &Path) {
+        assert_eq!(fs::read(dir.join("notes.txt")).unwrap(), b"decoy");
+        assert_eq!(fs::read(dir.join("deeper/notes.txt")).unwrap(), b"decoy");
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 2, "nothing was added to the decoy directory");
+        assert_eq!(fs::read(file).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn restore_never_follows_a_link_in_storage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (decoy_dir, decoy_file) = decoys(tmp.path());
+        let src = tmp.path().join("src");
+        write_file(&src.join("w.bin"), b"abcdefghij");
+        write_file(&src.join("sub/deeper/notes.txt"), b"hello");
+        let root = tmp.path().join("storage");
+        let uuid = new_uuid();
+        let resources = write(&src, &root, &uuid, false).unwrap();
+        // Another trial swaps the files for links of the same sizes.
+        fs::remove_file(root.join(&uuid).join("w.bin")).unwrap();
+        std::os::unix::fs::symlink(&decoy_file, root.join(&uuid).join("w.bin")).unwrap();
+        fs::remove_dir_all(root.join(&uuid).join("sub")).unwrap();
+        std::os::unix::fs::symlink(&decoy_dir, root.join(&uuid).join("sub")).unwrap();
+        for (name, only) in [("w.bin", "w.bin"), ("sub", "sub/deeper/notes.txt")] {
+            let one: BTreeMap<String, u64> = resources.iter().filter(|(k, _)| *k == only).map(|(k, v)| (k.clone(), *v)).collect();
+            let dest = tmp.path().join(format!("restored-{name}"));
+            let err = read(&root, &uuid, &one, &dest).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{uuid}/{name}` is a symbolic link")), "{err}");
+            assert_eq!(fs::read_dir(&dest).unwrap().count(), 0, "nothing of the decoy was copied");
+        }
+        // A checkpoint directory that is itself a link.
+        let linked = new_uuid();
+        std::os::unix::fs::symlink(&decoy_dir, root.join(&linked)).unwrap();
+        let one = BTreeMap::from([("notes.txt".to_string(), 5)]);
+        let err = read(&root, &linked, &one, &tmp.path().join("restored-linked")).unwrap_err().to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        // And removing it removes the links, not what they point to.
+        remove(&root, &uuid);
+        remove(&root, &linked);
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
+        assert_decoys_intact(&decoy_dir, &decoy_file);
+    }
+
+    #[test]
+    fn restore_never_writes_through_a_link_in_the_destination() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (decoy_dir, decoy_file) = decoys(tmp.path());
+        let src = tmp.path().join("src");
+        write_file(&src.join("w.bin"), b"abcdefghij");
+        write_file(&src.join("sub/deeper/notes.txt"), b"hello");
+        let root = tmp.path().join("storage");
+        let uuid = new_uuid();
+        let resources = write(&src, &root, &uuid, false).unwrap();
+
+        // A link on the way to a file: refused, naming it.
+        let dest = tmp.path().join("d1");
+        fs::create_dir_all(&dest).unwrap();
+        std::os::unix::fs::symlink(&decoy_dir, dest.join("sub")).unwrap();
+        let err = read(&root, &uuid, &resources, &dest).unwrap_err().to_string();
+        assert!(err.contains("/d1/sub`") && err.contains("symbolic link"), "{err}");
+        assert_decoys_intact(&decoy_dir, &decoy_file);
+
+        // A link at a file's own name: replaced by the file, its target untouched.
+        let dest = tmp.path().join("d2");
+        fs::create_dir_all(&dest).unwrap();
+        std::os::unix::fs::symlink(&decoy_file, dest.join("w.bin")).unwrap();
+        read(&root, &uuid, &resources, &dest).unwrap();
+        assert!(fs::symlink_metadata(dest.join("w.bin")).unwrap().is_file());
+        assert_eq!(fs::read(dest.join("w.bin")).unwrap(), b"abcdefghij");
+        assert_eq!(fs::read(dest.join("sub/deeper/notes.txt")).unwrap(), b"hello");
+        assert_decoys_intact(&decoy_dir, &decoy_file);
     }
 
     #[test]

@@ -1,15 +1,27 @@
 //! Where checkpoints and parameters live: a local directory, a shared file system mounted at
 //! the same path everywhere, or an S3 bucket, behind one [`Storage`] that speaks in keys
-//! (`"{uuid}/model.safetensors"`), through `object_store`.
+//! (`"{uuid}/model.safetensors"`); S3 through `object_store`, file systems through `local`.
 //!
 //! Files are streamed both ways, never held whole in memory: to S3 in 8 MiB multipart chunks,
 //! four in flight; on a file system by a kernel copy into a temporary name and a rename, so a
 //! reader never sees half an object.
 //!
+//! Symbolic links: trials write into file-system storages, and the master lists, serves and
+//! deletes what they wrote, so on a file system every operation treats a link as a link: it
+//! is never read, listed, copied or deleted through (reading one is [`StorageError::Link`];
+//! [`Storage::links`] names them; deleting a tree removes a link itself), and no directory is
+//! created through one. [`Storage::put_dir`] stores what a link inside the saved directory
+//! points to, as `cp -L` would, and refuses one that leads outside it, so storage never holds a
+//! link drover made.
+//!
 //! Architecture invariant: storage knows keys and bytes, nothing of trials, checkpoints' rows
 //! or policies. Deleting something already gone is not an error, so a retried clean-up
 //! converges.
 
+mod local;
+mod source;
+
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +29,6 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
@@ -32,6 +43,8 @@ const READ_CHUNK: usize = 1 << 20;
 const IN_FLIGHT: usize = 4;
 /// Files uploaded at once to an object store by `put_dir`.
 const FILES_IN_FLIGHT: usize = 3;
+/// Names of files being written start with this; listings skip them.
+const TMP_PREFIX: &str = ".drover-tmp-";
 
 /// How to reach a storage; also what the master hands a trial (as JSON) so that its SDK can
 /// save and restore checkpoints itself.
@@ -123,6 +136,14 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// On a file-system storage, `key` (the requested key, or the part of it up to the link)
+    /// is a symbolic link: drover does not read, list or write through one.
+    #[error("`{key}` is a symbolic link; drover never follows links in storage")]
+    Link { key: String },
+    /// A local file that drover will not save or write to: a link out of the saved directory
+    /// or one that leads nowhere, a fifo, socket or device, or a link in a destination.
+    #[error("refusing `{path}`: {reason}")]
+    Refused { path: String, reason: String },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -146,11 +167,16 @@ pub struct StoredObject {
 #[derive(Clone)]
 pub struct Storage {
     spec: StorageSpec,
-    store: Arc<dyn ObjectStore>,
-    /// For file-system storages: the root, for the kernel-copy fast path.
-    root: Option<PathBuf>,
-    /// For S3: the prefix every key goes under.
-    prefix: Option<ObjectPath>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// A file system, from its canonical root. Never through object_store: its file system
+    /// follows symbolic links, which would let a trial's link list, serve or delete anything.
+    Local { root: PathBuf },
+    /// S3, with the prefix every key goes under.
+    Object { store: Arc<dyn ObjectStore>, prefix: Option<ObjectPath> },
 }
 
 impl std::fmt::Debug for Storage {
@@ -188,8 +214,7 @@ impl Storage {
             StorageSpec::Directory { path } | StorageSpec::SharedFs { path } => {
                 std::fs::create_dir_all(path).map_err(|source| StorageError::Io { action: "creating", path: path.clone(), source })?;
                 let root = path.canonicalize().map_err(|source| StorageError::Io { action: "resolving", path: path.clone(), source })?;
-                let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| config_err(e.to_string()))?;
-                Ok(Storage { spec: spec.clone(), store: Arc::new(store), root: Some(root), prefix: None })
+                Ok(Storage { spec: spec.clone(), backend: Backend::Local { root } })
             }
             StorageSpec::S3 { bucket, prefix, endpoint_url, region, access_key_id, secret_access_key } => {
                 if bucket.trim().is_empty() {
@@ -217,7 +242,7 @@ impl Storage {
                 });
                 let store = builder.build().map_err(|e| config_err(e.to_string()))?;
                 let prefix = prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()).map(ObjectPath::from);
-                Ok(Storage { spec: spec.clone(), store: Arc::new(store), root: None, prefix })
+                Ok(Storage { spec: spec.clone(), backend: Backend::Object { store: Arc::new(store), prefix } })
             }
         }
     }
@@ -226,14 +251,19 @@ impl Storage {
         &self.spec
     }
 
-    /// The local path of `key`, for file-system storages.
+    /// The local path of `key`, for file-system storages. Only for messages and tests: a path
+    /// may go through a link a trial made; every operation here walks without following.
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
-        self.root.as_ref().map(|r| r.join(key))
+        match &self.backend {
+            Backend::Local { root } => Some(root.join(key)),
+            Backend::Object { .. } => None,
+        }
     }
 
-    fn path(&self, key: &str) -> Result<ObjectPath> {
+    /// The object-store path of `key` under `prefix`.
+    fn path(prefix: &Option<ObjectPath>, key: &str) -> Result<ObjectPath> {
         validate_key(key)?;
-        Ok(match &self.prefix {
+        Ok(match prefix {
             Some(p) => key.split('/').fold(p.clone(), |path, part| path.join(part)),
             None => ObjectPath::from_iter(key.split('/')),
         })
@@ -279,21 +309,59 @@ impl Storage {
     }
 
     pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<()> {
-        let path = self.path(key)?;
-        self.store.put(&path, PutPayload::from_bytes(bytes)).await.map_err(self.store_err("writing", key))?;
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                validate_key(key)?;
+                let (root, key) = (root.clone(), key.to_string());
+                return blocking(&key.clone(), move || {
+                    storage_tree(&root).write_with(&key, |file| {
+                        file.write_all(&bytes).map_err(|source| StorageError::Io { action: "writing", path: root.join(&key), source })?;
+                        Ok(bytes.len() as u64)
+                    })
+                })
+                .await
+                .map(drop);
+            }
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
+        store.put(&path, PutPayload::from_bytes(bytes)).await.map_err(self.store_err("writing", key))?;
         Ok(())
     }
 
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes> {
-        let path = self.path(key)?;
-        let got = self.store.get(&path).await.map_err(self.store_err("reading", key))?;
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                validate_key(key)?;
+                let (root, key) = (root.clone(), key.to_string());
+                return blocking(&key.clone(), move || {
+                    let mut file = storage_tree(&root).open_file(&key)?;
+                    let mut out = Vec::new();
+                    file.read_to_end(&mut out).map_err(|source| StorageError::Io { action: "reading", path: root.join(&key), source })?;
+                    Ok(Bytes::from(out))
+                })
+                .await;
+            }
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
+        let got = store.get(&path).await.map_err(self.store_err("reading", key))?;
         got.bytes().await.map_err(self.store_err("reading", key))
     }
 
-    /// Size of `key`, or `None` when there is no such object.
+    /// Size of `key`, or `None` when there is no such object. On a file system, a link at
+    /// `key` or on the way to it is [`StorageError::Link`].
     pub async fn head(&self, key: &str) -> Result<Option<u64>> {
-        let path = self.path(key)?;
-        match self.store.head(&path).await {
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                validate_key(key)?;
+                let (root, key) = (root.clone(), key.to_string());
+                return blocking(&key.clone(), move || storage_tree(&root).head(&key)).await;
+            }
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
+        match store.head(&path).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.store_err("inspecting", key)(e)),
@@ -302,27 +370,34 @@ impl Storage {
 
     /// Stores the local file `from` as `key`, streaming. Returns its size.
     pub async fn put_file(&self, key: &str, from: &Path) -> Result<u64> {
-        let path = self.path(key)?;
-        if let Some(target) = self.local_path(key) {
-            // Same file system family: a kernel copy (copy_file_range) into a temporary name
-            // beside the target, then a rename, is the `cp` floor and atomic for readers.
-            let (from, target) = (from.to_path_buf(), target.clone());
-            return tokio::task::spawn_blocking(move || copy_atomically(&from, &target)).await.map_err(|e| StorageError::Io {
-                action: "copying",
-                path: PathBuf::from(key),
-                source: std::io::Error::other(e),
-            })?;
-        }
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                validate_key(key)?;
+                let (root, key, from) = (root.clone(), key.to_string(), from.to_path_buf());
+                // A kernel copy (io::copy between files is copy_file_range) into a temporary
+                // name beside the target, then a rename: the `cp` floor, atomic for readers.
+                return blocking(&key.clone(), move || {
+                    storage_tree(&root).write_with(&key, |out| {
+                        let io = |action, source| StorageError::Io { action, path: from.clone(), source };
+                        let mut file = std::fs::File::open(&from).map_err(|e| io("opening", e))?;
+                        std::io::copy(&mut file, out).map_err(|e| io("copying", e))
+                    })
+                })
+                .await;
+            }
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
         let mut file =
             tokio::fs::File::open(from).await.map_err(|source| StorageError::Io { action: "opening", path: from.into(), source })?;
         let len = file.metadata().await.map_err(|source| StorageError::Io { action: "inspecting", path: from.into(), source })?.len();
-        if len as usize <= CHUNK {
+        if len <= CHUNK as u64 {
             let mut buf = Vec::with_capacity(len as usize);
             file.read_to_end(&mut buf).await.map_err(|source| StorageError::Io { action: "reading", path: from.into(), source })?;
-            self.store.put(&path, PutPayload::from(buf)).await.map_err(self.store_err("writing", key))?;
+            store.put(&path, PutPayload::from(buf)).await.map_err(self.store_err("writing", key))?;
             return Ok(len);
         }
-        let upload = self.store.put_multipart(&path).await.map_err(self.store_err("starting an upload of", key))?;
+        let upload = store.put_multipart(&path).await.map_err(self.store_err("starting an upload of", key))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
         let mut buf = vec![0u8; 1 << 20];
         let mut sent = 0u64;
@@ -346,42 +421,58 @@ impl Storage {
         Ok(sent)
     }
 
-    /// Writes `key` to the local file `to` (through `to.partial` and a rename), streaming.
+    /// Writes `key` to the local file `to` (through a temporary name beside it and a rename),
+    /// streaming. A link at `to` is replaced, not written through.
     pub async fn get_file(&self, key: &str, to: &Path) -> Result<u64> {
-        let path = self.path(key)?;
-        if let Some(source) = self.local_path(key) {
-            let (source, to) = (source.clone(), to.to_path_buf());
-            return tokio::task::spawn_blocking(move || {
-                if !source.is_file() {
-                    return Err(StorageError::NotFound(source.display().to_string()));
-                }
-                copy_atomically(&source, &to)
-            })
-            .await
-            .map_err(|e| StorageError::Io {
-                action: "copying",
-                path: PathBuf::from(key),
-                source: std::io::Error::other(e),
-            })?;
-        }
-        let got = self.store.get(&path).await.map_err(self.store_err("reading", key))?;
-        let partial = partial_name(to);
-        if let Some(dir) = to.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(|source| StorageError::Io { action: "creating", path: dir.into(), source })?;
-        }
-        let io = |action, source| StorageError::Io { action, path: partial.clone(), source };
-        let mut file = tokio::fs::File::create(&partial).await.map_err(|e| io("creating", e))?;
-        let mut stream = got.into_stream();
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(self.store_err("reading", key))?;
-            file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
-            written += chunk.len() as u64;
-        }
-        file.flush().await.map_err(|e| io("writing", e))?;
-        drop(file);
-        tokio::fs::rename(&partial, to).await.map_err(|e| io("renaming", e))?;
-        Ok(written)
+        let bad_target = |reason: &str| StorageError::Io {
+            action: "writing",
+            path: to.into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason.to_string()),
+        };
+        let name = to.file_name().ok_or_else(|| bad_target("it has no file name"))?;
+        let name = name.to_str().ok_or_else(|| bad_target("its name is not UTF-8"))?;
+        let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        self.fetch(key, dir, name).await
+    }
+
+    /// Writes `key` to `dir/relative` (a `/`-separated relative path, checked like a key),
+    /// streaming, through a temporary name and a rename. The directories under `dir` are
+    /// walked and made without following links: a link already there (`x -> /etc` when
+    /// `relative` is `x/passwd`) is refused by name ([`StorageError::Refused`]) rather than
+    /// written through; one at the file's own name is replaced. `dir` itself is the caller's
+    /// and is resolved as given.
+    pub async fn get_file_into(&self, key: &str, dir: &Path, relative: &str) -> Result<u64> {
+        validate_key(relative)?;
+        self.fetch(key, dir, relative).await
+    }
+
+    async fn fetch(&self, key: &str, dir: &Path, relative: &str) -> Result<u64> {
+        validate_key(key)?;
+        let io = |action, source| StorageError::Io { action, path: dir.into(), source };
+        tokio::fs::create_dir_all(dir).await.map_err(|e| io("creating", e))?;
+        let dest = tokio::fs::canonicalize(dir).await.map_err(|e| io("resolving", e))?;
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                let (root, key, relative) = (root.clone(), key.to_string(), relative.to_string());
+                return blocking(&key.clone(), move || {
+                    let mut source = storage_tree(&root).open_file(&key)?;
+                    local::Tree { root: &dest, in_storage: false }.write_with(&relative, |out| {
+                        std::io::copy(&mut source, out).map_err(|source| StorageError::Io {
+                            action: "copying",
+                            path: root.join(&key),
+                            source,
+                        })
+                    })
+                })
+                .await;
+            }
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
+        let got = store.get(&path).await.map_err(self.store_err("reading", key))?;
+        let target = dest.join(relative);
+        let stream = got.into_stream().map(|chunk| chunk.map_err(self.store_err("reading", key)));
+        write_staged(&dest, false, relative, target, stream).await
     }
 
     /// Stores what `data` yields as `key`, streaming, and returns its size. Readers see the
@@ -394,34 +485,16 @@ impl Storage {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = self.path(key)?;
         let mut data = data;
         let aborted = |e: E| StorageError::Aborted { key: key.to_string(), source: e.into() };
-        if let Some(target) = self.local_path(key) {
-            if let Some(dir) = target.parent() {
-                tokio::fs::create_dir_all(dir).await.map_err(|source| StorageError::Io { action: "creating", path: dir.into(), source })?;
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                validate_key(key)?;
+                return write_staged(root, true, key, root.join(key), data.map(|chunk| chunk.map_err(aborted))).await;
             }
-            let partial = partial_name(&target);
-            let result = async {
-                let io = |action, source| StorageError::Io { action, path: partial.clone(), source };
-                let mut file = tokio::fs::File::create(&partial).await.map_err(|e| io("creating", e))?;
-                let mut written = 0u64;
-                while let Some(chunk) = data.next().await {
-                    let chunk = chunk.map_err(aborted)?;
-                    file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
-                    written += chunk.len() as u64;
-                }
-                file.flush().await.map_err(|e| io("writing", e))?;
-                drop(file);
-                tokio::fs::rename(&partial, &target).await.map_err(|e| io("renaming", e))?;
-                Ok(written)
-            }
-            .await;
-            if result.is_err() {
-                let _ = tokio::fs::remove_file(&partial).await;
-            }
-            return result;
-        }
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
         // Small objects (the common case for metadata-sized blobs) go in one PUT.
         let mut first = Vec::new();
         while first.len() <= CHUNK {
@@ -429,12 +502,12 @@ impl Storage {
                 Some(chunk) => first.extend_from_slice(&chunk.map_err(aborted)?),
                 None => {
                     let len = first.len() as u64;
-                    self.store.put(&path, PutPayload::from(first)).await.map_err(self.store_err("writing", key))?;
+                    store.put(&path, PutPayload::from(first)).await.map_err(self.store_err("writing", key))?;
                     return Ok(len);
                 }
             }
         }
-        let upload = self.store.put_multipart(&path).await.map_err(self.store_err("starting an upload of", key))?;
+        let upload = store.put_multipart(&path).await.map_err(self.store_err("starting an upload of", key))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
         let mut sent = first.len() as u64;
         writer.write(&first);
@@ -460,31 +533,38 @@ impl Storage {
 
     /// Opens `key` for reading: its size and a stream of its bytes. The object is pinned when
     /// this returns (an open file; an S3 GET in flight), so deleting it meanwhile does not cut
-    /// the stream short on a file system.
+    /// the stream short on a file system. On a file system, a link at `key` or on the way to
+    /// it is [`StorageError::Link`].
     pub async fn get_stream(&self, key: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
-        let path = self.path(key)?;
-        if let Some(source) = self.local_path(key) {
-            let file = match tokio::fs::File::open(&source).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StorageError::NotFound(key.to_string())),
-                Err(e) => return Err(StorageError::Io { action: "opening", path: source, source: e }),
-            };
-            let meta = file.metadata().await.map_err(|e| StorageError::Io { action: "inspecting", path: source.clone(), source: e })?;
-            if !meta.is_file() {
-                return Err(StorageError::NotFound(key.to_string()));
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                validate_key(key)?;
+                let (root, owned) = (root.clone(), key.to_string());
+                let source = root.join(key);
+                let (file, size) = blocking(key, move || {
+                    let file = storage_tree(&root).open_file(&owned)?;
+                    let size =
+                        file.metadata().map_err(|source| StorageError::Io { action: "inspecting", path: root.join(&owned), source })?.len();
+                    Ok((file, size))
+                })
+                .await?;
+                let file = tokio::fs::File::from_std(file);
+                let stream = futures_util::stream::try_unfold((file, source), |(mut file, source)| async move {
+                    let mut buf = vec![0u8; READ_CHUNK];
+                    let n =
+                        file.read(&mut buf).await.map_err(|e| StorageError::Io { action: "reading", path: source.clone(), source: e })?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    buf.truncate(n);
+                    Ok(Some((Bytes::from(buf), (file, source))))
+                });
+                return Ok((size, stream.boxed()));
             }
-            let stream = futures_util::stream::try_unfold((file, source), |(mut file, source)| async move {
-                let mut buf = vec![0u8; READ_CHUNK];
-                let n = file.read(&mut buf).await.map_err(|e| StorageError::Io { action: "reading", path: source.clone(), source: e })?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                buf.truncate(n);
-                Ok(Some((Bytes::from(buf), (file, source))))
-            });
-            return Ok((meta.len(), stream.boxed()));
-        }
-        let got = self.store.get(&path).await.map_err(self.store_err("reading", key))?;
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
+        let got = store.get(&path).await.map_err(self.store_err("reading", key))?;
         let size = got.meta.size;
         let (key, storage) = (key.to_string(), self.spec.describe());
         let stream = got.into_stream().map(move |chunk| {
@@ -497,10 +577,16 @@ impl Storage {
     }
 
     /// Every object under `prefix` (a key prefix ending at a `/` boundary; empty for all),
-    /// with keys relative to it, sorted.
+    /// with keys relative to it, sorted. On a file system these are the regular files:
+    /// links are not listed (see [`Storage::links`]) nor walked into, and a prefix that goes
+    /// through a link is [`StorageError::Link`].
     pub async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>> {
-        let base = if prefix.is_empty() { self.prefix.clone() } else { Some(self.path(prefix.trim_end_matches('/'))?) };
-        let mut stream = self.store.list(base.as_ref());
+        let (store, object_prefix) = match &self.backend {
+            Backend::Local { root } => return Ok(self.walk_local(root, prefix).await?.0),
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let base = if prefix.is_empty() { object_prefix.clone() } else { Some(Self::path(object_prefix, prefix.trim_end_matches('/'))?) };
+        let mut stream = store.list(base.as_ref());
         let strip = base.as_ref().map(|b| format!("{}/", b.as_ref())).unwrap_or_default();
         let mut out = Vec::new();
         while let Some(meta) = stream.next().await {
@@ -511,8 +597,7 @@ impl Storage {
             };
             let full = meta.location.as_ref();
             let key = full.strip_prefix(&strip).unwrap_or(full).to_string();
-            // LocalFileSystem's staging files of uploads in flight are not objects yet.
-            if key.split('/').any(|c| c.starts_with(".drover-tmp-")) {
+            if key.split('/').any(|c| c.starts_with(TMP_PREFIX)) {
                 continue;
             }
             out.push(StoredObject { key, size: meta.size });
@@ -521,48 +606,81 @@ impl Storage {
         Ok(out)
     }
 
-    /// Deletes `key`; one already gone is fine.
+    /// The symbolic links under `prefix` (keys relative to it, sorted), which [`Storage::list`]
+    /// leaves out and every read refuses: callers that take a checkpoint as a whole (a
+    /// download, a check of what a trial saved) refuse it by name. Always empty on S3.
+    pub async fn links(&self, prefix: &str) -> Result<Vec<String>> {
+        match &self.backend {
+            Backend::Local { root } => Ok(self.walk_local(root, prefix).await?.1),
+            Backend::Object { .. } => {
+                if !prefix.is_empty() {
+                    validate_key(prefix.trim_end_matches('/'))?;
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    async fn walk_local(&self, root: &Path, prefix: &str) -> Result<(Vec<StoredObject>, Vec<String>)> {
+        let prefix = prefix.trim_end_matches('/').to_string();
+        if !prefix.is_empty() {
+            validate_key(&prefix)?;
+        }
+        let root = root.to_path_buf();
+        blocking(&prefix.clone(), move || storage_tree(&root).walk(&prefix)).await
+    }
+
+    /// Deletes `key`; one already gone is fine. On a file system a link at `key` is removed
+    /// itself (never what it points to), and a key beyond a link is [`StorageError::Link`].
     pub async fn delete(&self, key: &str) -> Result<()> {
-        let path = self.path(key)?;
-        match self.store.delete(&path).await {
+        let (store, prefix) = match &self.backend {
+            Backend::Local { root } => {
+                validate_key(key)?;
+                let (root, key) = (root.clone(), key.to_string());
+                return blocking(&key.clone(), move || storage_tree(&root).delete(&key)).await;
+            }
+            Backend::Object { store, prefix } => (store, prefix),
+        };
+        let path = Self::path(prefix, key)?;
+        match store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.store_err("deleting", key)(e)),
         }
     }
 
     /// Deletes everything under `prefix`; returns how many objects went. Nothing there is fine.
+    /// On a file system the whole directory goes, links in it included (each removed itself:
+    /// nothing outside the directory is touched); a prefix that is a link loses the link.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
-        validate_key(prefix.trim_end_matches('/'))?;
-        let objects = self.list(prefix).await?;
         let base = prefix.trim_end_matches('/');
+        validate_key(base)?;
+        if let Backend::Local { root } = &self.backend {
+            let (root, base) = (root.clone(), base.to_string());
+            return blocking(&base.clone(), move || storage_tree(&root).delete_tree(&base)).await;
+        }
+        let objects = self.list(prefix).await?;
         for o in &objects {
             self.delete(&format!("{base}/{}", o.key)).await?;
-        }
-        if let Some(dir) = self.local_path(base) {
-            // Empty directories are left by object deletes on a file system.
-            match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StorageError::Io { action: "removing", path: dir, source }),
-            }
         }
         Ok(objects.len())
     }
 
-    /// Uploads every regular file under the local directory `dir` as `prefix/relative/path`,
-    /// in name order. Returns (relative path, size) for each. Symbolic links are refused: a
-    /// checkpoint holds its own bytes.
+    /// Uploads every file under the local directory `dir` as `prefix/relative/path`, in name
+    /// order, as `cp -L` would copy it: a symbolic link whose target stays inside `dir` is
+    /// stored as a copy of that file or directory; one leading outside `dir` or nowhere, a link
+    /// cycle, a fifo, socket or device is refused by name ([`StorageError::Refused`]), before
+    /// anything is stored. Returns (relative path, size) for each file.
     pub async fn put_dir(&self, prefix: &str, dir: &Path) -> Result<Vec<(String, u64)>> {
-        let mut files = Vec::new();
-        walk(dir, dir, &mut files)?;
+        let owned = dir.to_path_buf();
+        let files = blocking(&dir.display().to_string(), move || source::collect(&owned)).await?;
         // An object store answers each request after a round trip: a few files in flight keep
         // the connection busy. A file system copy is bound by the disk; one at a time.
-        let in_flight = if self.root.is_some() { 1 } else { FILES_IN_FLIGHT };
+        let in_flight = if matches!(self.backend, Backend::Local { .. }) { 1 } else { FILES_IN_FLIGHT };
         let base = prefix.trim_end_matches('/');
         let mut out: Vec<(String, u64)> = futures_util::stream::iter(files)
-            .map(|rel| async move {
-                let size = self.put_file(&format!("{base}/{rel}"), &dir.join(&rel)).await?;
-                Ok::<_, StorageError>((rel, size))
+            .map(|file| async move {
+                let size = self.put_file(&format!("{base}/{}", file.relative), &file.path).await?;
+                Ok::<_, StorageError>((file.relative, size))
             })
             .buffer_unordered(in_flight)
             .collect::<Vec<_>>()
@@ -573,59 +691,61 @@ impl Storage {
         Ok(out)
     }
 
-    /// Downloads every object under `prefix` into the local directory `dir`.
+    /// Downloads every object under `prefix` into the local directory `dir`, never writing
+    /// through a link already in `dir` (see [`Storage::get_file_into`]). Links in storage are
+    /// not objects and are not downloaded.
     pub async fn get_dir(&self, prefix: &str, dir: &Path) -> Result<Vec<(String, u64)>> {
         let objects = self.list(prefix).await?;
         let mut out = Vec::with_capacity(objects.len());
         for o in objects {
-            validate_key(&o.key)?;
-            let size = self.get_file(&format!("{}/{}", prefix.trim_end_matches('/'), o.key), &dir.join(&o.key)).await?;
+            let size = self.get_file_into(&format!("{}/{}", prefix.trim_end_matches('/'), o.key), dir, &o.key).await?;
             out.push((o.key, size));
         }
         Ok(out)
     }
 }
 
-/// A hidden temporary name beside `path`, unique in this process; `list` skips such names.
-fn partial_name(path: &Path) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".drover-tmp-{}-{n}-{name}", std::process::id()))
+fn storage_tree(root: &Path) -> local::Tree<'_> {
+    local::Tree { root, in_storage: true }
 }
 
-fn copy_atomically(from: &Path, to: &Path) -> Result<u64> {
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io { action: "creating", path: dir.into(), source })?;
-    }
-    let tmp = partial_name(to);
-    let size = std::fs::copy(from, &tmp).map_err(|source| StorageError::Io { action: "copying", path: from.into(), source })?;
-    std::fs::rename(&tmp, to).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        StorageError::Io { action: "renaming", path: to.into(), source }
-    })?;
-    Ok(size)
+/// Runs file-system work off the async threads.
+async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StorageError::Io {
+        action: "working on",
+        path: what.into(),
+        source: std::io::Error::other(e),
+    })?
 }
 
-/// Relative paths of the regular files under `dir`, sorted.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-    let io = |action, source| StorageError::Io { action, path: dir.into(), source };
-    let mut entries: Vec<_> =
-        std::fs::read_dir(dir).map_err(|e| io("listing", e))?.collect::<Result<_, _>>().map_err(|e| io("listing", e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let kind = entry.file_type().map_err(|e| io("inspecting", e))?;
-        if kind.is_symlink() {
-            return Err(StorageError::InvalidKey { key: path.display().to_string(), reason: "symbolic links are not stored" });
+/// Writes what `data` yields to `relative` under the local tree `root` (a storage's root, or
+/// with `in_storage` false a download's destination), whole or not at all: into a staged
+/// temporary file, renamed into place at the end, removed on any error.
+async fn write_staged<S>(root: &Path, in_storage: bool, relative: &str, path: PathBuf, mut data: S) -> Result<u64>
+where
+    S: Stream<Item = Result<Bytes>> + Send + Unpin,
+{
+    let (owned_root, owned_relative) = (root.to_path_buf(), relative.to_string());
+    let (staged, file) = blocking(relative, move || local::Tree { root: &owned_root, in_storage }.stage(&owned_relative)).await?;
+    let mut file = tokio::fs::File::from_std(file);
+    let written = async {
+        let io = |action, source| StorageError::Io { action, path: path.clone(), source };
+        let mut written = 0u64;
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
+            written += chunk.len() as u64;
         }
-        if kind.is_dir() {
-            walk(root, &path, out)?;
-        } else if kind.is_file() {
-            let rel = path.strip_prefix(root).expect("walked from root").to_string_lossy().replace('\\', "/");
-            validate_key(&rel)?;
-            out.push(rel);
+        file.flush().await.map_err(|e| io("writing", e))?;
+        Ok(written)
+    }
+    .await;
+    drop(file);
+    match written {
+        Ok(written) => blocking(relative, move || staged.commit()).await.map(|()| written),
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || staged.abandon()).await;
+            Err(e)
         }
     }
-    Ok(())
 }

@@ -3,7 +3,8 @@
 //! and skips.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use drover_storage::{Storage, StorageError, StorageSpec, validate_key};
@@ -73,6 +74,7 @@ async fn bytes_round_trip_head_list_and_delete() {
         assert_eq!(s.delete_prefix("ckpt").await.unwrap(), 0, "{name}");
         assert!(s.list("ckpt").await.unwrap().is_empty(), "{name}");
         assert_eq!(s.list("other").await.unwrap().len(), 1, "{name}: other prefixes untouched");
+        assert!(s.links("").await.unwrap().is_empty(), "{name}: drover itself never stores a link");
     }
 }
 
@@ -116,10 +118,11 @@ async fn hostile_keys_are_refused_before_anything_is_touched() {
         assert!(matches!(s.get_bytes("a/../../b").await, Err(StorageError::InvalidKey { .. })), "{name}");
         assert!(s.list("").await.unwrap().is_empty(), "{name}: nothing was written");
     }
-    // A directory with a symbolic link in it is not uploaded.
+    // A directory with a symbolic link out of it is not uploaded.
     let work = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(work.path().join("src")).unwrap();
-    std::os::unix::fs::symlink("/etc/passwd", work.path().join("src/link")).unwrap();
+    std::fs::write(work.path().join("decoy"), b"decoy").unwrap();
+    std::os::unix::fs::symlink(work.path().join("decoy"), work.path().join("src/link")).unwrap();
     let s = Storage::open(&StorageSpec::Directory { path: work.path().join("store") }).unwrap();
     assert!(s.put_dir("c", &work.path().join("src")).await.is_err());
 }
@@ -255,4 +258,266 @@ fn a_spec_prints_without_its_secret() {
     };
     let shown = format!("{spec:?}");
     assert!(shown.contains("s3://b/p") && !shown.contains("very-secret"), "{shown}");
+}
+
+// Symbolic links a trial plants in a file-system storage. Each test points them at its own
+// decoy directory and file in a tempdir (never at a system path) and checks that nothing
+// reads, lists, writes or deletes through them.
+
+/// A decoy directory with a few files, and a decoy file, outside every storage.
+struct Decoy {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+const DECOY_FILES: [(&str, &[u8]); 3] = [("f", b"decoy f"), ("passwd", b"decoy passwd"), ("nested/shadow", b"decoy shadow")];
+
+impl Decoy {
+    fn new() -> Decoy {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("decoy-dir");
+        for (name, bytes) in DECOY_FILES {
+            std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        let file = tmp.path().join("decoy-file");
+        std::fs::write(&file, b"decoy file").unwrap();
+        Decoy { _tmp: tmp, dir, file }
+    }
+
+    /// Every decoy file is there with its bytes, and nothing was added.
+    fn assert_intact(&self, context: &str) {
+        for (name, bytes) in DECOY_FILES {
+            assert_eq!(std::fs::read(self.dir.join(name)).unwrap_or_default(), bytes, "{context}: decoy {name}");
+        }
+        assert_eq!(std::fs::read(&self.file).unwrap(), b"decoy file", "{context}: decoy file");
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["f", "nested", "passwd"], "{context}: nothing was created in the decoy directory");
+    }
+}
+
+/// The file-system backends (links are a file-system matter).
+async fn fs_backends() -> Vec<(String, Storage, Option<tempfile::TempDir>)> {
+    backends().await.into_iter().filter(|(_, s, _)| s.local_path("").is_some()).collect()
+}
+
+/// A checkpoint `uuid` with two real files and the links a hostile trial would add:
+/// `etcdir` and `sub` to the decoy directory, `evil` to the decoy file, and one deeper down.
+async fn plant(s: &Storage, uuid: &str, decoy: &Decoy) {
+    s.put_bytes(&format!("{uuid}/real.bin"), Bytes::from_static(b"real")).await.unwrap();
+    s.put_bytes(&format!("{uuid}/deep/er/x"), Bytes::from_static(b"x")).await.unwrap();
+    let dir = s.local_path(uuid).unwrap();
+    symlink(&decoy.dir, dir.join("etcdir")).unwrap();
+    symlink(&decoy.file, dir.join("evil")).unwrap();
+    symlink(&decoy.dir, dir.join("sub")).unwrap();
+    symlink(&decoy.dir, dir.join("deep/er/link")).unwrap();
+}
+
+fn is_link_error<T: std::fmt::Debug>(result: Result<T, StorageError>) -> bool {
+    match result {
+        Err(e @ StorageError::Link { .. }) => e.to_string().contains("is a symbolic link; drover never follows links in storage"),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn delete_prefix_removes_links_themselves_and_nothing_they_point_to() {
+    for (name, s, _keep) in fs_backends().await {
+        let decoy = Decoy::new();
+        plant(&s, "ck1", &decoy).await;
+        assert_eq!(s.delete_prefix("ck1").await.unwrap(), 2, "{name}: the two real files, not the decoy's");
+        assert!(std::fs::symlink_metadata(s.local_path("ck1").unwrap()).is_err(), "{name}: the checkpoint directory is gone");
+        decoy.assert_intact(&name);
+        // A checkpoint directory that is itself a link loses the link, not the target's files.
+        symlink(&decoy.dir, s.local_path("ck2").unwrap()).unwrap();
+        assert_eq!(s.delete_prefix("ck2").await.unwrap(), 0, "{name}");
+        assert!(std::fs::symlink_metadata(s.local_path("ck2").unwrap()).is_err(), "{name}: the link is gone");
+        // A prefix beyond a link is refused, not deleted through.
+        symlink(&decoy.dir, s.local_path("ck3").unwrap()).unwrap();
+        assert!(is_link_error(s.delete_prefix("ck3/nested").await), "{name}");
+        decoy.assert_intact(&name);
+    }
+}
+
+#[tokio::test]
+async fn listing_shows_regular_files_only_and_links_names_the_links() {
+    for (name, s, _keep) in fs_backends().await {
+        let decoy = Decoy::new();
+        plant(&s, "ck", &decoy).await;
+        let keys: Vec<String> = s.list("ck").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["deep/er/x", "real.bin"], "{name}");
+        let everything: Vec<String> = s.list("").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(everything, ["ck/deep/er/x", "ck/real.bin"], "{name}");
+        assert_eq!(s.links("ck").await.unwrap(), ["deep/er/link", "etcdir", "evil", "sub"], "{name}");
+        assert!(is_link_error(s.list("ck/sub").await), "{name}: a prefix through a link");
+        assert!(is_link_error(s.links("ck/etcdir/nested").await), "{name}");
+        // get_dir downloads the files and none of what the links point to.
+        let dst = tempfile::tempdir().unwrap();
+        let got = s.get_dir("ck", dst.path()).await.unwrap();
+        assert_eq!(got, vec![("deep/er/x".into(), 1), ("real.bin".into(), 4)], "{name}");
+        decoy.assert_intact(&name);
+    }
+}
+
+#[tokio::test]
+async fn reading_through_a_link_is_a_link_error() {
+    for (name, s, _keep) in fs_backends().await {
+        let decoy = Decoy::new();
+        plant(&s, "ck", &decoy).await;
+        let out = tempfile::tempdir().unwrap();
+        for key in ["ck/evil", "ck/sub/f", "ck/etcdir/passwd", "ck/etcdir/nested/shadow", "ck/deep/er/link/f"] {
+            assert!(is_link_error(s.get_stream(key).await.map(|(size, _)| size)), "{name}: get_stream {key}");
+            assert!(is_link_error(s.get_bytes(key).await), "{name}: get_bytes {key}");
+            assert!(is_link_error(s.head(key).await), "{name}: head {key}");
+            assert!(is_link_error(s.get_file(key, &out.path().join("copy")).await), "{name}: get_file {key}");
+            assert!(is_link_error(s.get_file_into(key, out.path(), "a/copy").await), "{name}: get_file_into {key}");
+        }
+        match s.get_bytes("ck/sub/f").await {
+            Err(StorageError::Link { key }) => assert_eq!(key, "ck/sub", "{name}: the error names the link"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "{name}: nothing was copied out");
+        // The real file next to them reads as usual.
+        assert_eq!(&s.get_bytes("ck/real.bin").await.unwrap()[..], b"real", "{name}");
+        decoy.assert_intact(&name);
+    }
+}
+
+#[tokio::test]
+async fn writing_and_deleting_never_go_through_a_link() {
+    use futures_util::stream;
+    for (name, s, _keep) in fs_backends().await {
+        let decoy = Decoy::new();
+        plant(&s, "ck", &decoy).await;
+        let local = tempfile::tempdir().unwrap();
+        std::fs::write(local.path().join("x"), b"new").unwrap();
+        assert!(is_link_error(s.put_bytes("ck/sub/new", Bytes::from_static(b"new")).await), "{name}: put_bytes");
+        assert!(is_link_error(s.put_bytes("ck/sub/made/new", Bytes::from_static(b"new")).await), "{name}: put_bytes, deeper");
+        assert!(is_link_error(s.put_stream("ck/etcdir/passwd", stream::iter(chunks_of(b"new", 1))).await), "{name}: put_stream");
+        assert!(is_link_error(s.put_file("ck/etcdir/nested/shadow", &local.path().join("x")).await), "{name}: put_file");
+        assert!(is_link_error(s.put_dir("ck/sub", local.path()).await), "{name}: put_dir");
+        assert!(is_link_error(s.delete("ck/sub/f").await), "{name}: delete beyond a link");
+        decoy.assert_intact(&name);
+        // At a link's own name, a delete removes the link and a write replaces it.
+        s.delete("ck/evil").await.unwrap();
+        assert!(std::fs::symlink_metadata(s.local_path("ck/evil").unwrap()).is_err(), "{name}");
+        s.put_bytes("ck/etcdir", Bytes::from_static(b"now a file")).await.unwrap();
+        assert_eq!(&s.get_bytes("ck/etcdir").await.unwrap()[..], b"now a file", "{name}");
+        assert!(s.local_path("ck/etcdir").unwrap().symlink_metadata().unwrap().is_file(), "{name}");
+        decoy.assert_intact(&name);
+    }
+}
+
+#[tokio::test]
+async fn put_dir_copies_links_inside_the_directory_and_refuses_others_by_name() {
+    for (name, s, _keep) in backends().await {
+        let decoy = Decoy::new();
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        std::fs::create_dir_all(src.join("real")).unwrap();
+        std::fs::write(src.join("real/model.bin"), b"weights").unwrap();
+        symlink("real/model.bin", src.join("latest.bin")).unwrap();
+        symlink(src.join("real"), src.join("alias")).unwrap();
+        let stored = s.put_dir("c", &src).await.unwrap();
+        assert_eq!(stored, vec![("alias/model.bin".into(), 7), ("latest.bin".into(), 7), ("real/model.bin".into(), 7)], "{name}");
+        assert_eq!(&s.get_bytes("c/latest.bin").await.unwrap()[..], b"weights", "{name}");
+        if let Some(path) = s.local_path("c/latest.bin") {
+            assert!(path.symlink_metadata().unwrap().is_file(), "{name}: stored as a plain file");
+            assert!(s.links("c").await.unwrap().is_empty(), "{name}");
+        }
+        // A link out of the directory, or to nothing, is refused by its relative name, and
+        // nothing of that directory is stored.
+        for (link, target, why) in
+            [("out", decoy.file.clone(), "outside the saved directory"), ("gone", src.join("missing"), "does not exist")]
+        {
+            let bad = work.path().join(format!("bad-{link}"));
+            std::fs::create_dir_all(bad.join("sub")).unwrap();
+            std::fs::write(bad.join("a"), b"a").unwrap();
+            symlink(&target, bad.join("sub").join(link)).unwrap();
+            let err = s.put_dir(&format!("bad-{link}"), &bad).await.unwrap_err();
+            assert!(matches!(err, StorageError::Refused { .. }), "{name}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("`sub/{link}`")) && text.contains(&target.display().to_string()) && text.contains(why),
+                "{name}: {text}"
+            );
+            assert!(s.list(&format!("bad-{link}")).await.unwrap().is_empty(), "{name}");
+        }
+        decoy.assert_intact(&name);
+    }
+}
+
+#[tokio::test]
+async fn downloads_never_write_through_a_link_in_the_destination() {
+    for (name, s, _keep) in backends().await {
+        let decoy = Decoy::new();
+        s.put_bytes("c/x/passwd", Bytes::from_static(b"from storage")).await.unwrap();
+        s.put_bytes("c/weights.bin", Bytes::from_static(b"weights")).await.unwrap();
+        // A link on the way to a file is refused by name.
+        let dst = tempfile::tempdir().unwrap();
+        symlink(&decoy.dir, dst.path().join("x")).unwrap();
+        let err = s.get_dir("c", dst.path()).await.unwrap_err();
+        assert!(matches!(err, StorageError::Refused { .. }) && err.to_string().contains("/x`"), "{name}: {err}");
+        decoy.assert_intact(&name);
+        // A link at a file's own name is replaced by the file, its target untouched.
+        let dst = tempfile::tempdir().unwrap();
+        symlink(&decoy.file, dst.path().join("weights.bin")).unwrap();
+        s.get_file_into("c/weights.bin", dst.path(), "weights.bin").await.unwrap();
+        assert!(dst.path().join("weights.bin").symlink_metadata().unwrap().is_file(), "{name}");
+        assert_eq!(std::fs::read(dst.path().join("weights.bin")).unwrap(), b"weights", "{name}");
+        s.get_file("c/weights.bin", &dst.path().join("w2")).await.unwrap();
+        assert!(matches!(s.get_file_into("c/weights.bin", dst.path(), "../up").await, Err(StorageError::InvalidKey { .. })));
+        decoy.assert_intact(&name);
+    }
+}
+
+/// An attacker that keeps swapping `ck/sub` between a real directory and a link to the decoy
+/// (an atomic exchange of the two names, as fast as it can) while the storage deletes, lists
+/// and reads: whatever moment an operation looks, it never reaches the decoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_link_mid_operation_never_leads_out() {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for (name, s, _keep) in fs_backends().await {
+        let decoy = Decoy::new();
+        let dir = s.local_path("ck").unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let attacker = {
+            let (dir, target, stop) = (dir.clone(), decoy.dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (sub, link) = (dir.join("sub"), dir.join("swap"));
+                while !stop.load(Ordering::Relaxed) {
+                    if renameat2(AT_FDCWD, &sub, AT_FDCWD, &link, RenameFlags::RENAME_EXCHANGE).is_err() {
+                        // The storage deleted one of them: make both again. Errors are
+                        // expected, the storage is deleting what this makes.
+                        let _ = std::fs::create_dir_all(sub.join("nested"));
+                        let _ = std::fs::write(sub.join("f"), b"real f");
+                        let _ = std::fs::write(sub.join("nested/shadow"), b"real shadow");
+                        let _ = symlink(&target, &link);
+                    }
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while std::time::Instant::now() < deadline {
+            let _ = s.delete_prefix("ck").await;
+            if let Ok(objects) = s.list("ck").await {
+                assert!(objects.iter().all(|o| !o.key.ends_with("passwd")), "{name}: listed a decoy file");
+            }
+            for key in ["ck/sub/f", "ck/swap/f"] {
+                if let Ok(bytes) = s.get_bytes(key).await {
+                    // Possibly caught halfway through the attacker's own write of it.
+                    assert!(b"real f".starts_with(&bytes), "{name}: read {bytes:?}, not the real file");
+                }
+            }
+            let _ = s.put_bytes("ck/sub/nested/new", Bytes::from_static(b"new")).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        attacker.join().unwrap();
+        decoy.assert_intact(&name);
+        s.delete_prefix("ck").await.unwrap();
+        decoy.assert_intact(&name);
+    }
 }
