@@ -565,13 +565,16 @@ fn command_done(e: drover_api::rest::Experiment, output: Output) {
     }
 }
 
+fn shown(line: &str, raw: bool) -> std::borrow::Cow<'_, str> {
+    if raw { std::borrow::Cow::Borrowed(line) } else { output::escape_control(line) }
+}
+
 async fn print_logs(client: &Client, trial_id: i64, follow: bool, raw: bool, prefix: Option<&str>) -> Result<()> {
-    let shown = |line: &str| if raw { std::borrow::Cow::Borrowed(line) } else { output::escape_control(line) };
     let mut after = 0;
     loop {
         let page = client.logs(trial_id, after, follow).await?;
         for l in &page.lines {
-            println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, shown(&l.line));
+            println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, shown(&l.line, raw));
         }
         after = page.next_after;
         if page.lines.is_empty() {
@@ -583,7 +586,7 @@ async fn print_logs(client: &Client, trial_id: i64, follow: bool, raw: bool, pre
                 // One last read: lines may have landed after the empty page.
                 let last = client.logs(trial_id, after, false).await?;
                 for l in &last.lines {
-                    println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, shown(&l.line));
+                    println!("{}{} {} {}", prefix.unwrap_or(""), output::time(l.ts_ms), l.stream, shown(&l.line, raw));
                 }
                 return Ok(());
             }

@@ -361,3 +361,92 @@ fn param_commands_push_query_tag_get_and_collect() {
     let missing = up.run(&["param", "get", "policy", "2", out.to_str().unwrap()]);
     assert!(!missing.status.success());
 }
+
+/// One master per data directory: a second `master` or `up` on it fails at once naming the
+/// holder, and `run` submits its experiment to the master that holds the directory.
+#[test]
+fn a_data_directory_has_one_master_and_run_submits_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = Up::start(&data);
+    let pid = up.child.id().to_string();
+    for args in [&["master", "--port", "0"][..], &["up", "--port", "0"][..]] {
+        let started = std::time::Instant::now();
+        let out = drover(args, &data);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started beside another master");
+        assert!(err.contains("in use") && err.contains(&pid) && err.contains(&up.master), "{args:?}: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{args:?} did not fail at once");
+    }
+    std::fs::write(dir.path().join("trial.py"), TRIAL_PY).unwrap();
+    std::fs::write(dir.path().join("exp.yaml"), CONFIG).unwrap();
+    let out = Command::new(DROVER)
+        .args(["run", "--output", "json"])
+        .arg(dir.path().join("exp.yaml"))
+        .env("DROVER_DATA_DIR", &data)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("submitting there"), "{err}");
+    let listed = up.json(&["experiment", "list", "--output", "json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "the run's experiment is the up master's: {listed}");
+    assert_eq!(listed[0]["state"], "COMPLETED");
+}
+
+/// An agent needs the join token: without it `drover agent` says where to find it; with a
+/// wrong one the master refuses it and the agent exits instead of retrying forever.
+#[test]
+fn an_agent_without_the_join_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("data"));
+    let out = Command::new(DROVER).args(["agent", "--master", &up.master]).env_remove("DROVER_JOIN_TOKEN").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("join token"), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut child = Command::new(DROVER)
+        .args(["agent", "--master", &up.master, "--join-token", "wrong", "--id", "intruder"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "an agent with a wrong join token kept running");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let agents = up.json(&["agent", "list", "--output", "json"]);
+    assert!(agents.as_array().unwrap().iter().all(|a| a["id"] != "intruder"), "{agents}");
+}
+
+/// SIGTERM stops a master promptly even while a request is waiting on it.
+#[test]
+fn sigterm_stops_the_master_while_a_request_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("data"));
+    // A read that waits up to a minute for a parameter version nobody pushes.
+    let url = format!("{}/api/v1/params/nobody/versions/latest?wait_ms=60000", up.master);
+    let waiting = std::thread::spawn(move || {
+        let _ = std::process::Command::new("curl").args(["-s", "-m", "150", &url]).output();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    nix_kill(up.child.id());
+    let started = std::time::Instant::now();
+    let mut up = up;
+    loop {
+        if up.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "the master ignored SIGTERM for 15 s while a request waited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = waiting.join();
+}
+
+fn nix_kill(pid: u32) {
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}

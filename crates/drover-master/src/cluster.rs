@@ -133,8 +133,13 @@ pub struct Master {
     pub params: crate::params::Params,
 }
 
-/// Objects (key, bytes) to put on a storage.
-pub(crate) type LineageWrite = (StorageSpec, Vec<(String, Vec<u8>)>);
+/// A PBT family tree's files to put on a storage: objects (key, bytes), then, on a file
+/// system, member folders to link to their checkpoints (folder key, checkpoint uuid).
+pub(crate) struct LineageWrite {
+    pub spec: StorageSpec,
+    pub objects: Vec<(String, Vec<u8>)>,
+    pub links: Vec<(String, String)>,
+}
 
 #[derive(Default)]
 struct Inner {
@@ -1178,27 +1183,23 @@ impl Master {
             .collect();
         let Some(view) = lineage::lineage(exp_id, &exp.config, &exp.searcher, &trials) else { return };
         let spec = self.checkpoint_storage(&exp.config);
-        let written = match &spec {
-            StorageSpec::S3 { .. } => {
-                // An object store has no links: a member's folder names its checkpoint's key.
-                // The writes (round trips to the store) happen off the control-plane lock, in
-                // order, on the lineage writer.
-                let prefix = format!("pbt/experiment-{exp_id}");
-                let mut objects: Vec<(String, Vec<u8>)> =
-                    lineage::tables(&view).into_iter().map(|(name, bytes)| (format!("{prefix}/{name}"), bytes)).collect();
-                for (folder, _, member) in lineage::member_files(&view) {
-                    if exp.lineage_members.insert(folder.clone()) {
-                        objects.push((format!("{prefix}/{folder}/member.json"), member));
-                    }
-                }
-                self.lineage_writes.send((spec.clone(), objects)).map_err(|_| "the lineage writer has stopped".to_string())
+        // The writes (round trips to an object store; on a file system, walks that never
+        // follow a link a trial may have planted) happen off the control-plane lock, in order,
+        // on the lineage writer.
+        let prefix = format!("pbt/experiment-{exp_id}");
+        let mut objects: Vec<(String, Vec<u8>)> =
+            lineage::tables(&view).into_iter().map(|(name, bytes)| (format!("{prefix}/{name}"), bytes)).collect();
+        let mut links = Vec::new();
+        for (folder, checkpoint, member) in lineage::member_files(&view) {
+            if exp.lineage_members.insert(folder.clone()) {
+                objects.push((format!("{prefix}/{folder}/member.json"), member));
+                links.extend(checkpoint.map(|uuid| (format!("{prefix}/{folder}"), uuid)));
             }
-            _ => {
-                let root = self.checkpoint_dir(&exp.config);
-                let dir = root.join("pbt").join(format!("experiment-{exp_id}"));
-                lineage::write_files(&view, &dir, &root).map_err(|e| format!("{}: {e}", dir.display()))
-            }
-        };
+        }
+        let written = self
+            .lineage_writes
+            .send(LineageWrite { spec: spec.clone(), objects, links })
+            .map_err(|_| "the lineage writer has stopped".to_string());
         match written {
             Ok(()) => exp.lineage_written = ended,
             Err(e) => tracing::warn!(experiment = exp_id, "cannot write the pbt lineage on {}: {e}", spec.describe()),

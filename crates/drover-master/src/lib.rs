@@ -120,19 +120,22 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
             }
         })
     });
-    // PBT lineage files on an object store, written in the order they were produced.
+    // PBT lineage files, written in the order they were produced.
     if let Some(mut writes) = master.lineage_receiver.lock().unwrap().take() {
         tokio::spawn(async move {
-            while let Some((spec, objects)) = writes.recv().await {
+            while let Some(write) = writes.recv().await {
                 let put_all = async {
-                    let storage = drover_storage::Storage::open(&spec)?;
-                    for (key, bytes) in objects {
+                    let storage = drover_storage::Storage::open(&write.spec)?;
+                    for (key, bytes) in write.objects {
                         storage.put_bytes(&key, bytes.into()).await?;
+                    }
+                    for (folder, uuid) in &write.links {
+                        lineage::link_checkpoint(&storage, folder, uuid);
                     }
                     Ok::<_, drover_storage::StorageError>(())
                 };
                 if let Err(e) = put_all.await {
-                    tracing::warn!("cannot write the pbt lineage on {}: {e}", spec.describe());
+                    tracing::warn!("cannot write the pbt lineage on {}: {e}", write.spec.describe());
                 }
             }
         });

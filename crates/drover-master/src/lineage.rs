@@ -116,27 +116,27 @@ pub fn member_files(lineage: &Lineage) -> Vec<(String, Option<String>, Vec<u8>)>
 /// Writes the lineage under `dir` on a file system: tables replaced atomically, and a folder
 /// per ended member with `member.json` and `checkpoint`, a relative link to its weights in
 /// `checkpoint_root`. A member folder once written is not rewritten.
-pub fn write_files(lineage: &Lineage, dir: &Path, checkpoint_root: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for (name, bytes) in tables(lineage) {
-        replace(&dir.join(name), &bytes)?;
-    }
-    for (folder, checkpoint, member) in member_files(lineage) {
-        let folder = dir.join(folder);
-        if folder.join("member.json").exists() {
-            continue;
+/// On a file-system storage, links a member's folder (`folder`, a key such as
+/// `pbt/experiment-1/g000_w00`) to its checkpoint's directory, so the family tree can be browsed
+/// with the weights beside it. Nothing is created when a link already sits on the folder's path
+/// (a trial can write into the storage root: `pbt -> /elsewhere` must not make the master write
+/// there) or the checkpoint is not a plain directory. Best effort: the tables say the same.
+pub fn link_checkpoint(storage: &drover_storage::Storage, folder: &str, uuid: &str) {
+    let (Some(root), Some(dir)) = (storage.local_path(""), storage.local_path(folder)) else { return };
+    let mut walked = root.clone();
+    for part in folder.split('/') {
+        walked.push(part);
+        match std::fs::symlink_metadata(&walked) {
+            Ok(m) if m.file_type().is_dir() => {}
+            _ => return,
         }
-        std::fs::create_dir_all(&folder)?;
-        #[cfg(unix)]
-        if let Some(uuid) = &checkpoint {
-            let target = checkpoint_root.join(uuid);
-            if target.is_dir() {
-                let _ = std::os::unix::fs::symlink(relative_to(&target, &folder), folder.join("checkpoint"));
-            }
-        }
-        replace(&folder.join("member.json"), &member)?;
     }
-    Ok(())
+    let target = root.join(uuid);
+    if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {
+        return;
+    }
+    #[cfg(unix)]
+    let _ = std::os::unix::fs::symlink(relative_to(&target, &dir), dir.join("checkpoint"));
 }
 
 fn is_final(state: &str) -> bool {
@@ -146,13 +146,6 @@ fn is_final(state: &str) -> bool {
 /// Quotes a CSV field when it needs it.
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
-
-/// Writes through a temporary file and a rename, so a reader never sees half a table.
-fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// `target` as seen from `from`, both absolute or both relative to the same base; a link that

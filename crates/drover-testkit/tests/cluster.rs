@@ -431,7 +431,17 @@ async fn pbt_end_to_end(storage: &str) {
     }
     // The same family tree as plain files beside the checkpoints.
     let files = checkpoints.join("pbt").join(format!("experiment-{}", e.id));
-    let table = std::fs::read_to_string(files.join("members.csv")).unwrap();
+    // Written by the master's lineage writer, off the control-plane lock: it may trail the
+    // experiment's end by a moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let table = loop {
+        let table = std::fs::read_to_string(files.join("members.csv")).unwrap_or_default();
+        if table.lines().count() == 13 && files.join("g002_w03").join("checkpoint").exists() {
+            break table;
+        }
+        assert!(Instant::now() < deadline, "members.csv: {table}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(table.lines().count(), 13, "{table}");
     let last = files.join("g002_w03");
     let member: Value = serde_json::from_str(&std::fs::read_to_string(last.join("member.json")).unwrap()).unwrap();

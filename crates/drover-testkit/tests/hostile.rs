@@ -77,6 +77,7 @@ async fn links_planted_in_checkpoints_never_lead_outside_storage() {
 
     // Experiment end: the policy keeps the latest 3 of 4.
     let kept = wait_for(&cluster, e.id, "the end-of-experiment collection", |c| c.len() == 3).await;
+    let mut registered: Vec<String> = kept.iter().map(|c| c.uuid.clone()).collect();
     decoy.assert_intact("the end-of-experiment collection");
 
     // Downloads through a link are refused.
@@ -92,7 +93,7 @@ async fn links_planted_in_checkpoints_never_lead_outside_storage() {
 
     // A policy change.
     let (status, body) = cluster
-        .post_raw(&format!("/api/v1/experiments/{}/checkpoint-policy", e.id), &json!({"save_trial_latest": 1, "save_trial_best": 0}), None)
+        .post_raw(&format!("/api/v1/experiments/{}/checkpoint-policy", e.id), &json!({"save_experiment_best": 0, "save_trial_latest": 1, "save_trial_best": 0}), None)
         .await;
     assert_eq!(status, 200, "{body}");
     wait_for(&cluster, e.id, "the policy change", |c| c.len() == 1).await;
@@ -102,7 +103,9 @@ async fn links_planted_in_checkpoints_never_lead_outside_storage() {
     let e2 = cluster.create(&yaml.replace("save_trial_latest: 3", "save_trial_latest: 4")).await;
     let e2 = cluster.wait_terminal(e2.id, Duration::from_secs(60)).await;
     assert_eq!(e2.state, "COMPLETED", "{}", cluster.all_logs(e2.id).await);
-    assert_eq!(checkpoints_of(&cluster, e2.id).await.len(), 4);
+    let all = checkpoints_of(&cluster, e2.id).await;
+    assert_eq!(all.len(), 4);
+    registered.extend(all.iter().map(|c| c.uuid.clone()));
     let Cluster { master, agent_stop, agent, http, dir } = cluster;
     let addr = master.addr;
     master.shutdown().await.unwrap();
@@ -125,8 +128,9 @@ async fn links_planted_in_checkpoints_never_lead_outside_storage() {
         assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
         decoy.assert_intact("DELETE /experiments/{id}");
     }
-    let left: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.iter().all(|n| n == "pbt" || !n.to_string_lossy().contains('-') || n.to_string_lossy().starts_with('.')), "{left:?}");
+    for uuid in &registered {
+        assert!(std::fs::symlink_metadata(root.join(uuid)).is_err(), "checkpoint {uuid} is left on disk");
+    }
 
     // Parameter gc: a version's blob replaced by a link, and a link planted beside it.
     for v in 1..=3 {
