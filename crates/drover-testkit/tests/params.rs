@@ -65,7 +65,7 @@ impl Master {
     /// Exactly these bytes on the wire, for paths an HTTP client would normalise.
     fn raw(&self, request_line: &str) -> (u16, Value) {
         let mut stream = std::net::TcpStream::connect(self.master.addr).unwrap();
-        write!(stream, "{request_line} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        write!(stream, "{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
         let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
