@@ -148,3 +148,37 @@ async fn serve_agent(master: Arc<Master>, socket: WebSocket) {
     tracing::info!("agent {agent_id} disconnected");
     master.agent_disconnected(&agent_id, connection).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_api::agent::SlotKind;
+
+    fn slot(id: &str) -> SlotSpec {
+        SlotSpec { id: id.into(), kind: SlotKind::Cpu, device: "CPU".into(), device_index: None, memory_mb: None }
+    }
+
+    #[test]
+    fn hellos_are_bounded() {
+        let ok = |slots: &[SlotSpec], running: &[String]| check_hello("agent-1", "host", "0.1.0", slots, running, "instance");
+        assert!(ok(&[slot("cpu0"), slot("cpu1")], &[]).is_ok());
+        let many: Vec<SlotSpec> = (0..200_000).map(|i| slot(&format!("cpu{i}"))).collect();
+        assert!(ok(&many, &[]).unwrap_err().contains("at most 4096"));
+        assert!(ok(&[slot("cpu0"), slot("cpu0")], &[]).unwrap_err().contains("twice"));
+        assert!(ok(&[slot("")], &[]).is_err());
+        let running: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+        assert!(ok(&[], &running).is_err());
+        assert!(check_hello("", "h", "v", &[], &[], "i").is_err());
+        assert!(check_hello(&"x".repeat(129), "h", "v", &[], &[], "i").is_err());
+        assert!(check_hello("a\u{1b}[31m", "h", "v", &[], &[], "i").is_err());
+        assert!(check_hello("a", &"h".repeat(1000), "v", &[], &[], "i").is_err());
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret-and-more"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,4 +1,4 @@
-//! The REST API fuzzed from its own OpenAPI document by schemathesis (draft).
+//! The REST API fuzzed from its own OpenAPI document by schemathesis (draft 2).
 
 mod common;
 
@@ -8,50 +8,44 @@ use drover_api::rest::*;
 
 use common::{Cluster, config};
 
-const EXAMPLES_PER_OPERATION: u32 = 200;
+const EXAMPLES_PER_OPERATION: u32 = 50;
 const SCHEMATHESIS_DEADLINE: Duration = Duration::from_secs(150);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_no_server_error() {
-    let Ok(command) = std::env::var("DROVER_TEST_SCHEMATHESIS") else {
-        eprintln!("skipping: DROVER_TEST_SCHEMATHESIS is unset");
-        return;
-    };
-    let mut argv = command.split_whitespace().map(str::to_string);
-    let program = argv.next().expect("DROVER_TEST_SCHEMATHESIS is set but names no command");
-    let started = Instant::now();
-    let cluster = Cluster::start(1).await;
+struct Finished {
+    experiment: i64,
+    trial: i64,
+    checkpoint: String,
+}
+
+async fn finished_experiment(cluster: &Cluster) -> Finished {
     let e = cluster.create(&config("{name: single, metric: validation_loss}", "  checkpoint: true", "")).await;
     let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
     assert_eq!(e.state, "COMPLETED", "{}", cluster.all_logs(e.id).await);
-    let r = cluster
-        .http
-        .put(cluster.url("/api/v1/params/policy/versions/1?tags=best&metadata=%7B%22elo%22%3A1200%7D"))
-        .body(vec![1u8, 2, 3, 4])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    eprintln!("setup took {:?}", started.elapsed());
     let trial = cluster.trials(e.id).await.remove(0);
     let checkpoint = trial.latest_checkpoint.clone().expect("the trial saved a checkpoint");
-    let doc = cluster.http.get(cluster.url("/api/v1/openapi.json")).send().await.unwrap().text().await.unwrap();
-    std::fs::write("/tmp/drover-openapi.json", doc).unwrap();
+    Finished { experiment: e.id, trial: trial.id, checkpoint }
+}
 
-    let work = tempfile::tempdir().unwrap();
-    let toml = format!(
+fn schemathesis_toml(kept: &Finished, doomed: &Finished) -> String {
+    let (k, d) = (kept, doomed);
+    format!(
         r#"[dictionaries.ids]
-values = [{e}, {t}]
+values = [{}, {}, {}, {}]
+[dictionaries.doomed-ids]
+values = [{}]
 [dictionaries.uuids]
-values = ["{c}"]
+values = ["{}", "{}"]
+[dictionaries.doomed-uuids]
+values = ["{}"]
 [dictionaries.names]
 values = ["policy"]
 [dictionaries.selectors]
-values = ["latest", "1", "tag:best"]
+values = ["latest", "1", "2", "tag:best"]
 [dictionaries.tags]
 values = ["best"]
 [dictionaries.files]
 values = ["state.json"]
+
 [parameters]
 "query.wait_ms" = 0
 "query.timeout_ms" = 0
@@ -63,20 +57,58 @@ values = ["state.json"]
 "path.selector" = {{ dictionary = "selectors", probability = 0.5 }}
 "path.tag" = {{ dictionary = "tags", probability = 0.5 }}
 "path.path" = {{ dictionary = "files", probability = 0.5 }}
+
+[[operations]]
+include-path = "/api/v1/experiments/{{id}}"
+include-method = "DELETE"
+parameters = {{ "path.id" = {{ dictionary = "doomed-ids", probability = 0.5 }} }}
+
+[[operations]]
+include-path = "/api/v1/experiments/{{id}}/checkpoint-policy"
+parameters = {{ "path.id" = {{ dictionary = "doomed-ids", probability = 0.5 }} }}
+
+[[operations]]
+include-path = "/api/v1/checkpoints/{{uuid}}"
+include-method = "DELETE"
+parameters = {{ "path.uuid" = {{ dictionary = "doomed-uuids", probability = 0.5 }} }}
 "#,
-        e = e.id,
-        t = trial.id,
-        c = checkpoint
-    );
-    std::fs::write(work.path().join("schemathesis.toml"), toml).unwrap();
+        k.experiment, k.trial, d.experiment, d.trial, d.experiment, k.checkpoint, d.checkpoint, d.checkpoint
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error() {
+    let Ok(command) = std::env::var("DROVER_TEST_SCHEMATHESIS") else {
+        eprintln!("skipping: DROVER_TEST_SCHEMATHESIS is unset");
+        return;
+    };
+    let mut argv = command.split_whitespace().map(str::to_string);
+    let program = argv.next().expect("DROVER_TEST_SCHEMATHESIS is set but names no command");
+    let started = Instant::now();
+    let cluster = Cluster::start(1).await;
+    let kept = finished_experiment(&cluster).await;
+    let doomed = finished_experiment(&cluster).await;
+    for (version, query) in [(1, "?tags=best&metadata=%7B%22elo%22%3A1200%7D"), (2, "")] {
+        let url = cluster.url(&format!("/api/v1/params/policy/versions/{version}{query}"));
+        let r = cluster.http.put(url).body(vec![1u8, 2, 3, 4]).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    eprintln!("setup took {:?}", started.elapsed());
+    let doc = cluster.http.get(cluster.url("/api/v1/openapi.json")).send().await.unwrap().text().await.unwrap();
+    std::fs::write("/tmp/drover-openapi.json", doc).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("schemathesis.toml"), schemathesis_toml(&kept, &doomed)).unwrap();
     let schema = cluster.url("/api/v1/openapi.json");
+    let checks = std::env::var("FUZZ_CHECKS").unwrap_or("all".into());
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(argv)
         .arg("--config-file")
         .arg(work.path().join("schemathesis.toml"))
-        .args(["run", &schema, "--checks", "not_a_server_error"])
+        .args(["run", &schema, "--checks", &checks])
         .args(["--max-examples", &EXAMPLES_PER_OPERATION.to_string()])
-        .args(["--seed", "1", "--generation-database", "none", "--no-color", "--workers", "2"])
+        .args(["--seed", "1", "--generation-database", "none", "--no-color", "--workers", "2", "--continue-on-failure"])
+        .args(["--report", "har", "--report-har-path", "/tmp/drover-fuzz.har"])
         .current_dir(work.path())
         .kill_on_drop(true);
     eprintln!("running {cmd:?}");

@@ -281,6 +281,18 @@ fn plant_links(ctx: Context, decoy: &std::path::Path, n: i64) -> Result<ExitCode
         Ok(r) => println!("hostile registration: HTTP {} {}", r.status().as_u16(), r.text().unwrap_or_default()),
         Err(e) => println!("hostile registration: no answer: {e}"),
     }
+    // Sizes that add up past 2^64 (they wrapped to 0 once).
+    std::fs::remove_file(dir.join("linked.bin")).map_err(io("remove", &dir))?;
+    std::fs::write(dir.join("other.bin"), b"more").map_err(io("write", &dir))?;
+    let answer = reqwest::blocking::Client::new()
+        .post(format!("{master}/api/v1/trials/{}/checkpoints", ctx.trial_id()))
+        .bearer_auth(std::env::var(drover_sdk::env::TRIAL_TOKEN).unwrap_or_default())
+        .json(&json!({"uuid": uuid, "step": n + 1, "resources": {"real.bin": u64::MAX, "other.bin": 4}, "metadata": {}}))
+        .send();
+    match answer {
+        Ok(r) => println!("overflowing registration: HTTP {} {}", r.status().as_u16(), r.text().unwrap_or_default()),
+        Err(e) => println!("overflowing registration: no answer: {e}"),
+    }
     ctx.close()?;
     Ok(ExitCode::SUCCESS)
 }
