@@ -8,6 +8,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::hparams::{self, HyperparameterSpace, did_you_mean};
+pub use crate::limits::MAX_GRID_POINTS;
+use crate::limits::{MAX_CONFIG_BYTES, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, MAX_YAML_SCALAR_BYTES};
+
+mod validate;
+mod yaml_guard;
 
 /// Searchers this build knows; an unknown name is refused with a suggestion.
 pub const SEARCHERS: [&str; 8] = ["single", "random", "grid", "async_halving", "adaptive_asha", "tpe", "pbt", "custom"];
@@ -18,9 +23,6 @@ pub const PBT_EXPLOITS: [&str; 2] = ["binary_tournament", "truncation"];
 
 /// Modes of `adaptive_asha`, from fewest to most brackets.
 pub const ASHA_MODES: [&str; 3] = ["aggressive", "standard", "conservative"];
-
-/// Grids larger than this are refused: nobody means to queue a million trials by accident.
-pub const MAX_GRID_POINTS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentConfig {
@@ -305,230 +307,114 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Builds located errors for one configuration text.
+pub(crate) struct Locator<'a> {
+    text: &'a str,
+    file: Option<&'a str>,
+}
+
+impl Locator<'_> {
+    /// An error about `field` (a dotted path), at the place the text spells it out.
+    pub(crate) fn at(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        self.named(field, field.to_string(), message)
+    }
+
+    /// An error about `field`, located where `locate_as` is spelt out (for a field the text
+    /// does not spell as such, e.g. `entrypoint[3]`).
+    pub(crate) fn named(&self, locate_as: &str, field: String, message: impl Into<String>) -> ConfigError {
+        let (line, column) = locate(self.text, locate_as).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        ConfigError { file: self.file.map(str::to_string), line, column, field: Some(field), message: message.into() }
+    }
+
+    /// An error at a known 1-based line and column.
+    fn at_position(&self, (line, column): (usize, usize), field: Option<String>, message: String) -> ConfigError {
+        ConfigError { file: self.file.map(str::to_string), line: Some(line), column: Some(column), field, message }
+    }
+
+    /// An error about the text as a whole.
+    fn whole(&self, message: String) -> ConfigError {
+        ConfigError { file: self.file.map(str::to_string), line: None, column: None, field: None, message }
+    }
+}
+
+/// The top-level key whose value holds 1-based `line`: the last line up to it that starts at
+/// column 0 with `key:`. Best effort, for naming the field of an error found by position.
+fn top_level_key(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .filter(|l| l.starts_with(|c: char| !c.is_whitespace() && !matches!(c, '#' | '-' | '[' | '{' | '\'' | '"')))
+        .filter_map(|l| l.split_once(':').map(|(key, _)| key.trim().to_string()))
+        .filter(|key| !key.is_empty() && key.len() <= MAX_NAME_BYTES)
+        .last()
+}
+
 impl ExperimentConfig {
     /// Parses and validates a configuration. `file` is only used to name it in errors.
+    ///
+    /// Every bound of [`crate::limits`] is enforced here; the size and the nesting of the text
+    /// before the YAML parser sees it.
     pub fn parse(text: &str, file: Option<&str>) -> Result<ExperimentConfig, ConfigError> {
-        let at_path = |field: &str, message: String| {
-            let (line, column) = locate(text, field).map_or((None, None), |(l, c)| (Some(l), Some(c)));
-            ConfigError { file: file.map(str::to_string), line, column, field: Some(field.to_string()), message }
-        };
+        let loc = Locator { text, file };
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(
+                loc.whole(format!("the configuration is {} bytes, more than the limit of {MAX_CONFIG_BYTES} bytes (1 MiB)", text.len()))
+            );
+        }
+        let scan = yaml_guard::scan(text);
+        if let Some((line, column)) = scan.too_deep_at {
+            let field = top_level_key(text, line);
+            return Err(loc.at_position((line, column), field, format!("YAML collections nest deeper than {MAX_YAML_DEPTH} levels")));
+        }
+        if scan.aliases > 0 {
+            match yaml_guard::expanded_size(text) {
+                Ok(()) => {}
+                Err(yaml_guard::Expansion::Yaml(e)) => return Err(from_yaml_error(&e, text, file)),
+                Err(yaml_guard::Expansion::TooLarge(at)) => {
+                    let message = format!(
+                        "YAML aliases (*name) expand the configuration beyond {MAX_YAML_NODES} nodes or {MAX_YAML_SCALAR_BYTES} bytes of text"
+                    );
+                    return Err(match at {
+                        Some(at) => loc.at_position(at, top_level_key(text, at.0), message),
+                        None => loc.whole(message),
+                    });
+                }
+            }
+        }
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| from_yaml_error(&e, text, file))?;
 
         if raw.name.trim().is_empty() {
-            return Err(at_path("name", "must not be empty".into()));
+            return Err(loc.at("name", "must not be empty"));
+        }
+        validate::text(&loc, "name", &raw.name, MAX_NAME_BYTES)?;
+        if let Some(description) = &raw.description {
+            validate::text(&loc, "description", description, MAX_DESCRIPTION_BYTES)?;
         }
         let entrypoint = match &raw.entrypoint {
             serde_yaml::Value::String(s) if !s.trim().is_empty() => Entrypoint::Shell(s.clone()),
             serde_yaml::Value::Sequence(items) if !items.is_empty() => {
-                let argv: Option<Vec<String>> = items.iter().map(|i| scalar_string(i)).collect();
-                Entrypoint::Argv(argv.ok_or_else(|| at_path("entrypoint", "every item of the list must be a string".into()))?)
+                validate::entrypoint_length(&loc, items.len())?;
+                let argv: Option<Vec<String>> = items.iter().map(scalar_string).collect();
+                Entrypoint::Argv(argv.ok_or_else(|| loc.at("entrypoint", "every item of the list must be a string"))?)
             }
-            _ => return Err(at_path("entrypoint", "expected a command line or a non-empty list of arguments".into())),
+            _ => return Err(loc.at("entrypoint", "expected a command line or a non-empty list of arguments")),
         };
+        validate::entrypoint(&loc, &entrypoint)?;
         let hyperparameters = match &raw.hyperparameters {
             serde_yaml::Value::Null => HyperparameterSpace::new(),
-            v => hparams::parse_space(v, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?,
+            v => hparams::parse_space(v, "hyperparameters").map_err(|e| loc.at(&e.path, e.message))?,
         };
         let environment =
-            parse_environment(&raw.environment.environment_variables).map_err(|m| at_path("environment.environment_variables", m))?;
-
-        let searcher = raw.searcher;
-        if !SEARCHERS.contains(&searcher.name.as_str()) {
-            return Err(at_path(
-                "searcher.name",
-                format!(
-                    "unknown searcher `{}`{}; expected one of {}",
-                    searcher.name,
-                    did_you_mean(&searcher.name, &SEARCHERS),
-                    SEARCHERS.join(", ")
-                ),
-            ));
-        }
-        if searcher.metric.trim().is_empty() {
-            return Err(at_path("searcher.metric", "must name the metric the searcher optimises".into()));
-        }
-        if searcher.max_concurrent_trials == 0 {
-            return Err(at_path("searcher.max_concurrent_trials", "must be at least 1".into()));
-        }
-        match searcher.name.as_str() {
-            "single" => {
-                if searcher.max_trials.is_some_and(|n| n != 1) {
-                    return Err(at_path("searcher.max_trials", "the `single` searcher runs exactly one trial".into()));
-                }
-            }
-            "random" => match searcher.max_trials {
-                None => return Err(at_path("searcher", "the `random` searcher needs `max_trials`".into())),
-                Some(0) => return Err(at_path("searcher.max_trials", "must be at least 1".into())),
-                Some(_) => {}
-            },
-            "async_halving" | "adaptive_asha" => {
-                match searcher.max_trials {
-                    None => return Err(at_path("searcher", format!("the `{}` searcher needs `max_trials`", searcher.name))),
-                    Some(0) => return Err(at_path("searcher.max_trials", "must be at least 1".into())),
-                    Some(_) => {}
-                }
-                if searcher.time_metric.as_deref().is_none_or(|m| m.trim().is_empty()) {
-                    return Err(at_path("searcher", format!("the `{}` searcher needs `time_metric` (e.g. epochs)", searcher.name)));
-                }
-                match searcher.max_time {
-                    None => return Err(at_path("searcher", format!("the `{}` searcher needs `max_time`", searcher.name))),
-                    Some(0) => return Err(at_path("searcher.max_time", "must be at least 1".into())),
-                    Some(_) => {}
-                }
-                if !(searcher.divisor.is_finite() && searcher.divisor > 1.0) {
-                    return Err(at_path("searcher.divisor", format!("must be greater than 1, not {}", searcher.divisor)));
-                }
-                if searcher.name == "async_halving" {
-                    match searcher.num_rungs {
-                        None => return Err(at_path("searcher", "the `async_halving` searcher needs `num_rungs`".into())),
-                        Some(0) => return Err(at_path("searcher.num_rungs", "must be at least 1".into())),
-                        Some(_) => {}
-                    }
-                } else {
-                    if !ASHA_MODES.contains(&searcher.mode.as_str()) {
-                        return Err(at_path(
-                            "searcher.mode",
-                            format!(
-                                "unknown mode `{}`{}; expected one of {}",
-                                searcher.mode,
-                                did_you_mean(&searcher.mode, &ASHA_MODES),
-                                ASHA_MODES.join(", ")
-                            ),
-                        ));
-                    }
-                    if searcher.max_rungs == 0 {
-                        return Err(at_path("searcher.max_rungs", "must be at least 1".into()));
-                    }
-                }
-            }
-            "tpe" => {
-                match searcher.max_trials {
-                    None => return Err(at_path("searcher", "the `tpe` searcher needs `max_trials`".into())),
-                    Some(0) => return Err(at_path("searcher.max_trials", "must be at least 1".into())),
-                    Some(_) => {}
-                }
-                if searcher.n_ei_candidates == 0 {
-                    return Err(at_path("searcher.n_ei_candidates", "must be at least 1".into()));
-                }
-            }
-            "pbt" => {
-                let positive = |field: &str, value: Option<u64>| match value {
-                    None => Err(at_path("searcher", format!("the `pbt` searcher needs `{field}`"))),
-                    Some(0) => Err(at_path(&format!("searcher.{field}"), "must be at least 1".into())),
-                    Some(_) => Ok(()),
-                };
-                positive("population_size", searcher.population_size.map(|n| n as u64))?;
-                positive("max_generations", searcher.max_generations.map(|n| n as u64))?;
-                positive("generation_length", searcher.generation_length)?;
-                if searcher.population_size == Some(1) {
-                    return Err(at_path("searcher.population_size", "a population needs at least 2 members to exploit one another".into()));
-                }
-                if searcher.max_trials.is_some() {
-                    return Err(at_path(
-                        "searcher.max_trials",
-                        "`pbt` runs population_size x max_generations trials; drop max_trials".into(),
-                    ));
-                }
-                if searcher.time_metric.as_deref().is_none_or(|m| m.trim().is_empty()) {
-                    return Err(at_path("searcher", "the `pbt` searcher needs `time_metric` (e.g. epochs)".into()));
-                }
-                if !PBT_EXPLOITS.contains(&searcher.exploit.as_str()) {
-                    return Err(at_path(
-                        "searcher.exploit",
-                        format!(
-                            "unknown exploit `{}`{}; expected one of {}",
-                            searcher.exploit,
-                            did_you_mean(&searcher.exploit, &PBT_EXPLOITS),
-                            PBT_EXPLOITS.join(", ")
-                        ),
-                    ));
-                }
-                if !(searcher.quantile_fraction > 0.0 && searcher.quantile_fraction <= 0.5) {
-                    return Err(at_path("searcher.quantile_fraction", format!("must be in (0, 0.5], not {}", searcher.quantile_fraction)));
-                }
-                let [lo, hi] = searcher.perturb_range;
-                if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
-                    return Err(at_path(
-                        "searcher.perturb_range",
-                        format!("must be two positive factors [low, high] with low <= high, not [{lo}, {hi}]"),
-                    ));
-                }
-                if !(0.0..=1.0).contains(&searcher.resample_probability) {
-                    return Err(at_path(
-                        "searcher.resample_probability",
-                        format!("must be in [0, 1], not {}", searcher.resample_probability),
-                    ));
-                }
-                if !(searcher.min_improvement.is_finite() && searcher.min_improvement >= 0.0) {
-                    return Err(at_path("searcher.min_improvement", format!("must be a fraction >= 0, not {}", searcher.min_improvement)));
-                }
-                // Members continue from checkpoints; a policy that keeps none makes that impossible.
-                if raw.checkpoint_storage.save_trial_latest == 0 {
-                    return Err(at_path(
-                        "checkpoint_storage.save_trial_latest",
-                        "`pbt` starts every member from a checkpoint of the previous generation; keep at least 1".into(),
-                    ));
-                }
-            }
-            // An external advisor proposes the trials; `max_trials` is an optional cap on it.
-            "custom" if searcher.max_trials == Some(0) => {
-                return Err(at_path("searcher.max_trials", "must be at least 1".into()));
-            }
-            "grid" => {
-                let n = hparams::grid_size(&hyperparameters, "hyperparameters").map_err(|e| at_path(&e.path, e.message))?;
-                if n > MAX_GRID_POINTS {
-                    return Err(at_path("hyperparameters", format!("the grid has {n} points, more than the limit of {MAX_GRID_POINTS}")));
-                }
-            }
-            _ => {}
-        }
-        if !["directory", "shared_fs", "s3"].contains(&raw.checkpoint_storage.kind.as_str()) {
-            let kind = &raw.checkpoint_storage.kind;
-            return Err(at_path(
-                "checkpoint_storage.type",
-                format!(
-                    "unknown storage type `{kind}`{}; expected directory, shared_fs or s3",
-                    did_you_mean(kind, &["directory", "shared_fs", "s3"])
-                ),
-            ));
-        }
-        let storage = &raw.checkpoint_storage;
-        if storage.kind == "s3" {
-            if storage.bucket.as_deref().is_none_or(|b| b.trim().is_empty()) {
-                return Err(at_path("checkpoint_storage", "the `s3` storage needs `bucket`".into()));
-            }
-            if storage.path.is_some() {
-                return Err(at_path(
-                    "checkpoint_storage.path",
-                    "is for `directory` and `shared_fs`; `s3` takes `bucket` and `prefix`".into(),
-                ));
-            }
-            if let Some(e) = &storage.endpoint_url
-                && !(e.starts_with("http://") || e.starts_with("https://"))
-            {
-                return Err(at_path("checkpoint_storage.endpoint_url", format!("`{e}` is not an http:// or https:// URL")));
-            }
-            if storage.prefix.as_deref().is_some_and(|p| p.split('/').any(|c| c == "..")) {
-                return Err(at_path("checkpoint_storage.prefix", "must not contain `..`".into()));
-            }
-        } else if let Some(field) = [("bucket", &storage.bucket), ("prefix", &storage.prefix), ("endpoint_url", &storage.endpoint_url)]
-            .iter()
-            .find(|(_, v)| v.is_some())
-            .map(|(f, _)| *f)
-        {
-            return Err(at_path(&format!("checkpoint_storage.{field}"), format!("is for `type: s3`, not `{}`", storage.kind)));
-        }
-        if let Some(p) = &raw.checkpoint_storage.storage_path {
-            if p.split('/').any(|c| c == "..") {
-                return Err(at_path("checkpoint_storage.storage_path", "must not contain `..`".into()));
-            }
-        }
+            parse_environment(&raw.environment.environment_variables).map_err(|m| loc.at("environment.environment_variables", m))?;
+        validate::environment(&loc, &environment)?;
+        validate::searcher(&loc, &raw.searcher, &hyperparameters, &raw.checkpoint_storage)?;
+        validate::resources(&loc, &raw.resources, raw.max_restarts)?;
+        validate::storage(&loc, &raw.checkpoint_storage)?;
         Ok(ExperimentConfig {
             name: raw.name,
             description: raw.description,
             entrypoint,
             hyperparameters,
-            searcher,
+            searcher: raw.searcher,
             resources: raw.resources,
             max_restarts: raw.max_restarts,
             checkpoint_storage: raw.checkpoint_storage,
@@ -541,7 +427,7 @@ impl ExperimentConfig {
         match self.searcher.name.as_str() {
             "single" => Some(1),
             "random" | "async_halving" | "adaptive_asha" | "tpe" | "custom" => self.searcher.max_trials,
-            "pbt" => Some(self.searcher.population_size? * self.searcher.max_generations?),
+            "pbt" => self.searcher.population_size?.checked_mul(self.searcher.max_generations?),
             "grid" => hparams::grid_size(&self.hyperparameters, "hyperparameters").ok(),
             _ => None,
         }
@@ -577,7 +463,10 @@ fn parse_environment(v: &serde_yaml::Value) -> Result<BTreeMap<String, String>, 
         }
         _ => return Err("expected a list of NAME=value strings or a map".into()),
     }
-    if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+    if let Some(bad) = env.keys().find(|k| k.contains('\0')) {
+        return Err(format!("the variable name {bad:?} must not contain NUL bytes"));
+    }
+    if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains('=')) {
         return Err(format!("`{bad}` is not a valid variable name"));
     }
     Ok(env)
@@ -589,29 +478,30 @@ fn from_yaml_error(e: &serde_yaml::Error, text: &str, file: Option<&str>) -> Con
     // yaml_serde renders "path: message at line L column C"; keep the message part.
     let mut message = full.split(" at line ").next().unwrap_or(&full).to_string();
     let mut field = None;
-    if let Some((path, rest)) = message.split_once(": ") {
-        if !path.contains(' ') && !path.is_empty() {
-            field = Some(path.to_string());
-            message = rest.to_string();
-        }
+    if let Some((path, rest)) = message.split_once(": ")
+        && !path.contains(' ')
+        && !path.is_empty()
+    {
+        field = Some(path.to_string());
+        message = rest.to_string();
     }
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((unknown, expected)) = rest.split_once('`') {
-            let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-            let hint = did_you_mean(unknown, &candidates);
-            let unknown = unknown.to_string();
-            field = Some(match field {
-                Some(parent) => format!("{parent}.{unknown}"),
-                None => unknown.clone(),
-            });
-            message = format!("unknown field `{unknown}`{hint}; expected one of {}", candidates.join(", "));
-        }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((unknown, expected)) = rest.split_once('`')
+    {
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let hint = did_you_mean(unknown, &candidates);
+        let unknown = unknown.to_string();
+        field = Some(match field {
+            Some(parent) => format!("{parent}.{unknown}"),
+            None => unknown.clone(),
+        });
+        message = format!("unknown field `{unknown}`{hint}; expected one of {}", candidates.join(", "));
     }
     let (mut line, mut column) = e.location().map_or((None, None), |l| (Some(l.line()), Some(l.column())));
-    if line.is_none() {
-        if let Some((l, c)) = field.as_deref().and_then(|f| locate(text, f)) {
-            (line, column) = (Some(l), Some(c));
-        }
+    if line.is_none()
+        && let Some((l, c)) = field.as_deref().and_then(|f| locate(text, f))
+    {
+        (line, column) = (Some(l), Some(c));
     }
     ConfigError { file: file.map(str::to_string), line, column, field, message }
 }
@@ -646,153 +536,4 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = "\
-name: digits
-entrypoint: ./digits --epochs 3
-hyperparameters:
-  lr: {type: log, minval: -4, maxval: -1}
-  hidden: {type: categorical, vals: [32, 64]}
-searcher:
-  name: random
-  metric: validation_accuracy
-  smaller_is_better: false
-  max_trials: 4
-environment:
-  environment_variables: [RAYON_NUM_THREADS=1]
-";
-
-    #[test]
-    fn parses_a_good_file_with_defaults() {
-        let c = ExperimentConfig::parse(GOOD, Some("x.yaml")).unwrap();
-        assert_eq!(c.name, "digits");
-        assert_eq!(c.searcher.max_concurrent_trials, 16);
-        assert_eq!(c.max_restarts, 5);
-        assert_eq!(c.resources.slots_per_trial, 1);
-        assert_eq!(c.environment["RAYON_NUM_THREADS"], "1");
-        assert_eq!(c.entrypoint.argv(), vec!["/bin/sh", "-c", "./digits --epochs 3"]);
-        assert_eq!(c.planned_trials(), Some(4));
-        let json = serde_json::to_string(&c).unwrap();
-        assert_eq!(serde_json::from_str::<ExperimentConfig>(&json).unwrap(), c);
-    }
-
-    #[test]
-    fn broken_yaml_names_line_and_column() {
-        let text = "name: x\nsearcher: {name: random\nentrypoint: a\n";
-        let e = ExperimentConfig::parse(text, Some("bad.yaml")).unwrap_err();
-        assert_eq!(e.file.as_deref(), Some("bad.yaml"));
-        assert!(e.line.is_some(), "{e}");
-        assert!(e.to_string().starts_with("bad.yaml:"), "{e}");
-    }
-
-    #[test]
-    fn unknown_key_gets_did_you_mean_and_its_line() {
-        let text = GOOD.replace("  max_trials: 4", "  max_trails: 4");
-        let e = ExperimentConfig::parse(&text, Some("x.yaml")).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("searcher.max_trails"), "{e}");
-        assert!(e.message.contains("did you mean `max_trials`"), "{e}");
-        assert_eq!(e.line, Some(10), "{e}");
-        let text = GOOD.replace("searcher:", "sercher:");
-        let e = ExperimentConfig::parse(&text, None).unwrap_err();
-        assert!(e.message.contains("did you mean `searcher`"), "{e}");
-    }
-
-    #[test]
-    fn wrong_type_names_the_field_and_line() {
-        let text = GOOD.replace("max_trials: 4", "max_trials: four");
-        let e = ExperimentConfig::parse(&text, None).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("searcher.max_trials"), "{e}");
-        assert_eq!(e.line, Some(10), "{e}");
-    }
-
-    #[test]
-    fn semantic_errors_are_located() {
-        let text = GOOD.replace("name: random", "name: randum");
-        let e = ExperimentConfig::parse(&text, None).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("searcher.name"));
-        assert_eq!(e.line, Some(7), "{e}");
-        assert!(e.message.contains("did you mean `random`"), "{e}");
-
-        let text = GOOD.replace("minval: -4, maxval: -1", "minval: -1, maxval: -4");
-        let e = ExperimentConfig::parse(&text, None).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("hyperparameters.lr.minval"));
-        assert_eq!((e.line, e.column), (Some(4), Some(19)), "{e}");
-
-        let text = GOOD.replace("  max_trials: 4\n", "");
-        let e = ExperimentConfig::parse(&text, None).unwrap_err();
-        assert!(e.message.contains("needs `max_trials`"), "{e}");
-
-        let text = GOOD
-            .replace("name: random", "name: grid")
-            .replace("{type: log, minval: -4, maxval: -1}", "{type: double, minval: 0, maxval: 1}");
-        let e = ExperimentConfig::parse(&text, None).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("hyperparameters.lr"));
-        assert!(e.message.contains("count"), "{e}");
-    }
-
-    #[test]
-    fn adaptive_searchers_need_their_fields() {
-        let asha = GOOD.replace("  name: random\n", "  name: async_halving\n  time_metric: epochs\n  max_time: 30\n  num_rungs: 3\n");
-        let c = ExperimentConfig::parse(&asha, None).unwrap();
-        assert_eq!((c.searcher.divisor, c.planned_trials()), (4.0, Some(4)));
-        let e = ExperimentConfig::parse(&asha.replace("  num_rungs: 3\n", ""), None).unwrap_err();
-        assert!(e.message.contains("num_rungs"), "{e}");
-        let e = ExperimentConfig::parse(&asha.replace("  time_metric: epochs\n", ""), None).unwrap_err();
-        assert!(e.message.contains("time_metric"), "{e}");
-        let e = ExperimentConfig::parse(&asha.replace("num_rungs: 3", "num_rungs: 3\n  divisor: 1"), None).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("searcher.divisor"));
-        let adaptive = asha.replace("async_halving", "adaptive_asha").replace("  num_rungs: 3\n", "  mode: agressive\n");
-        let e = ExperimentConfig::parse(&adaptive, None).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("searcher.mode"));
-        assert!(e.message.contains("did you mean `aggressive`"), "{e}");
-    }
-
-    #[test]
-    fn custom_searcher_takes_an_optional_cap() {
-        let custom = GOOD.replace("name: random", "name: custom");
-        let c = ExperimentConfig::parse(&custom, None).unwrap();
-        assert_eq!((c.searcher.name.as_str(), c.planned_trials()), ("custom", Some(4)));
-        let c = ExperimentConfig::parse(&custom.replace("  max_trials: 4\n", ""), None).unwrap();
-        assert_eq!(c.planned_trials(), None);
-        let e = ExperimentConfig::parse(&custom.replace("max_trials: 4", "max_trials: 0"), Some("c.yaml")).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("searcher.max_trials"));
-        assert_eq!((e.line, e.column), (Some(10), Some(3)), "{e}");
-        assert!(e.to_string().starts_with("c.yaml:10:3: searcher.max_trials: "), "{e}");
-        let e = ExperimentConfig::parse(&GOOD.replace("name: random", "name: custon"), None).unwrap_err();
-        assert!(e.message.contains("did you mean `custom`"), "{e}");
-    }
-
-    #[test]
-    fn missing_required_fields_are_named() {
-        let e = ExperimentConfig::parse("name: x\nentrypoint: a\n", None).unwrap_err();
-        assert!(e.message.contains("missing field `searcher`"), "{e}");
-        let e = ExperimentConfig::parse("", None).unwrap_err();
-        assert!(!e.message.is_empty());
-    }
-
-    #[test]
-    fn alias_bombs_are_refused_not_expanded() {
-        let mut text = String::from(
-            "name: x\nentrypoint: a\nsearcher: {name: single, metric: m}\nhyperparameters:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
-        );
-        for i in 1..10 {
-            let prev = format!("*a{}", i - 1);
-            text.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
-        }
-        let started = std::time::Instant::now();
-        let result = ExperimentConfig::parse(&text, Some("bomb.yaml"));
-        assert!(result.is_err(), "10^10 elements must not be built");
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    }
-
-    #[test]
-    fn hostile_values_are_refused() {
-        let text = format!("{GOOD}checkpoint_storage:\n  storage_path: ../../etc\n");
-        let e = ExperimentConfig::parse(&text, None).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("checkpoint_storage.storage_path"));
-        let text = GOOD.replace("[RAYON_NUM_THREADS=1]", "[NOEQUALS]");
-        assert!(ExperimentConfig::parse(&text, None).is_err());
-    }
-}
+mod tests;

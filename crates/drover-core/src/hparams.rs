@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::limits::{MAX_CATEGORICAL_VALUES, MAX_GRID_POINTS, MAX_HYPERPARAMETER_NAME_BYTES, MAX_HYPERPARAMETERS};
 use crate::rng::SplitMix64;
 
 /// One hyperparameter, or a nested group of them.
@@ -42,7 +43,22 @@ fn space_err(path: &str, message: impl Into<String>) -> SpaceError {
 const KNOWN_TYPES: [&str; 5] = ["const", "int", "double", "log", "categorical"];
 
 /// Parses the `hyperparameters` section. `prefix` is the path of the section itself.
+///
+/// Refuses more than [`MAX_HYPERPARAMETERS`] entries in all (nested groups and their members
+/// each count one), names longer than [`MAX_HYPERPARAMETER_NAME_BYTES`] or holding a NUL byte,
+/// more than [`MAX_CATEGORICAL_VALUES`] values of a `categorical`, and bounds whose values a
+/// double cannot hold (so that every sample is a finite number).
 pub fn parse_space(value: &serde_yaml::Value, prefix: &str) -> Result<HyperparameterSpace, SpaceError> {
+    parse_group(value, prefix, &mut Counter { root: prefix, seen: 0 })
+}
+
+/// Hyperparameters parsed so far, against [`MAX_HYPERPARAMETERS`].
+struct Counter<'a> {
+    root: &'a str,
+    seen: usize,
+}
+
+fn parse_group(value: &serde_yaml::Value, prefix: &str, counter: &mut Counter) -> Result<HyperparameterSpace, SpaceError> {
     let serde_yaml::Value::Mapping(map) = value else {
         return Err(space_err(prefix, "expected a map of hyperparameter names to definitions"));
     };
@@ -51,18 +67,31 @@ pub fn parse_space(value: &serde_yaml::Value, prefix: &str) -> Result<Hyperparam
         let Some(name) = key.as_str() else {
             return Err(space_err(prefix, "hyperparameter names must be strings"));
         };
+        counter.seen += 1;
+        if counter.seen > MAX_HYPERPARAMETERS {
+            return Err(space_err(counter.root, format!("more than {MAX_HYPERPARAMETERS} hyperparameters, nested ones included")));
+        }
+        if name.len() > MAX_HYPERPARAMETER_NAME_BYTES {
+            return Err(space_err(
+                prefix,
+                format!("a hyperparameter name is {} bytes long, more than the limit of {MAX_HYPERPARAMETER_NAME_BYTES}", name.len()),
+            ));
+        }
+        if name.contains('\0') {
+            return Err(space_err(prefix, format!("the hyperparameter name {name:?} must not contain NUL bytes")));
+        }
         let path = format!("{prefix}.{name}");
-        space.insert(name.to_string(), parse_one(val, &path)?);
+        space.insert(name.to_string(), parse_one(val, &path, counter)?);
     }
     Ok(space)
 }
 
-fn parse_one(value: &serde_yaml::Value, path: &str) -> Result<Hyperparameter, SpaceError> {
+fn parse_one(value: &serde_yaml::Value, path: &str, counter: &mut Counter) -> Result<Hyperparameter, SpaceError> {
     let serde_yaml::Value::Mapping(map) = value else {
         return Ok(Hyperparameter::Const { val: yaml_to_json(value, path)? });
     };
     let Some(kind) = map.get("type") else {
-        return Ok(Hyperparameter::Nested { fields: parse_space(value, path)? });
+        return Ok(Hyperparameter::Nested { fields: parse_group(value, path, counter)? });
     };
     let kind = kind.as_str().ok_or_else(|| space_err(&format!("{path}.type"), "must be a string"))?;
     let allowed: &[&str] = match kind {
@@ -132,6 +161,12 @@ fn parse_one(value: &serde_yaml::Value, path: &str) -> Result<Hyperparameter, Sp
             if minval > maxval {
                 return Err(space_err(&format!("{path}.minval"), format!("minval ({minval}) is greater than maxval ({maxval})")));
             }
+            if !(maxval - minval).is_finite() {
+                return Err(space_err(
+                    &format!("{path}.maxval"),
+                    format!("the range from {minval:e} to {maxval:e} is wider than a double can hold"),
+                ));
+            }
             Hyperparameter::Double { minval, maxval, count: count()? }
         }
         "log" => {
@@ -143,6 +178,15 @@ fn parse_one(value: &serde_yaml::Value, path: &str) -> Result<Hyperparameter, Sp
             if base <= 0.0 || base == 1.0 {
                 return Err(space_err(&format!("{path}.base"), "must be positive and not 1"));
             }
+            // Every value is base^x for x in [minval, maxval]: both ends must be a finite,
+            // non-zero double, or samples would be infinite (JSON null) or 0.
+            for (end, exponent) in [("minval", minval), ("maxval", maxval)] {
+                let value = base.powf(exponent);
+                if !value.is_finite() || value == 0.0 {
+                    let what = if value == 0.0 { "rounds to 0" } else { "is too large" };
+                    return Err(space_err(&format!("{path}.{end}"), format!("{base}^{exponent} {what} for a double")));
+                }
+            }
             Hyperparameter::Log { minval, maxval, base, count: count()? }
         }
         "categorical" => {
@@ -152,6 +196,12 @@ fn parse_one(value: &serde_yaml::Value, path: &str) -> Result<Hyperparameter, Sp
             };
             if items.is_empty() {
                 return Err(space_err(&format!("{path}.vals"), "needs at least one value"));
+            }
+            if items.len() > MAX_CATEGORICAL_VALUES {
+                return Err(space_err(
+                    &format!("{path}.vals"),
+                    format!("{} values, more than the limit of {MAX_CATEGORICAL_VALUES}", items.len()),
+                ));
             }
             let vals = items.iter().map(|v| yaml_to_json(v, &format!("{path}.vals"))).collect::<Result<_, _>>()?;
             Hyperparameter::Categorical { vals }
@@ -178,10 +228,23 @@ fn yaml_to_json(v: &serde_yaml::Value, path: &str) -> Result<Value, SpaceError> 
 }
 
 /// Suggests the closest of `candidates` to a misspelt `word`, as " (did you mean `x`?)".
+///
+/// Words longer than 64 characters get no suggestion, and candidates whose length alone puts
+/// them out of reach are not compared: `word` may come from a request (an advisor's point), so
+/// its cost must not grow with its length.
 pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
-    let best = candidates.iter().map(|c| (edit_distance(word, c), *c)).min_by_key(|(d, _)| *d);
+    let len = word.chars().count();
+    if len > 64 {
+        return String::new();
+    }
+    let reach = (word.len().max(3) / 3).max(2);
+    let best = candidates
+        .iter()
+        .filter(|c| c.chars().count().abs_diff(len) <= reach)
+        .map(|c| (edit_distance(word, c), *c))
+        .min_by_key(|(d, _)| *d);
     match best {
-        Some((d, c)) if d <= (word.len().max(3) / 3).max(2) => format!(" (did you mean `{c}`?)"),
+        Some((d, c)) if d <= reach => format!(" (did you mean `{c}`?)"),
         _ => String::new(),
     }
 }
@@ -217,43 +280,62 @@ impl Hyperparameter {
         }
     }
 
-    /// The grid points of this hyperparameter, or the reason it has none.
-    fn grid_points(&self, path: &str) -> Result<Vec<Value>, SpaceError> {
-        let need_count = || space_err(path, "a grid search needs `count` on a continuous hyperparameter");
-        Ok(match self {
-            Hyperparameter::Const { val } => vec![val.clone()],
-            Hyperparameter::Categorical { vals } => vals.clone(),
+    /// How many points this hyperparameter has on a grid, saturating; a continuous one without
+    /// `count` has one here (see [`space_count`], which refuses it).
+    fn grid_count(&self) -> u128 {
+        match self {
+            Hyperparameter::Const { .. } => 1,
+            Hyperparameter::Categorical { vals } => vals.len() as u128,
+            Hyperparameter::Int { minval, maxval, count } => int_points(*minval, *maxval, *count).1,
+            Hyperparameter::Double { count, .. } | Hyperparameter::Log { count, .. } => count.map_or(1, |c| c as u128),
+            Hyperparameter::Nested { fields } => fields.values().fold(1u128, |n, hp| n.saturating_mul(hp.grid_count())),
+        }
+    }
+
+    /// Point `index` (below [`Self::grid_count`]) of this hyperparameter's grid.
+    fn grid_point(&self, index: u128) -> Value {
+        match self {
+            Hyperparameter::Const { val } => val.clone(),
+            Hyperparameter::Categorical { vals } => vals[(index % vals.len() as u128) as usize].clone(),
             Hyperparameter::Int { minval, maxval, count } => {
-                let span = (maxval - minval) as u64 + 1;
-                let n = count.map_or(span, |c| (c as u64).min(span));
-                if n == 1 {
-                    vec![Value::from(*minval)]
-                } else {
-                    // Evenly spread and rounded, as Determined does; the ends are always included.
-                    let mut points: Vec<i64> =
-                        (0..n).map(|i| minval + ((maxval - minval) as f64 * i as f64 / (n - 1) as f64).round() as i64).collect();
-                    points.dedup();
-                    points.into_iter().map(Value::from).collect()
+                let (span, n) = int_points(*minval, *maxval, *count);
+                if n <= 1 {
+                    return Value::from(*minval);
                 }
+                // Evenly spread and rounded half up, as Determined does; the ends are always
+                // included. Exact in u128 (span < 2^64), and with n <= span no two points
+                // coincide, so the grid has exactly n points.
+                let i = index.min(n - 1);
+                let (q, d) = ((span - 1) * i, n - 1);
+                let offset = q / d + u128::from(2 * (q % d) >= d);
+                Value::from((i128::from(*minval) + offset as i128) as i64)
             }
-            Hyperparameter::Double { minval, maxval, count } => {
-                let n = count.ok_or_else(need_count)?;
-                linspace(*minval, *maxval, n).into_iter().map(float_value).collect()
-            }
+            Hyperparameter::Double { minval, maxval, count } => float_value(linspace_at(*minval, *maxval, count.unwrap_or(1), index)),
             Hyperparameter::Log { minval, maxval, base, count } => {
-                let n = count.ok_or_else(need_count)?;
-                linspace(*minval, *maxval, n).into_iter().map(|e| float_value(base.powf(e))).collect()
+                float_value(base.powf(linspace_at(*minval, *maxval, count.unwrap_or(1), index)))
             }
-            Hyperparameter::Nested { fields } => grid(fields, path)?.into_iter().map(Value::Object).collect(),
-        })
+            Hyperparameter::Nested { fields } => Value::Object(space_point(fields, index)),
+        }
     }
 }
 
-fn linspace(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![lo];
+/// The integers of `[minval, maxval]` and how many of them a grid takes (`count`, at most all).
+/// Computed in u128: the full i64 range has 2^64 of them.
+fn int_points(minval: i64, maxval: i64, count: Option<usize>) -> (u128, u128) {
+    let span = (i128::from(maxval) - i128::from(minval) + 1).max(1) as u128;
+    (span, count.map_or(span, |c| (c as u128).min(span)))
+}
+
+/// Point `i` of `n` evenly spaced from `lo` to `hi`, both included.
+fn linspace_at(lo: f64, hi: f64, n: usize, i: u128) -> f64 {
+    if n <= 1 {
+        return lo;
     }
-    (0..n).map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64).collect()
+    let (i, last) = (i as f64, (n - 1) as f64);
+    let v = lo + (hi - lo) * i / last;
+    // (hi - lo) * i overflows for a range near the largest double; the fraction first cannot.
+    let v = if v.is_finite() { v } else { lo + (hi - lo) * (i / last) };
+    v.clamp(lo, hi)
 }
 
 fn float_value(f: f64) -> Value {
@@ -265,35 +347,58 @@ pub fn sample_space(space: &HyperparameterSpace, rng: &mut SplitMix64) -> serde_
     space.iter().map(|(name, hp)| (name.clone(), hp.sample(rng))).collect()
 }
 
-/// The cartesian product of every hyperparameter's grid points, in a stable order.
-pub fn grid(space: &HyperparameterSpace, prefix: &str) -> Result<Vec<serde_json::Map<String, Value>>, SpaceError> {
-    let mut combos = vec![serde_json::Map::new()];
-    for (name, hp) in space {
-        let points = hp.grid_points(&format!("{prefix}.{name}"))?;
-        let mut next = Vec::with_capacity(combos.len() * points.len());
-        for combo in &combos {
-            for p in &points {
-                let mut c = combo.clone();
-                c.insert(name.clone(), p.clone());
-                next.push(c);
-            }
-        }
-        combos = next;
-    }
-    Ok(combos)
-}
-
-/// How many points a grid search over `space` has, without building them.
-pub fn grid_size(space: &HyperparameterSpace, prefix: &str) -> Result<usize, SpaceError> {
-    let mut total: usize = 1;
+/// The number of grid points of `space` (saturating), or the first hyperparameter without a
+/// grid (a continuous one without `count`), named by its path under `prefix`.
+fn space_count(space: &HyperparameterSpace, prefix: &str) -> Result<u128, SpaceError> {
+    let mut total: u128 = 1;
     for (name, hp) in space {
         let n = match hp {
-            Hyperparameter::Nested { fields } => grid_size(fields, &format!("{prefix}.{name}"))?,
-            other => other.grid_points(&format!("{prefix}.{name}"))?.len(),
+            Hyperparameter::Nested { fields } => space_count(fields, &format!("{prefix}.{name}"))?,
+            Hyperparameter::Double { count: None, .. } | Hyperparameter::Log { count: None, .. } => {
+                return Err(space_err(&format!("{prefix}.{name}"), "a grid search needs `count` on a continuous hyperparameter"));
+            }
+            other => other.grid_count(),
         };
         total = total.saturating_mul(n);
     }
     Ok(total)
+}
+
+/// Point `index` of the grid of `space`: the last hyperparameter (in name order) varies
+/// fastest, nested groups walk their own grid the same way.
+fn space_point(space: &HyperparameterSpace, index: u128) -> serde_json::Map<String, Value> {
+    let counts: Vec<u128> = space.values().map(|hp| hp.grid_count().max(1)).collect();
+    let mut picks = vec![0u128; counts.len()];
+    let mut rest = index;
+    for (pick, count) in picks.iter_mut().zip(&counts).rev() {
+        *pick = rest % count;
+        rest /= count;
+    }
+    space.iter().zip(picks).map(|((name, hp), pick)| (name.clone(), hp.grid_point(pick))).collect()
+}
+
+/// How many points a grid search over `space` has, counted from each hyperparameter's number of
+/// points (an `int`: `count`, at most every integer of its range; `double` and `log`: `count`;
+/// `categorical`: its values; a nested group: the product of its members) without building
+/// any; saturates at `usize::MAX`.
+pub fn grid_size(space: &HyperparameterSpace, prefix: &str) -> Result<usize, SpaceError> {
+    Ok(usize::try_from(space_count(space, prefix)?).unwrap_or(usize::MAX))
+}
+
+/// Point `index` (below [`grid_size`]) of the grid over `space`, in the order of [`grid`],
+/// built alone: a grid search walks its points one at a time.
+pub fn grid_point(space: &HyperparameterSpace, index: usize) -> serde_json::Map<String, Value> {
+    space_point(space, index as u128)
+}
+
+/// The cartesian product of every hyperparameter's grid points, in a stable order. A grid of
+/// more than [`MAX_GRID_POINTS`] points is refused before anything is built.
+pub fn grid(space: &HyperparameterSpace, prefix: &str) -> Result<Vec<serde_json::Map<String, Value>>, SpaceError> {
+    let n = grid_size(space, prefix)?;
+    if n > MAX_GRID_POINTS {
+        return Err(space_err(prefix, format!("the grid has {n} points, more than the limit of {MAX_GRID_POINTS}")));
+    }
+    Ok((0..n).map(|i| grid_point(space, i)).collect())
 }
 
 /// Checks that `point` lies in `space`: every hyperparameter has a value and nothing else does,
@@ -408,123 +513,4 @@ fn describe_json(v: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn space(yaml: &str) -> Result<HyperparameterSpace, SpaceError> {
-        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
-        parse_space(&v, "hyperparameters")
-    }
-
-    #[test]
-    fn parses_every_kind_and_nesting() {
-        let s = space(
-            "batch: 32\nlr: {type: log, minval: -4, maxval: -1}\nh: {type: int, minval: 16, maxval: 64}\n\
-             drop: {type: double, minval: 0.1, maxval: 0.5}\nopt: {type: categorical, vals: [adam, sgd]}\n\
-             model: {depth: {type: int, minval: 1, maxval: 3}, act: relu}\nc: {type: const, val: 3}\n",
-        )
-        .unwrap();
-        assert_eq!(s["batch"], Hyperparameter::Const { val: Value::from(32) });
-        assert_eq!(s["lr"], Hyperparameter::Log { minval: -4.0, maxval: -1.0, base: 10.0, count: None });
-        assert!(matches!(s["model"], Hyperparameter::Nested { .. }));
-        let mut rng = SplitMix64::new(3);
-        for _ in 0..200 {
-            let v = sample_space(&s, &mut rng);
-            let lr = v["lr"].as_f64().unwrap();
-            assert!((1e-4..=1e-1).contains(&lr), "{lr}");
-            let h = v["h"].as_i64().unwrap();
-            assert!((16..=64).contains(&h));
-            assert!(["adam", "sgd"].contains(&v["opt"].as_str().unwrap()));
-            let depth = v["model"]["depth"].as_i64().unwrap();
-            assert!((1..=3).contains(&depth));
-            assert_eq!(v["model"]["act"], "relu");
-            assert_eq!(v["c"], 3);
-        }
-    }
-
-    #[test]
-    fn refuses_bad_definitions_naming_the_field() {
-        let e = space("lr: {type: double, minval: 2, maxval: 1}").unwrap_err();
-        assert_eq!(e.path, "hyperparameters.lr.minval");
-        let e = space("lr: {type: dubble, minval: 0, maxval: 1}").unwrap_err();
-        assert!(e.message.contains("did you mean `double`"), "{e}");
-        let e = space("lr: {type: double, minval: 0, maxvall: 1}").unwrap_err();
-        assert_eq!(e.path, "hyperparameters.lr.maxvall");
-        assert!(e.message.contains("did you mean `maxval`"), "{e}");
-        let e = space("lr: {type: int, minval: a, maxval: 1}").unwrap_err();
-        assert!(e.message.contains("expected an integer"), "{e}");
-        let e = space("o: {type: categorical, vals: []}").unwrap_err();
-        assert_eq!(e.path, "hyperparameters.o.vals");
-    }
-
-    #[test]
-    fn grid_is_the_cartesian_product_and_needs_counts() {
-        let s = space(
-            "a: {type: int, minval: 1, maxval: 3}\nb: {type: categorical, vals: [x, y]}\nc: {type: log, minval: -3, maxval: -1, count: 3}",
-        )
-        .unwrap();
-        let g = grid(&s, "hyperparameters").unwrap();
-        assert_eq!(g.len(), 3 * 2 * 3);
-        assert_eq!(grid_size(&s, "hyperparameters").unwrap(), 18);
-        let cs: Vec<f64> = g.iter().take(3).map(|p| p["c"].as_f64().unwrap()).collect();
-        assert!((cs[0] - 1e-3).abs() < 1e-12 && (cs[2] - 1e-1).abs() < 1e-12);
-        let s = space("d: {type: double, minval: 0, maxval: 1}").unwrap();
-        let e = grid(&s, "hyperparameters").unwrap_err();
-        assert_eq!(e.path, "hyperparameters.d");
-    }
-
-    #[test]
-    fn points_are_validated_naming_the_field() {
-        let s = space(
-            "lr: {type: log, minval: -4, maxval: -1}\nh: {type: int, minval: 16, maxval: 64}\nx: {type: double, minval: 0, maxval: 1}\n\
-             opt: {type: categorical, vals: [adam, sgd]}\nbatch: 32\nmodel: {depth: {type: int, minval: 1, maxval: 3}}\n",
-        )
-        .unwrap();
-        let good = serde_json::json!({"lr": 0.01, "h": 16, "x": 1, "opt": "sgd", "batch": 32.0, "model": {"depth": 3}});
-        let check = |v: Value| validate_point(&s, v.as_object().unwrap(), "actions[2].hparams");
-        check(good.clone()).unwrap();
-        let mut rng = SplitMix64::new(5);
-        for _ in 0..200 {
-            validate_point(&s, &sample_space(&s, &mut rng), "p").unwrap();
-        }
-        let bad = |patch: Value| {
-            let mut v = good.clone();
-            for (k, val) in patch.as_object().unwrap() {
-                if val.is_null() {
-                    v.as_object_mut().unwrap().remove(k);
-                } else {
-                    v[k] = val.clone();
-                }
-            }
-            check(v).unwrap_err()
-        };
-        let e = bad(serde_json::json!({"x": 3.5}));
-        assert_eq!(e.to_string(), "actions[2].hparams.x: 3.5 is above maxval 1.0");
-        assert_eq!(bad(serde_json::json!({"x": -0.5})).message, "-0.5 is below minval 0.0");
-        assert_eq!(bad(serde_json::json!({"x": "0.5"})).message, "expected a number, found the string \"0.5\"");
-        assert_eq!(bad(serde_json::json!({"h": 65})).message, "65 is above maxval 64");
-        assert_eq!(bad(serde_json::json!({"h": 20.0})).message, "expected an integer, found the number 20.0");
-        assert_eq!(bad(serde_json::json!({"h": u64::MAX})).message, format!("{} is above maxval 64", u64::MAX));
-        assert_eq!(bad(serde_json::json!({"lr": 0.5})).message, "0.5 is above 10^-1 = 0.1");
-        assert_eq!(bad(serde_json::json!({"lr": 1e-5})).message, "1e-5 is below 10^-4 = 0.0001");
-        assert_eq!(bad(serde_json::json!({"opt": "rmsprop"})).message, "\"rmsprop\" is not one of \"adam\", \"sgd\"");
-        assert_eq!(bad(serde_json::json!({"batch": 64})).message, "must be the constant 32, not 64");
-        let e = bad(serde_json::json!({"model": {"depth": 0}}));
-        assert_eq!(e.path, "actions[2].hparams.model.depth");
-        assert_eq!(bad(serde_json::json!({"model": 1})).path, "actions[2].hparams.model");
-        let e = bad(serde_json::json!({"h": null}));
-        assert_eq!((e.path.as_str(), e.message.contains("missing")), ("actions[2].hparams.h", true));
-        let e = bad(serde_json::json!({"optt": "adam"}));
-        assert_eq!(e.path, "actions[2].hparams.optt");
-        assert!(e.message.contains("did you mean `opt`"), "{e}");
-        // The ends of a log range, computed the way sampling computes them, are inside.
-        check(serde_json::json!({"lr": 10f64.powf(-4.0), "h": 64, "x": 0, "opt": "adam", "batch": 32, "model": {"depth": 1}})).unwrap();
-        check(serde_json::json!({"lr": 10f64.powf(-1.0), "h": 64, "x": 0, "opt": "adam", "batch": 32, "model": {"depth": 1}})).unwrap();
-    }
-
-    #[test]
-    fn suggestions_only_for_near_misses() {
-        assert_eq!(did_you_mean("serchr", &["searcher", "name"]), " (did you mean `searcher`?)");
-        assert_eq!(did_you_mean("zzzzzzzz", &["searcher", "name"]), "");
-    }
-}
+mod tests;

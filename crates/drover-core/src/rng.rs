@@ -71,4 +71,19 @@ mod tests {
         }
         assert!(seen.iter().all(|s| *s));
     }
+
+    #[test]
+    fn ranges_at_the_ends_of_i64_do_not_overflow() {
+        let mut r = SplitMix64::new(9);
+        let mut signs = [false; 2];
+        for _ in 0..1000 {
+            let v = r.range_i64(i64::MIN, i64::MAX);
+            signs[usize::from(v >= 0)] = true;
+            assert!((i64::MAX - 1..=i64::MAX).contains(&r.range_i64(i64::MAX - 1, i64::MAX)));
+            assert!((i64::MIN..=i64::MIN + 1).contains(&r.range_i64(i64::MIN, i64::MIN + 1)));
+            assert_eq!(r.range_i64(i64::MIN, i64::MIN), i64::MIN);
+            assert_eq!(r.range_i64(i64::MAX, i64::MAX), i64::MAX);
+        }
+        assert_eq!(signs, [true, true], "the full range reaches both halves");
+    }
 }

@@ -278,6 +278,7 @@ fn main() {
         );
         println!("{:<44} {:>8} {:>8} {:>8} {:>9} {:>9}", "searcher", "trials", "calls", "p50 us", "p99 us", "max us");
         let doubling = |t: f64| if t == 0.0 { 1.0 } else { t * 2.0 };
+        #[allow(clippy::type_complexity)]
         let cases: [(&str, String, &dyn Fn(f64) -> f64, f64); 6] = [
             ("async_halving, 100 running", "{name: async_halving, metric: loss, max_trials: 10000, max_concurrent_trials: 100, num_rungs: 4, divisor: 4, time_metric: t, max_time: 64}".into(), &doubling, 64.0),
             ("adaptive_asha, 100 running", "{name: adaptive_asha, metric: loss, max_trials: 10000, max_concurrent_trials: 100, max_rungs: 5, divisor: 4, time_metric: t, max_time: 256}".into(), &doubling, 256.0),
@@ -359,6 +360,7 @@ fn main() {
     }
     let branin_space = "  x1: {type: double, minval: -5, maxval: 10}\n  x2: {type: double, minval: 0, maxval: 15}\n";
     let hartmann_space: String = (0..6).map(|j| format!("  x{j}: {{type: double, minval: 0, maxval: 1}}\n")).collect();
+    #[allow(clippy::type_complexity)]
     let problems: [(&str, &str, f64, &dyn Fn(&Map<String, Value>) -> f64); 2] =
         [("branin", branin_space, BRANIN_MIN, &branin), ("hartmann6", &hartmann_space, HARTMANN6_MIN, &hartmann6)];
     for (name, space, optimum, f) in problems {

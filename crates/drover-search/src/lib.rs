@@ -13,24 +13,24 @@
 //! restarted from its store resumes a search exactly where it was.
 
 pub mod asha;
+pub mod custom;
 pub mod pbt;
 pub mod preview;
-pub mod custom;
 pub mod simple;
 pub mod tpe;
 
 use std::collections::BTreeSet;
 
 use drover_core::SplitMix64;
-use drover_core::config::ExperimentConfig;
-use drover_core::hparams;
+use drover_core::config::{ExperimentConfig, SearcherConfig};
+use drover_core::limits::{MAX_CONCURRENT_TRIALS, MAX_EI_CANDIDATES, MAX_RUNGS, MAX_TRIALS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::asha::{AdaptiveAsha, AshaSearch};
-use crate::pbt::{PbtParams, PbtSearch};
 use crate::custom::CustomSearch;
 pub use crate::custom::{AdvisorAction, Event, SequencedEvent};
+use crate::pbt::{PbtParams, PbtSearch};
 use crate::simple::{GridSearch, RandomSearch};
 use crate::tpe::TpeSearch;
 
@@ -176,20 +176,34 @@ fn need<T: Copy>(value: Option<T>, field: &str) -> Result<T, SearchError> {
     value.ok_or_else(|| SearchError::Config(format!("searcher.{field} is required")))
 }
 
+/// The sizes a method's state or work is built from, against [`drover_core::limits`].
+/// `ExperimentConfig::parse` enforces them already; a configuration made another way
+/// (deserialised, or by hand) gets an error here rather than an allocation it cannot afford.
+/// `pbt`'s population is checked by [`PbtParams::from_config`], a grid's size by
+/// [`GridSearch::new`].
+fn check_sizes(s: &SearcherConfig) -> Result<(), SearchError> {
+    let at_most = |field: &str, value: Option<usize>, max: usize| match value {
+        Some(v) if v > max => Err(SearchError::Config(format!("searcher.{field}: {v} is more than the limit of {max}"))),
+        _ => Ok(()),
+    };
+    at_most("max_trials", s.max_trials, MAX_TRIALS)?;
+    at_most("max_concurrent_trials", Some(s.max_concurrent_trials), MAX_CONCURRENT_TRIALS)?;
+    at_most("num_rungs", s.num_rungs, MAX_RUNGS)?;
+    at_most("max_rungs", Some(s.max_rungs), MAX_RUNGS)?;
+    at_most("n_ei_candidates", Some(s.n_ei_candidates), MAX_EI_CANDIDATES)
+}
+
 impl Searcher {
     /// Builds the searcher an experiment config describes, seeded with `seed`.
     pub fn new(config: &ExperimentConfig, seed: u64) -> Result<Searcher, SearchError> {
         let s = &config.searcher;
+        check_sizes(s)?;
         let space = config.hyperparameters.clone();
         let max_time = || -> Result<f64, SearchError> { Ok(need(s.max_time, "max_time")? as f64) };
         let method = match s.name.as_str() {
             "single" => Method::Random(RandomSearch { space, max_trials: 1, proposed: 0 }),
             "random" => Method::Random(RandomSearch { space, max_trials: need(s.max_trials, "max_trials")?, proposed: 0 }),
-            "grid" => {
-                let points = hparams::grid(&space, "hyperparameters").map_err(|e| SearchError::Config(e.to_string()))?;
-                let total = points.len();
-                Method::Grid(GridSearch { remaining: points, total })
-            }
+            "grid" => Method::Grid(GridSearch::new(space)?),
             "async_halving" => Method::AsyncHalving(AshaSearch::new(
                 space,
                 need(s.max_trials, "max_trials")?,

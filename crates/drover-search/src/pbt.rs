@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use drover_core::SplitMix64;
 use drover_core::config::SearcherConfig;
 use drover_core::hparams::{self, Hyperparameter, HyperparameterSpace};
+use drover_core::limits::{MAX_POPULATION, MAX_TRIALS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -53,11 +54,23 @@ pub struct PbtParams {
 }
 
 impl PbtParams {
+    /// The parameters of a `pbt` searcher. The population (which sizes the search's state)
+    /// and the trials it runs are held to [`MAX_POPULATION`] and [`MAX_TRIALS`], as
+    /// `ExperimentConfig::parse` does.
     pub fn from_config(s: &SearcherConfig) -> Result<PbtParams, String> {
         let need = |v: Option<usize>, field: &str| v.ok_or_else(|| format!("searcher.{field} is required"));
+        let (population, max_generations) = (need(s.population_size, "population_size")?, need(s.max_generations, "max_generations")?);
+        if population > MAX_POPULATION {
+            return Err(format!("searcher.population_size: {population} is more than the limit of {MAX_POPULATION}"));
+        }
+        if population.checked_mul(max_generations).is_none_or(|n| n > MAX_TRIALS) {
+            return Err(format!(
+                "searcher.population_size: population_size x max_generations = {population} x {max_generations} trials, more than the limit of {MAX_TRIALS}"
+            ));
+        }
         Ok(PbtParams {
-            population: need(s.population_size, "population_size")?,
-            max_generations: need(s.max_generations, "max_generations")?,
+            population,
+            max_generations,
             generation_length: s.generation_length.ok_or("searcher.generation_length is required")? as f64,
             synchronous: s.synchronous,
             exploit: if s.exploit == "truncation" { Exploit::Truncation } else { Exploit::BinaryTournament },
@@ -480,7 +493,7 @@ impl SearchMethod for PbtSearch {
     }
 
     fn total_trials(&self) -> Option<usize> {
-        Some(self.params.population * self.params.max_generations)
+        Some(self.params.population.saturating_mul(self.params.max_generations))
     }
 
     fn cannot_succeed(&self) -> bool {
@@ -530,7 +543,8 @@ fn perturb(hp: &Hyperparameter, value: &Value, [lo, hi]: [f64; 2], rng: &mut Spl
             _ => hp.sample(rng),
         },
         Hyperparameter::Int { minval, maxval, .. } => match value.as_i64() {
-            Some(v) => Value::from((v + if rng_sign(rng) { 1 } else { -1 }).clamp(*minval, *maxval)),
+            // Saturating: a value at i64::MAX or i64::MIN must not wrap to the other end.
+            Some(v) => Value::from(v.saturating_add(if rng_sign(rng) { 1 } else { -1 }).clamp(*minval, *maxval)),
             None => hp.sample(rng),
         },
         Hyperparameter::Categorical { vals } => match vals.iter().position(|x| x == value) {

@@ -163,12 +163,12 @@ pub fn preview(config: &ExperimentConfig, seed: u64) -> Result<Preview, SearchEr
             }
         }
         crate::Method::Pbt(p) => {
-            let last = p.members().values().map(|m| m.generation).max();
-            for g in 0..=last.unwrap_or(0) {
-                let members: Vec<_> = p.members().values().filter(|m| m.generation == g).collect();
-                if members.is_empty() {
-                    continue;
-                }
+            // One pass: a search of many short generations must not cost generations x members.
+            let mut by_generation: BTreeMap<usize, Vec<&crate::pbt::Member>> = BTreeMap::new();
+            for m in p.members().values() {
+                by_generation.entry(m.generation).or_default().push(m);
+            }
+            for (g, members) in by_generation {
                 preview.generations.push(GenerationPlan {
                     generation: g,
                     members: members.len(),

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use drover_core::hparams::{self, Hyperparameter};
 
 fn config(searcher: &str) -> ExperimentConfig {
     let text = format!(
@@ -489,5 +490,94 @@ proptest! {
             check(&actions, &s, &mut live, &checkpointed)?;
         }
         prop_assert_eq!(shutdowns, usize::from(live.is_empty()));
+    }
+}
+
+/// Runs a search to its end from its first actions, exiting trials in creation order; returns
+/// the hyperparameters of every trial created.
+fn run_to_end(s: &mut Searcher, first: &[Action]) -> Vec<Map<String, Value>> {
+    let mut seen = Vec::new();
+    let mut live = std::collections::VecDeque::new();
+    let mut record = |actions: &[Action], live: &mut std::collections::VecDeque<RequestId>| {
+        for a in actions {
+            if let Action::Create { request_id, hparams, .. } = a {
+                seen.push(hparams.clone());
+                live.push_back(*request_id);
+            }
+        }
+    };
+    record(first, &mut live);
+    while let Some(id) = live.pop_front() {
+        let actions = s.trial_exited(id);
+        record(&actions, &mut live);
+    }
+    seen
+}
+
+#[test]
+fn grid_is_walked_point_by_point_and_old_snapshots_still_restore() {
+    let cfg = config("{name: grid, metric: m, max_concurrent_trials: 2}");
+    let all = hparams::grid(&cfg.hyperparameters, "hyperparameters").unwrap();
+    let mut s = Searcher::new(&cfg, 1).unwrap();
+    let first = s.initial_trials();
+    assert_eq!(creates(&first), vec![1, 2]);
+    let snapshot = s.snapshot();
+    assert!(!snapshot.contains("remaining") && snapshot.len() < 1000, "an index, not the points: {snapshot}");
+    // Snapshots saved before listed the points not handed out yet.
+    let mut old: Value = serde_json::from_str(&snapshot).unwrap();
+    old["method"]["grid"] = serde_json::json!({"remaining": all[2..], "total": all.len()});
+    let restored = Searcher::restore(&snapshot).unwrap();
+    let legacy = Searcher::restore(&old.to_string()).unwrap();
+    for mut s in [s, restored, legacy] {
+        assert_eq!(run_to_end(&mut s, &first), all, "every point once, in the grid's order");
+        assert!(s.is_shut_down());
+        assert_eq!(s.progress(), 1.0);
+    }
+}
+
+#[test]
+fn searchers_refuse_sizes_their_state_cannot_afford() {
+    // Configurations that did not go through `parse`: the searcher checks what sizes its state.
+    let mut grid = config("{name: grid, metric: m}");
+    grid.hyperparameters.insert("x".into(), Hyperparameter::Int { minval: i64::MIN, maxval: i64::MAX, count: None });
+    let e = Searcher::new(&grid, 1).unwrap_err();
+    assert!(e.to_string().contains("the grid has"), "{e}");
+    grid.hyperparameters.insert("x".into(), Hyperparameter::Double { minval: 0.0, maxval: 1.0, count: Some(1 << 40) });
+    assert!(Searcher::new(&grid, 1).unwrap_err().to_string().contains("the grid has"));
+
+    let mut pbt = pbt_config(", max_generations: 3");
+    pbt.searcher.population_size = Some(1_000_000_000);
+    let e = Searcher::new(&pbt, 1).unwrap_err();
+    assert!(e.to_string().contains("population_size"), "{e}");
+    pbt.searcher.population_size = Some(4);
+    pbt.searcher.max_generations = Some(usize::MAX);
+    assert!(Searcher::new(&pbt, 1).unwrap_err().to_string().contains("max_generations"));
+
+    let mut asha = asha_config("async_halving", 10, 2, 2, 3);
+    asha.searcher.num_rungs = Some(1 << 40);
+    assert!(Searcher::new(&asha, 1).unwrap_err().to_string().contains("searcher.num_rungs"));
+    let mut tpe = config("{name: tpe, metric: m, max_trials: 5}");
+    tpe.searcher.n_ei_candidates = 1 << 40;
+    assert!(Searcher::new(&tpe, 1).unwrap_err().to_string().contains("searcher.n_ei_candidates"));
+    let mut random = config("{name: random, metric: m, max_trials: 5}");
+    random.searcher.max_trials = Some(usize::MAX);
+    assert!(Searcher::new(&random, 1).unwrap_err().to_string().contains("searcher.max_trials"));
+}
+
+#[test]
+fn pbt_explore_does_not_overflow_at_the_ends_of_i64() {
+    let space = ExperimentConfig::parse(
+        "name: t\nentrypoint: x\nhyperparameters:\n  i: {type: int, minval: -9223372036854775808, maxval: 9223372036854775807}\nsearcher: {name: random, metric: m, max_trials: 1}\n",
+        None,
+    )
+    .unwrap()
+    .hyperparameters;
+    let mut rng = SplitMix64::new(2);
+    for end in [i64::MIN, i64::MAX] {
+        let source = Map::from_iter([("i".to_string(), Value::from(end))]);
+        for _ in 0..50 {
+            let v = pbt::explore_space(&space, &source, [0.8, 1.2], 0.0, &mut rng)["i"].as_i64().unwrap();
+            assert!(v == end || v.abs_diff(end) == 1, "{v}");
+        }
     }
 }
