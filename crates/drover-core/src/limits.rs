@@ -27,6 +27,7 @@
 //! | [`MAX_POPULATION`] | 10,000 | `searcher.population_size` |
 //! | [`MAX_RUNGS`] | 32 | `searcher.num_rungs`, `searcher.max_rungs` |
 //! | [`MAX_EI_CANDIDATES`] | 10,000 | `searcher.n_ei_candidates` |
+//! | [`MAX_TPE_WORK`] | 2^30 | `tpe`: `n_ei_candidates` x `max_trials` x hyperparameters |
 //! | [`MAX_RESTARTS`] | 1000 | `max_restarts` |
 //! | [`MAX_SLOTS_PER_TRIAL`] | 1024 | `resources.slots_per_trial` (and at least 1) |
 //! | [`MAX_CHECKPOINTS_KEPT`] | 10,000 | `checkpoint_storage.save_experiment_best`, `save_trial_best`, `save_trial_latest` |
@@ -105,6 +106,12 @@ pub const MAX_RUNGS: usize = 32;
 
 /// Candidates TPE draws per proposal (`n_ei_candidates`; Optuna's default is 24).
 pub const MAX_EI_CANDIDATES: usize = 10_000;
+
+/// `tpe`: `n_ei_candidates` x `max_trials` x hyperparameters (values, not groups). A proposal
+/// scores every candidate against every finished trial in every dimension, under the master's
+/// control-plane lock; past this, one proposal would take minutes. Defaults (24 candidates) allow
+/// 10,000 trials of 4,000 dimensions' worth, far beyond real searches.
+pub const MAX_TPE_WORK: usize = 1 << 30;
 
 /// Restarts of a failed trial.
 pub const MAX_RESTARTS: u32 = 1000;

@@ -106,6 +106,15 @@ impl Master {
 
     /// Changes an experiment's checkpoint policy and applies it at once.
     pub async fn set_checkpoint_policy(&self, experiment_id: i64, policy: GcPolicy) -> Result<GcReport> {
+        for (field, n) in [
+            ("save_experiment_best", policy.save_experiment_best),
+            ("save_trial_best", policy.save_trial_best),
+            ("save_trial_latest", policy.save_trial_latest),
+        ] {
+            if n > drover_core::limits::MAX_CHECKPOINTS_KEPT {
+                return Err(Error::bad_field(field, format!("{n} is more than the limit of {}", drover_core::limits::MAX_CHECKPOINTS_KEPT)));
+            }
+        }
         let mut config = self.experiment_config(experiment_id).await?;
         let p = &mut config.checkpoint_storage;
         if config.searcher.name == "pbt" && policy.save_trial_latest == 0 {

@@ -391,3 +391,17 @@ fn planned_trials_never_overflow() {
     c.searcher.max_generations = Some(usize::MAX);
     assert_eq!(c.planned_trials(), None);
 }
+
+#[test]
+fn tpe_work_per_proposal_is_bounded() {
+    let tpe = |candidates: usize, trials: usize, dims: usize| {
+        let hps: String = (0..dims).map(|i| format!("  h{i}: {{type: double, minval: 0, maxval: 1}}\n")).collect();
+        format!(
+            "name: t\nentrypoint: x\nhyperparameters:\n{hps}searcher: {{name: tpe, metric: m, max_trials: {trials}, n_ei_candidates: {candidates}}}\n"
+        )
+    };
+    assert!(ExperimentConfig::parse(&tpe(24, 10_000, 100), None).is_ok());
+    let e = ExperimentConfig::parse(&tpe(10_000, 100_000, 10), None).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("searcher.n_ei_candidates"), "{e}");
+    assert!(e.message.contains(&MAX_TPE_WORK.to_string()), "{e}");
+}

@@ -158,6 +158,21 @@ pub(super) fn searcher(
             if searcher.n_ei_candidates == 0 {
                 return Err(loc.at("searcher.n_ei_candidates", "must be at least 1"));
             }
+            // A proposal scores every candidate against every finished trial in every
+            // dimension, under the master's control-plane lock: bound the product.
+            let dims = leaf_count(hyperparameters).max(1) as u128;
+            let work = searcher.n_ei_candidates as u128 * searcher.max_trials.unwrap_or(1) as u128 * dims;
+            if work > MAX_TPE_WORK as u128 {
+                return Err(loc.at(
+                    "searcher.n_ei_candidates",
+                    format!(
+                        "n_ei_candidates x max_trials x hyperparameters = {} x {} x {dims} = {work}, more than the limit of {MAX_TPE_WORK}; \
+                         a proposal would take minutes",
+                        searcher.n_ei_candidates,
+                        searcher.max_trials.unwrap_or(1)
+                    ),
+                ));
+            }
         }
         "pbt" => pbt(loc, searcher, storage)?,
         // An external advisor proposes the trials; `max_trials` is an optional cap on it.
@@ -331,4 +346,15 @@ pub(super) fn storage(loc: &Locator, storage: &CheckpointStorageConfig) -> Resul
         return Err(loc.at("checkpoint_storage.storage_path", "must not contain `..`"));
     }
     Ok(())
+}
+
+/// Hyperparameters that take values (nested groups count their members, not themselves).
+fn leaf_count(space: &HyperparameterSpace) -> usize {
+    space
+        .values()
+        .map(|hp| match hp {
+            crate::hparams::Hyperparameter::Nested { fields } => leaf_count(fields),
+            _ => 1,
+        })
+        .sum()
 }
