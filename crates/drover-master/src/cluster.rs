@@ -729,9 +729,7 @@ impl Master {
             }
             let need = exp.config.resources.slots_per_trial as usize;
             let placement = inner.agents.iter().find_map(|(agent_id, a)| {
-                if a.sender.is_none() {
-                    return None;
-                }
+                a.sender.as_ref()?;
                 let free: Vec<String> = a.slots.iter().filter(|s| !a.used.contains_key(&s.id)).map(|s| s.id.clone()).collect();
                 (free.len() >= need).then(|| (agent_id.clone(), free.into_iter().take(need).collect::<Vec<_>>()))
             });
@@ -969,11 +967,11 @@ impl Master {
 
     pub async fn agent_disconnected(&self, agent_id: &str, connection: u64) {
         let mut inner = self.inner.lock().await;
-        if let Some(agent) = inner.agents.get_mut(agent_id) {
-            if agent.connection == connection {
-                agent.sender = None;
-                agent.disconnected_at = Some(Instant::now());
-            }
+        if let Some(agent) = inner.agents.get_mut(agent_id)
+            && agent.connection == connection
+        {
+            agent.sender = None;
+            agent.disconnected_at = Some(Instant::now());
         }
         self.bump();
     }
