@@ -74,6 +74,8 @@ pub enum ContextError {
     TooLarge { limit: u64, path: String },
     #[error("the context is not a valid gzip tarball: {0}")]
     Corrupt(#[source] std::io::Error),
+    #[error("refusing the context: {0}")]
+    Invalid(String),
     #[error("cannot extract context entry {path:?}: {source}")]
     Write {
         path: String,
@@ -188,6 +190,17 @@ pub fn extract_context(tarball_gz: &[u8], destination: &Path) -> Result<(), Cont
         destination,
         &ExtractLimits::default(),
     )
+}
+
+/// Walks the raw tar headers of a gzip'd tarball with constant memory (see
+/// `drover_api::context`): a huge long-name or PAX header is refused before the tar reader,
+/// which holds such a header whole, ever sees it.
+fn check_raw_headers(tarball_gz: impl Read, limits: &ExtractLimits) -> Result<(), ContextError> {
+    let max_bytes = limits
+        .max_unpacked_bytes
+        .saturating_add((limits.max_entries as u64 + 2) * 1024);
+    drover_api::context::check_headers(GzDecoder::new(tarball_gz), limits.max_entries, max_bytes)
+        .map_err(|e| ContextError::Invalid(e.0))
 }
 
 /// [`extract_context`] from any reader of gzip'd tar, within `limits`.
@@ -632,8 +645,10 @@ impl ContextCache {
                 return Ok(tree);
             }
             std::fs::create_dir(&unpacking).map_err(cache_error(&unpacking))?;
-            let result = std::fs::File::open(&tarball_path)
-                .map_err(cache_error(&tarball_path))
+            let open = || std::fs::File::open(&tarball_path).map_err(cache_error(&tarball_path));
+            let result = open()
+                .and_then(|file| check_raw_headers(std::io::BufReader::new(file), &limits))
+                .and_then(|()| open())
                 .and_then(|file| {
                     extract_context_from(std::io::BufReader::new(file), &unpacking, &limits)
                 })

@@ -268,6 +268,9 @@ async fn start(
     command
         .args(args)
         .current_dir(&work_dir)
+        // The cluster's join secret is the agent's, never the trial's: with it a trial could
+        // join as an agent and receive other trials' tokens and storage secrets.
+        .env_remove(drover_api::agent::JOIN_TOKEN_ENV)
         .envs(&environment)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -5,6 +5,7 @@
 //! that crosses the wire is defined once and only here.
 
 pub mod agent;
+pub mod context;
 pub mod rest;
 
 /// Environment variables the agent sets for every task; the SDK reads them.

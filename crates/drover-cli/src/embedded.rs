@@ -22,6 +22,8 @@ pub struct EmbeddedOptions {
     pub data_dir: PathBuf,
     pub bind: String,
     pub db: Option<String>,
+    /// Host names answered when bound beyond loopback (see `MasterConfig::allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
     pub slots: SlotOptions,
 }
 
@@ -40,6 +42,7 @@ impl Embedded {
         let db = opts.db.unwrap_or_else(|| sqlite_url(&opts.data_dir));
         let mut config = MasterConfig::new(db, opts.data_dir.join("checkpoints"));
         config.join_token = datadir::load_or_create_join_token(&opts.data_dir)?;
+        config.allowed_hosts = opts.allowed_hosts;
         let join_token = config.join_token.clone();
         let listener = TcpListener::bind(&opts.bind).await.with_context(|| format!("cannot listen on {}", opts.bind))?;
         let master = drover_master::start(config, listener).await?;

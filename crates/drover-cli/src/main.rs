@@ -76,6 +76,11 @@ enum Command {
         /// Database URL instead of the SQLite file in the data directory.
         #[arg(long)]
         db: Option<String>,
+        /// A host name this master answers to when bound beyond loopback (repeatable; IP
+        /// addresses and the machine's own host name are always answered). Other names are
+        /// refused, so a web page cannot reach the master by re-pointing its own name at it.
+        #[arg(long = "allow-host", env = "DROVER_ALLOW_HOSTS", value_delimiter = ',')]
+        allow_hosts: Vec<String>,
         #[command(flatten)]
         data: DataDirArg,
         #[command(flatten)]
@@ -90,6 +95,11 @@ enum Command {
         /// `postgres://...` or `sqlite:///path`; default: SQLite in the data directory.
         #[arg(long, env = "DROVER_DB")]
         db: Option<String>,
+        /// A host name this master answers to when bound beyond loopback (repeatable; IP
+        /// addresses and the machine's own host name are always answered). Other names are
+        /// refused, so a web page cannot reach the master by re-pointing its own name at it.
+        #[arg(long = "allow-host", env = "DROVER_ALLOW_HOSTS", value_delimiter = ',')]
+        allow_hosts: Vec<String>,
         /// The cluster's join secret that agents must present (default: the one in
         /// `DATA/join-token`, made on first start).
         #[arg(long, env = "DROVER_JOIN_TOKEN", hide_env_values = true)]
@@ -113,9 +123,13 @@ enum Command {
         /// Where task working directories go.
         #[arg(long)]
         work_dir: Option<PathBuf>,
-        /// The cluster's join secret (the master keeps it in `DATA/join-token`).
+        /// The cluster's join secret (the master keeps it in `DATA/join-token`). Prefer
+        /// `--join-token-file`: a command line is readable by every user of the host.
         #[arg(long, env = "DROVER_JOIN_TOKEN", hide_env_values = true)]
         join_token: Option<String>,
+        /// A file holding the cluster's join secret (e.g. a copy of the master's `DATA/join-token`).
+        #[arg(long, conflicts_with = "join_token")]
+        join_token_file: Option<PathBuf>,
         #[command(flatten)]
         slots: SlotArgs,
     },
@@ -335,20 +349,26 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let client = Client::new(&cli.master);
     let output = cli.output;
     match cli.command {
-        Command::Up { port, bind, db, data, slots } => {
-            let cluster =
-                Embedded::start(EmbeddedOptions { data_dir: data_dir(&data), bind: format!("{bind}:{port}"), db, slots: slots.options() })
-                    .await?;
+        Command::Up { port, bind, db, allow_hosts, data, slots } => {
+            let cluster = Embedded::start(EmbeddedOptions {
+                data_dir: data_dir(&data),
+                bind: format!("{bind}:{port}"),
+                db,
+                allowed_hosts: allow_hosts,
+                slots: slots.options(),
+            })
+            .await?;
             eprintln!("drover is up at {} (data in {})", cluster.url(), data_dir(&data).display());
             shutdown_on_signal().cancelled().await;
             cluster.stop().await?;
         }
-        Command::Master { port, bind, db, join_token, param_storage, data } => {
+        Command::Master { port, bind, db, allow_hosts, join_token, param_storage, data } => {
             let dir = data_dir(&data);
             let mut lock = drover_master::datadir::DataDirLock::acquire(&dir)?;
             let db = db.unwrap_or_else(|| embedded::sqlite_url(&dir));
             let mut config = drover_master::MasterConfig::new(db, dir.join("checkpoints"));
             let token_file = dir.join(drover_master::datadir::JOIN_TOKEN_FILE);
+            config.allowed_hosts = allow_hosts;
             config.join_token = match join_token {
                 Some(t) if t.trim().is_empty() => bail!("--join-token is empty"),
                 Some(t) => t.trim().to_string(),
@@ -366,7 +386,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let master = drover_master::start(config, listener).await?;
             lock.record(Some(&master.url()))?;
             eprintln!("master listening on {}", master.url());
-            eprintln!("agents join with: drover agent --master {} --join-token \"$(cat {})\"", master.url(), token_file.display());
+            eprintln!("agents join with: drover agent --master {} --join-token-file {}", master.url(), token_file.display());
             shutdown_on_signal().cancelled().await;
             master.shutdown().await?;
         }
@@ -379,10 +399,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::preview(&plan, &config, output);
         }
         Command::Agent { command: Some(AgentCommand::List), .. } => output::agents(&client.agents().await?, output),
-        Command::Agent { command: None, id, work_dir, join_token, slots } => {
+        Command::Agent { command: None, id, work_dir, join_token, join_token_file, slots } => {
+            let join_token = match join_token_file {
+                Some(file) => Some(std::fs::read_to_string(&file).with_context(|| format!("--join-token-file {}", file.display()))?),
+                None => join_token,
+            };
             let Some(join_token) = join_token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
                 bail!(
-                    "an agent needs the cluster's join token: --join-token or DROVER_JOIN_TOKEN (the master keeps it in DATA/{})",
+                    "an agent needs the cluster's join token: --join-token-file, --join-token or DROVER_JOIN_TOKEN (the master keeps it in DATA/{})",
                     drover_master::datadir::JOIN_TOKEN_FILE
                 );
             };
@@ -406,6 +430,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 data_dir: data_dir(&data),
                 bind: "127.0.0.1:0".into(),
                 db: None,
+                allowed_hosts: Vec::new(),
                 slots: slots.options(),
             })
             .await;

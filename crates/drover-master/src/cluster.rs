@@ -56,6 +56,9 @@ pub struct MasterConfig {
     /// Longest a checkpoint storage's creation-time probe may take before the experiment is
     /// refused.
     pub storage_probe_timeout: Duration,
+    /// Host names a master bound to a non-loopback address answers (besides IP addresses,
+    /// loopback names and the machine's own host name); see `guard.rs`.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl MasterConfig {
@@ -73,6 +76,7 @@ impl MasterConfig {
             max_param_bytes: 4 << 30,
             join_token: random_token(),
             storage_probe_timeout: Duration::from_secs(15),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -390,21 +394,16 @@ impl Master {
         })
         .await
         .map_err(|e| Error::internal(format!("checking the experiment: {e}")))??;
+        // Before the probe, which may create the storage directory: a refusal leaves nothing.
+        self.check_fits(&*self.inner.lock().await, &config)?;
         // A missing bucket or wrong credentials must fail now, not at the first checkpoint
         // hours from now: write, read back and delete a probe object.
         let spec = self.checkpoint_storage(&config);
         crate::probe::check_storage(&spec, self.config.storage_probe_timeout).await?;
 
         let mut inner = self.inner.lock().await;
-        let need = config.resources.slots_per_trial as usize;
-        let connected: Vec<&AgentEntry> = inner.agents.values().filter(|a| a.sender.is_some()).collect();
-        if !connected.is_empty() && !connected.iter().any(|a| a.slots.len() >= need) {
-            let largest = connected.iter().map(|a| a.slots.len()).max().unwrap_or(0);
-            return Err(Error::bad_field(
-                "resources.slots_per_trial",
-                format!("a trial needs {need} slots but the largest agent has {largest}; it could never be scheduled"),
-            ));
-        }
+        // Again: agents may have come and gone during the probe.
+        self.check_fits(&inner, &config)?;
         let state = if activate { ExperimentState::Active } else { ExperimentState::Paused };
         let has_context = context.is_some();
         let id = self
@@ -433,9 +432,27 @@ impl Master {
             return Err(e);
         }
         self.counters.experiments_created.fetch_add(1, Ordering::Relaxed);
-        self.schedule(&mut inner).await?;
+        // The experiment exists now; a placement that fails is retried on the next tick, and
+        // must not make the client believe the creation failed.
+        if let Err(e) = self.schedule(&mut inner).await {
+            tracing::error!(experiment = id, "scheduling after creation: {}", e.body.message);
+        }
         self.bump();
         Ok(id)
+    }
+
+    /// Refuses an experiment whose trials no connected agent could ever hold.
+    fn check_fits(&self, inner: &Inner, config: &ExperimentConfig) -> Result<()> {
+        let need = config.resources.slots_per_trial as usize;
+        let connected: Vec<&AgentEntry> = inner.agents.values().filter(|a| a.sender.is_some()).collect();
+        if !connected.is_empty() && !connected.iter().any(|a| a.slots.len() >= need) {
+            let largest = connected.iter().map(|a| a.slots.len()).max().unwrap_or(0);
+            return Err(Error::bad_field(
+                "resources.slots_per_trial",
+                format!("a trial needs {need} slots but the largest agent has {largest}; it could never be scheduled"),
+            ));
+        }
+        Ok(())
     }
 
     /// Carries out searcher actions, then saves the searcher so a restart resumes from here.
@@ -657,8 +674,9 @@ impl Master {
 
     /// Deletes a finished experiment with its trials, metrics, logs and checkpoint files.
     pub async fn delete_experiment(&self, exp_id: i64) -> Result<()> {
-        let inner = self.inner.lock().await;
-        if inner.experiments.contains_key(&exp_id) {
+        // Checked under the lock, deleted outside it: an ended experiment never runs again,
+        // and a slow (or hostile, ever-refilled) storage must not hold the control plane.
+        if self.inner.lock().await.experiments.contains_key(&exp_id) {
             return Err(Error::conflict(format!("experiment {exp_id} is still running; cancel or kill it first")));
         }
         let checkpoints = self.store.list_experiment_checkpoints(exp_id).await?;
@@ -674,7 +692,6 @@ impl Master {
             }
         }
         self.store.delete_experiment(exp_id).await?;
-        drop(inner);
         self.bump();
         Ok(())
     }

@@ -9,11 +9,20 @@ use std::path::Component;
 
 use crate::error::Error;
 
-/// Most entries a context tarball may hold.
-pub const MAX_CONTEXT_ENTRIES: usize = 100_000;
+pub use drover_api::context::MAX_CONTEXT_ENTRIES;
 
 /// Validates `bytes` as a gzip tarball whose unpacked size is at most `max_unpacked` bytes.
 pub fn validate(bytes: &[u8], max_unpacked: u64) -> Result<(), Error> {
+    // Raw headers first, with constant memory: a tar reader would hold a huge long-name or PAX
+    // header whole before returning anything.
+    let with_headers = max_unpacked.saturating_add((MAX_CONTEXT_ENTRIES as u64 + 2) * 1024);
+    drover_api::context::check_headers(flate2::read::GzDecoder::new(bytes), MAX_CONTEXT_ENTRIES, with_headers).map_err(|e| {
+        if e.0.contains("unpacks to more") {
+            Error::too_large(format!("the context unpacks to more than {max_unpacked} bytes"))
+        } else {
+            Error::bad_field("context", e.0)
+        }
+    })?;
     let decoder = flate2::read::GzDecoder::new(bytes);
     let mut archive = tar::Archive::new(decoder);
     let entries = archive.entries().map_err(|e| Error::bad_field("context", format!("not a gzip tarball: {e}")))?;
@@ -93,6 +102,20 @@ mod tests {
         h.set_mode(0o644);
         b.append_data(&mut h, name, &[][..]).unwrap();
         b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn a_huge_long_name_header_is_refused_without_allocating_it() {
+        // A GNU long-name header claiming 8 GiB, then nothing: a tar reader would try to hold it.
+        let mut h = [0u8; 512];
+        h[..13].copy_from_slice(b"././@LongLink");
+        h[124..136].copy_from_slice(b"77777777777\0");
+        h[156] = b'L';
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &h).unwrap();
+        std::io::Write::write_all(&mut enc, &vec![0u8; 1 << 20]).unwrap();
+        let e = validate(&enc.finish().unwrap(), 1 << 30).unwrap_err();
+        assert!(e.body.message.contains("extension header"), "{:?}", e.body);
     }
 
     #[test]

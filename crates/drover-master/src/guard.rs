@@ -5,7 +5,9 @@
 //!
 //! - **Host.** A master bound to loopback answers only `Host` values that name loopback
 //!   (`localhost`, `127.0.0.1`, `[::1]`, any port), which defeats DNS rebinding: a page on
-//!   `evil.example` that re-points its name at 127.0.0.1 still sends `Host: evil.example`.
+//!   `evil.example` that re-points its name at 127.0.0.1 still sends `Host: evil.example`. A
+//!   master bound elsewhere also answers IP addresses, the machine's host name and the names
+//!   the operator allows (`--allow-host`); any other name is refused, for the same reason.
 //! - **Origin.** A state-changing request (anything but GET, HEAD, OPTIONS) that carries an
 //!   `Origin` naming another host than the one it was sent to is refused. Browsers send
 //!   `Origin` on every cross-origin POST, so a form or `fetch` from another site cannot create
@@ -28,33 +30,58 @@ use crate::error::Error;
 const MAX_REWRAPPED_BODY: usize = 4096;
 
 /// What the guard needs to know about how the master listens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Listening {
     pub addr: SocketAddr,
+    /// Host names (without port, lowercase) a master not bound to loopback answers besides IP
+    /// addresses and loopback names.
+    pub names: std::sync::Arc<Vec<String>>,
+}
+
+impl Listening {
+    /// `allowed` names plus this machine's host name.
+    pub fn new(addr: SocketAddr, allowed: &[String]) -> Listening {
+        let mut names: Vec<String> = allowed.iter().map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()).collect();
+        if let Ok(own) = std::fs::read_to_string("/etc/hostname") {
+            let own = own.trim().to_ascii_lowercase();
+            if !own.is_empty() {
+                names.push(own);
+            }
+        }
+        Listening { addr, names: std::sync::Arc::new(names) }
+    }
 }
 
 pub async fn guard(listening: Listening, request: Request, next: Next) -> Response {
-    if let Err(e) = check(listening, request.method(), request.headers()) {
+    if let Err(e) = check(&listening, request.method(), request.uri().path(), request.headers()) {
         return e.into_response();
     }
     json_errors(next.run(request).await).await
 }
 
-fn check(listening: Listening, method: &Method, headers: &HeaderMap) -> Result<(), Error> {
+fn check(listening: &Listening, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Error> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if listening.addr.ip().is_loopback() {
-        match host {
-            Some(h) if is_loopback_host(h) => {}
-            Some(h) => {
+    match host {
+        // HTTP/1.0 clients may omit Host; a browser never does.
+        None => {}
+        Some(h) if is_loopback_host(h) => {}
+        Some(h) if listening.addr.ip().is_loopback() => {
+            return Err(Error::forbidden(format!(
+                "this master listens on loopback and answers only Host names that mean loopback, not `{h}`"
+            )));
+        }
+        Some(h) => {
+            let name = host_name(h).to_ascii_lowercase();
+            let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+            if !is_ip && !listening.names.contains(&name) {
                 return Err(Error::forbidden(format!(
-                    "this master listens on loopback and answers only Host names that mean loopback, not `{h}`"
+                    "this master answers IP addresses, its host name and the names given with --allow-host, not `{h}`"
                 )));
             }
-            // HTTP/1.0 clients may omit Host; a browser never does.
-            None => {}
         }
     }
-    let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // Reading a custom search's events with `after` acknowledges (drops) the earlier ones.
+    let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || path.ends_with("/searcher/events");
     if !changes_state {
         return Ok(());
     }
@@ -97,13 +124,18 @@ fn unsupported(what: &str) -> Error {
     e
 }
 
-/// `localhost`, `127.x.y.z`, `[::1]`, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
+/// The name or address of a `Host` value, without its port or IPv6 brackets.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
         rest.split_once(']').map_or(rest, |(inside, _)| inside)
     } else {
         host.rsplit_once(':').map_or(host, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { host })
-    };
+    }
+}
+
+/// `localhost`, `127.x.y.z`, `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = host_name(host);
     if name.eq_ignore_ascii_case("localhost") || name.to_ascii_lowercase().ends_with(".localhost") {
         return true;
     }
@@ -165,7 +197,7 @@ mod tests {
     }
 
     fn loopback() -> Listening {
-        Listening { addr: "127.0.0.1:8080".parse().unwrap() }
+        Listening { addr: "127.0.0.1:8080".parse().unwrap(), names: Default::default() }
     }
 
     #[test]
@@ -181,33 +213,39 @@ mod tests {
     #[test]
     fn foreign_host_refused_on_loopback_only() {
         let h = headers(&[("host", "evil.example:8080")]);
-        assert_eq!(check(loopback(), &Method::GET, &h).unwrap_err().status, StatusCode::FORBIDDEN);
-        let public = Listening { addr: "0.0.0.0:8080".parse().unwrap() };
-        assert!(check(public, &Method::GET, &h).is_ok());
+        assert_eq!(check(&loopback(), &Method::GET, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        // Bound elsewhere: IP addresses, loopback names and the allowed names only.
+        let public = Listening { addr: "0.0.0.0:8080".parse().unwrap(), names: std::sync::Arc::new(vec!["master.lab".into()]) };
+        assert_eq!(check(&public, &Method::GET, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        for ok in ["10.0.0.5:8080", "[fe80::1]:8080", "MASTER.lab:8080", "master.lab", "localhost:8080"] {
+            assert!(check(&public, &Method::GET, "/", &headers(&[("host", ok)])).is_ok(), "{ok}");
+        }
     }
 
     #[test]
     fn foreign_origin_refused_for_changes_only() {
         let h = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")]);
-        assert!(check(loopback(), &Method::GET, &h).is_ok());
-        assert_eq!(check(loopback(), &Method::POST, &h).unwrap_err().status, StatusCode::FORBIDDEN);
-        assert_eq!(check(loopback(), &Method::DELETE, &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert!(check(&loopback(), &Method::GET, "/", &h).is_ok());
+        assert_eq!(check(&loopback(), &Method::POST, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check(&loopback(), &Method::DELETE, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        // Reading a custom search's events acknowledges them: guarded like a change.
+        assert_eq!(check(&loopback(), &Method::GET, "/api/v1/experiments/3/searcher/events", &h).unwrap_err().status, StatusCode::FORBIDDEN);
         let same = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
-        assert!(check(loopback(), &Method::DELETE, &same).is_ok());
+        assert!(check(&loopback(), &Method::DELETE, "/", &same).is_ok());
     }
 
     #[test]
     fn simple_content_types_refused() {
         let text = headers(&[("host", "127.0.0.1:1"), ("content-type", "text/plain;charset=UTF-8"), ("content-length", "5")]);
-        assert_eq!(check(loopback(), &Method::POST, &text).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert_eq!(check(loopback(), &Method::PUT, &text).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(check(&loopback(), &Method::POST, "/", &text).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(check(&loopback(), &Method::PUT, "/", &text).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let none = headers(&[("host", "127.0.0.1:1"), ("content-length", "5")]);
-        assert_eq!(check(loopback(), &Method::POST, &none).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(check(&loopback(), &Method::POST, "/", &none).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let empty = headers(&[("host", "127.0.0.1:1"), ("content-length", "0")]);
-        assert!(check(loopback(), &Method::POST, &empty).is_ok());
+        assert!(check(&loopback(), &Method::POST, "/", &empty).is_ok());
         let json = headers(&[("host", "127.0.0.1:1"), ("content-type", "application/json"), ("content-length", "2")]);
-        assert!(check(loopback(), &Method::POST, &json).is_ok());
+        assert!(check(&loopback(), &Method::POST, "/", &json).is_ok());
         let push = headers(&[("host", "127.0.0.1:1"), ("content-length", "2")]);
-        assert!(check(loopback(), &Method::PUT, &push).is_ok());
+        assert!(check(&loopback(), &Method::PUT, "/", &push).is_ok());
     }
 }

@@ -63,8 +63,13 @@ impl RunningMaster {
         };
         // `drover run` stops its master right after the experiment ends: the experiment's
         // checkpoint policy must still be applied.
-        if let Some(collector) = self.collector {
-            let _ = collector.await;
+        if let Some(mut collector) = self.collector
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut collector).await.is_err()
+        {
+            // What it has not done is done again at the next start (the policies of ended
+            // experiments are applied on start).
+            tracing::warn!("the checkpoint collector is still busy after {SHUTDOWN_GRACE:?}; stopping without it");
+            collector.abort();
         }
         served
     }
@@ -86,8 +91,8 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
     let store = Arc::new(SqlStore::open(&config.db_url).await?);
     let master = Master::open(config, store).await.map_err(StartError::Recover)?;
     let addr = listener.local_addr()?;
-    let listening = guard::Listening { addr };
-    let app = api::router(master.clone()).layer(axum::middleware::from_fn(move |req, next| guard::guard(listening, req, next)));
+    let listening = guard::Listening::new(addr, &master.config.allowed_hosts);
+    let app = api::router(master.clone()).layer(axum::middleware::from_fn(move |req, next| guard::guard(listening.clone(), req, next)));
     let ticker = master.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs(1));

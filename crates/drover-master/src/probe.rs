@@ -16,11 +16,18 @@ const PSEUDO_ROOTS: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// Refuses what must never be storage, then writes, reads back and deletes a probe object
 /// within `timeout`.
 pub async fn check_storage(spec: &StorageSpec, timeout: Duration) -> Result<()> {
-    if let StorageSpec::Directory { path } | StorageSpec::SharedFs { path } = spec {
-        refuse_pseudo_fs(path)?;
-    }
     let probe = async {
-        let storage = Storage::open(spec).map_err(|e| Error::bad_field("checkpoint_storage", e.to_string()))?;
+        // Resolving and creating a path are blocking calls that a hung mount never returns
+        // from: off the async workers, and under the same deadline.
+        let opening = spec.clone();
+        let storage = tokio::task::spawn_blocking(move || {
+            if let StorageSpec::Directory { path } | StorageSpec::SharedFs { path } = &opening {
+                refuse_pseudo_fs(path)?;
+            }
+            Storage::open(&opening).map_err(|e| Error::bad_field("checkpoint_storage", e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("opening the checkpoint storage: {e}")))??;
         storage.check().await.map_err(|e| Error::bad_field("checkpoint_storage", format!("{} is not usable: {e}", spec.describe())))
     };
     match tokio::time::timeout(timeout, probe).await {

@@ -392,6 +392,11 @@ fn entries(dir: &mut Dir) -> io::Result<Vec<CString>> {
     Ok(names)
 }
 
+/// Passes over one directory while deleting it: each removes everything listed, so more than a
+/// few means something keeps writing there. Deep trees moved up into the top directory are
+/// deleted from there one level per pass, hence room for [`MAX_DEPTH`] of them.
+const EMPTYING_PASSES: usize = MAX_DEPTH + 16;
+
 fn too_deep() -> io::Error {
     io::Error::other(format!("the tree is deeper than {MAX_DEPTH} directories"))
 }
@@ -424,11 +429,17 @@ fn remove_entry(parent: BorrowedFd<'_>, name: &CStr, depth: usize, top: Option<B
                 };
                 let mut dir = Dir::from_fd(fd)?;
                 // Until it is empty: a writer may add names while we delete, and deep
-                // directories are moved up into the top one.
+                // directories are moved up into the top one. Bounded: a writer that never stops
+                // (a leftover trial process) must not hold a delete, and the master, forever.
+                let mut passes = 0;
                 loop {
                     let names = entries(&mut dir)?;
                     if names.is_empty() {
                         break;
+                    }
+                    passes += 1;
+                    if passes > EMPTYING_PASSES {
+                        return Err(io::Error::other("it kept filling up while being deleted: something is still writing there"));
                     }
                     for child in names {
                         let child_top = top.unwrap_or(dir.as_fd());
@@ -501,6 +512,34 @@ mod tests {
 
     fn tree(root: &Path) -> Tree<'_> {
         Tree { root, in_storage: true }
+    }
+
+    #[test]
+    fn a_delete_racing_a_writer_that_never_stops_still_returns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("ck")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (dir, stop) = (root.join("ck"), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::create_dir_all(&dir);
+                    let _ = std::fs::write(dir.join(format!("f{i}")), b"x");
+                    i += 1;
+                }
+            })
+        };
+        // Returns, one way or the other: done, or refused because the directory kept filling.
+        match tree(&root).delete_tree("ck") {
+            Ok(_) => {}
+            Err(e) => assert!(e.to_string().contains("kept filling up") || e.to_string().contains("changing"), "{e}"),
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        tree(&root).delete_tree("ck").unwrap();
+        assert!(!root.join("ck").exists());
     }
 
     #[test]
