@@ -405,9 +405,15 @@ impl Agent {
                                 return lost(welcomed, reason);
                             }
                         }
-                        MasterMessage::Reject { reason } => {
+                        MasterMessage::Reject { reason, retry_after_ms: None } => {
                             let _ = socket.close(None).await;
                             return SessionEnd::Rejected(reason);
+                        }
+                        // A refusal that may pass (our id still held by a connection the
+                        // master has not found dead yet): the usual reconnect backoff.
+                        MasterMessage::Reject { reason, retry_after_ms: Some(_) } => {
+                            let _ = socket.close(None).await;
+                            return lost(welcomed, format!("the master refused this agent for now: {reason}"));
                         }
                     }
                 }

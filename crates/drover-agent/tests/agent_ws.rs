@@ -505,6 +505,7 @@ async fn reject_ends_the_agent_with_an_error() {
         &mut master,
         &MasterMessage::Reject {
             reason: "duplicate agent id".to_owned(),
+            retry_after_ms: None,
         },
     )
     .await;
@@ -516,6 +517,27 @@ async fn reject_ends_the_agent_with_an_error() {
         Err(AgentError::Rejected { reason }) => assert_eq!(reason, "duplicate agent id"),
         other => panic!("expected a rejection, got {other:?}"),
     }
+}
+
+/// A refusal that may pass (the id is held by a connection the master has not found dead yet)
+/// makes the agent reconnect, not exit.
+#[tokio::test]
+async fn a_reject_with_retry_after_is_followed_by_a_reconnect() {
+    let harness = start_agent().await;
+    let mut master = harness.accept().await;
+    hello_running(recv(&mut master).await);
+    send(
+        &mut master,
+        &MasterMessage::Reject {
+            reason: "agent id `agent-under-test` is in use".to_owned(),
+            retry_after_ms: Some(100),
+        },
+    )
+    .await;
+    let mut again = harness.accept().await;
+    hello_running(recv(&mut again).await);
+    assert!(!harness.agent.is_finished(), "the agent exited on a refusal that may pass");
+    harness.shutdown.cancel();
 }
 
 #[tokio::test]

@@ -93,9 +93,13 @@ pub enum MasterMessage {
         allocation_id: String,
         grace_ms: u64,
     },
-    /// The master refuses this agent (e.g. a duplicate id); the agent should exit.
+    /// The master refuses this agent. Without `retry_after_ms` the agent should exit (a wrong
+    /// protocol, a hello out of bounds); with it, the refusal may pass (its id is held by a
+    /// connection the master has not yet found dead) and the agent tries again after that long.
     Reject {
         reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 

@@ -59,6 +59,8 @@ pub struct MasterConfig {
     /// Host names a master bound to a non-loopback address answers (besides IP addresses,
     /// loopback names and the machine's own host name); see `guard.rs`.
     pub allowed_hosts: Vec<String>,
+    /// An agent connection silent this long is closed (see `gateway::SILENCE_LIMIT`).
+    pub agent_silence_limit: Duration,
 }
 
 impl MasterConfig {
@@ -77,6 +79,7 @@ impl MasterConfig {
             join_token: random_token(),
             storage_probe_timeout: Duration::from_secs(15),
             allowed_hosts: Vec::new(),
+            agent_silence_limit: crate::gateway::SILENCE_LIMIT,
         }
     }
 }

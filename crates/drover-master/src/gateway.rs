@@ -17,6 +17,9 @@ use crate::cluster::Master;
 use crate::error::Error;
 
 const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+/// A connection silent this long (three heartbeats) is taken for dead and closed: a half-open
+/// TCP connection (the agent's host lost power) must not hold the agent's id and slots forever.
+pub const SILENCE_LIMIT: Duration = Duration::from_millis(3 * HEARTBEAT_INTERVAL_MS);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The upgrade is refused (401) unless it carries the cluster's join secret: tasks carry trial
@@ -90,13 +93,13 @@ async fn serve_agent(master: Arc<Master>, socket: WebSocket) {
         }
     };
     let Ok(AgentMessage::Hello { agent_id, hostname, version, slots, running, instance }) = hello else {
-        let reject = MasterMessage::Reject { reason: "the first message must be a hello".into() };
+        let reject = MasterMessage::Reject { reason: "the first message must be a hello".into(), retry_after_ms: None };
         let _ = sink.send(encode(&reject)).await;
         return;
     };
     if let Err(reason) = check_hello(&agent_id, &hostname, &version, &slots, &running, &instance) {
         tracing::warn!("refused an agent's hello: {reason}");
-        let _ = sink.send(encode(&MasterMessage::Reject { reason })).await;
+        let _ = sink.send(encode(&MasterMessage::Reject { reason, retry_after_ms: None })).await;
         return;
     }
     let (sender, mut orders) = mpsc::unbounded_channel::<MasterMessage>();
@@ -107,7 +110,9 @@ async fn serve_agent(master: Arc<Master>, socket: WebSocket) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("agent {agent_id}: {}", e.body.message);
-            let _ = sink.send(encode(&MasterMessage::Reject { reason: e.body.message })).await;
+            // The id may be held by a connection not yet found dead (see `MasterConfig::agent_silence_limit`).
+            let reject = MasterMessage::Reject { reason: e.body.message, retry_after_ms: Some(HEARTBEAT_INTERVAL_MS) };
+            let _ = sink.send(encode(&reject)).await;
             return;
         }
     };
@@ -116,9 +121,16 @@ async fn serve_agent(master: Arc<Master>, socket: WebSocket) {
         return;
     }
     tracing::info!("agent {agent_id} connected");
+    let mut last_frame = tokio::time::Instant::now();
+    let silence_limit = master.config.agent_silence_limit;
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(last_frame + silence_limit) => {
+                tracing::warn!("agent {agent_id} was silent for {silence_limit:?}; closing its connection");
+                break;
+            }
             frame = stream.next() => {
+                last_frame = tokio::time::Instant::now();
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => continue,

@@ -220,7 +220,7 @@ async fn agents_must_prove_who_they_are() {
     let (mut socket, _) = tokio_tungstenite::connect_async(agent_request(&cluster, Some(JOIN_TOKEN))).await.unwrap();
     socket.send(hello("test-agent", "an-impostor")).await.unwrap();
     match first_order(&mut socket).await {
-        MasterMessage::Reject { reason } => assert!(reason.contains("in use"), "{reason}"),
+        MasterMessage::Reject { reason, .. } => assert!(reason.contains("in use"), "{reason}"),
         other => panic!("an impostor of a live agent was not refused: {other:?}"),
     }
     drop(socket);
@@ -385,4 +385,47 @@ async fn ids_of_deleted_experiments_are_never_handed_out_again() {
     assert!(c.id > b.id, "experiment id {} was handed out again", c.id);
     assert!(cluster.trials(c.id).await[0].id > b_trial, "a trial id was handed out again");
     cluster.stop().await;
+}
+
+/// An agent whose connection went silent (its host lost power: no FIN ever comes) does not
+/// hold its id: the master closes the silent connection, and the agent restarted under the same
+/// id gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_hold_an_agent_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = drover_master::MasterConfig::new(format!("sqlite://{}", dir.path().join("drover.db").display()), dir.path().join("checkpoints"));
+    config.join_token = JOIN_TOKEN.into();
+    config.agent_silence_limit = Duration::from_millis(500);
+    let master = drover_master::start(config, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+    let request = || {
+        let url = master.url().replacen("http://", "ws://", 1) + "/api/v1/agents/connect";
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {JOIN_TOKEN}").parse().unwrap());
+        request
+    };
+    let (mut before, _) = tokio_tungstenite::connect_async(request()).await.unwrap();
+    before.send(hello("gpu-box", "before-the-power-cut")).await.unwrap();
+    assert!(matches!(first_order(&mut before).await, MasterMessage::Welcome { .. }));
+    // Silent from now on; meanwhile the restarted agent is refused for now, with a retry.
+    let (mut after, _) = tokio_tungstenite::connect_async(request()).await.unwrap();
+    after.send(hello("gpu-box", "after-the-reboot")).await.unwrap();
+    match first_order(&mut after).await {
+        MasterMessage::Reject { retry_after_ms, .. } => assert!(retry_after_ms.is_some(), "a refusal that may pass says so"),
+        other => panic!("{other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut again, _) = tokio_tungstenite::connect_async(request()).await.unwrap();
+        again.send(hello("gpu-box", "after-the-reboot")).await.unwrap();
+        // Keep talking, as a live agent does.
+        match first_order(&mut again).await {
+            MasterMessage::Welcome { .. } => break,
+            MasterMessage::Reject { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the silent connection kept the id");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(before);
+    master.shutdown().await.unwrap();
 }
