@@ -68,9 +68,9 @@ impl MasterConfig {
         let checkpoint_root = checkpoint_root.into();
         MasterConfig {
             db_url: db_url.into(),
-            param_storage: StorageSpec::Directory {
-                path: checkpoint_root.parent().map_or_else(|| checkpoint_root.join("params"), |data| data.join("params")),
-            },
+            param_storage: StorageSpec::directory(
+                checkpoint_root.parent().map_or_else(|| checkpoint_root.join("params"), |data| data.join("params")),
+            ),
             checkpoint_root,
             max_context_bytes: 96 * 1024 * 1024,
             max_context_unpacked_bytes: 512 * 1024 * 1024,
@@ -720,19 +720,25 @@ impl Master {
                     secret_access_key: c.secret_access_key.clone(),
                 }
             }
-            "shared_fs" => StorageSpec::SharedFs { path: self.checkpoint_dir(config) },
-            _ => StorageSpec::Directory { path: self.checkpoint_dir(config) },
+            // The root is the operator's (or the config's) and trusted as given; `storage_path`
+            // is a prefix inside it, walked without following links like every key.
+            "shared_fs" => StorageSpec::SharedFs { path: self.checkpoint_base(config), prefix: c.storage_path.clone() },
+            _ => StorageSpec::Directory { path: self.checkpoint_base(config), prefix: c.storage_path.clone() },
         }
     }
 
     /// The checkpoint directory of a file-system storage (on the agents' file system).
     pub fn checkpoint_dir(&self, config: &ExperimentConfig) -> PathBuf {
-        let storage = &config.checkpoint_storage;
-        let root = storage.path.as_ref().map_or_else(|| self.config.checkpoint_root.clone(), PathBuf::from);
-        match &storage.storage_path {
+        let root = self.checkpoint_base(config);
+        match &config.checkpoint_storage.storage_path {
             Some(sub) => root.join(sub),
             None => root,
         }
+    }
+
+    /// The root of a file-system checkpoint storage, before `storage_path`.
+    fn checkpoint_base(&self, config: &ExperimentConfig) -> PathBuf {
+        config.checkpoint_storage.path.as_ref().map_or_else(|| self.config.checkpoint_root.clone(), PathBuf::from)
     }
 
     // ----- scheduling --------------------------------------------------------------------

@@ -135,7 +135,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Runnin
                         storage.put_bytes(&key, bytes.into()).await?;
                     }
                     for (folder, uuid) in &write.links {
-                        lineage::link_checkpoint(&storage, folder, uuid);
+                        lineage::link_checkpoint(&storage, folder, uuid).await;
                     }
                     Ok::<_, drover_storage::StorageError>(())
                 };

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
 
 use drover_api::rest::{Lineage, LineageMember};
 use drover_core::config::ExperimentConfig;
@@ -118,25 +117,14 @@ pub fn member_files(lineage: &Lineage) -> Vec<(String, Option<String>, Vec<u8>)>
 /// `checkpoint_root`. A member folder once written is not rewritten.
 /// On a file-system storage, links a member's folder (`folder`, a key such as
 /// `pbt/experiment-1/g000_w00`) to its checkpoint's directory, so the family tree can be browsed
-/// with the weights beside it. Nothing is created when a link already sits on the folder's path
-/// (a trial can write into the storage root: `pbt -> /elsewhere` must not make the master write
-/// there) or the checkpoint is not a plain directory. Best effort: the tables say the same.
-pub fn link_checkpoint(storage: &drover_storage::Storage, folder: &str, uuid: &str) {
-    let (Some(root), Some(dir)) = (storage.local_path(""), storage.local_path(folder)) else { return };
-    let mut walked = root.clone();
-    for part in folder.split('/') {
-        walked.push(part);
-        match std::fs::symlink_metadata(&walked) {
-            Ok(m) if m.file_type().is_dir() => {}
-            _ => return,
-        }
+/// with the weights beside it. The link is made by the storage's own walk, which never follows a
+/// link a trial may have planted on the way (`pbt -> /elsewhere`). Best effort: the tables say
+/// the same, and object stores have no links.
+pub async fn link_checkpoint(storage: &drover_storage::Storage, folder: &str, uuid: &str) {
+    let up = "../".repeat(folder.split('/').count());
+    if let Err(e) = storage.make_link(&format!("{folder}/checkpoint"), &format!("{up}{uuid}")).await {
+        tracing::debug!("cannot link {folder} to checkpoint {uuid}: {e}");
     }
-    let target = root.join(uuid);
-    if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {
-        return;
-    }
-    #[cfg(unix)]
-    let _ = std::os::unix::fs::symlink(relative_to(&target, &dir), dir.join("checkpoint"));
 }
 
 fn is_final(state: &str) -> bool {
@@ -148,29 +136,12 @@ fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
-/// `target` as seen from `from`, both absolute or both relative to the same base; a link that
-/// survives moving the whole storage elsewhere.
-fn relative_to(target: &Path, from: &Path) -> std::path::PathBuf {
-    let t: Vec<_> = target.components().collect();
-    let f: Vec<_> = from.components().collect();
-    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
-    let mut out = std::path::PathBuf::new();
-    for _ in common..f.len() {
-        out.push("..");
-    }
-    for c in &t[common..] {
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn relative_links_and_csv_quoting() {
-        assert_eq!(relative_to(Path::new("/a/b/uuid"), Path::new("/a/b/pbt/experiment-1/g000_w00")), Path::new("../../../uuid"));
+    fn csv_quoting() {
         assert_eq!(csv_field(r#"{"a":1,"b":"x"}"#), r#""{""a"":1,""b"":""x""}""#);
         assert_eq!(csv_field("plain"), "plain");
     }

@@ -21,7 +21,7 @@ pub async fn check_storage(spec: &StorageSpec, timeout: Duration) -> Result<()> 
         // from: off the async workers, and under the same deadline.
         let opening = spec.clone();
         let storage = tokio::task::spawn_blocking(move || {
-            if let StorageSpec::Directory { path } | StorageSpec::SharedFs { path } = &opening {
+            if let StorageSpec::Directory { path, .. } | StorageSpec::SharedFs { path, .. } = &opening {
                 refuse_pseudo_fs(path)?;
             }
             Storage::open(&opening).map_err(|e| Error::bad_field("checkpoint_storage", e.to_string()))

@@ -44,7 +44,7 @@ fn open_storage(spec: &StorageSpec) -> Result<Storage, SdkError> {
 }
 
 fn directory(root: &Path) -> Result<Storage, SdkError> {
-    open_storage(&StorageSpec::Directory { path: root.to_path_buf() })
+    open_storage(&StorageSpec::Directory { path: root.to_path_buf(), prefix: None })
 }
 
 /// Copies every file under `src` into `{root}/{uuid}/` (by the rule in the module docs) and
@@ -229,7 +229,7 @@ pub(crate) fn remove_remote(spec: &StorageSpec, uuid: &str) {
 /// Removes a saved checkpoint that the master refused to register: nothing refers to it.
 /// Through the storage, so a link in it is removed itself, never followed.
 pub(crate) fn remove(root: &Path, uuid: &str) {
-    remove_remote(&StorageSpec::Directory { path: root.to_path_buf() }, uuid);
+    remove_remote(&StorageSpec::Directory { path: root.to_path_buf(), prefix: None }, uuid);
 }
 
 #[cfg(test)]

@@ -51,10 +51,21 @@ const TMP_PREFIX: &str = ".drover-tmp-";
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StorageSpec {
-    /// A directory on this host.
-    Directory { path: PathBuf },
+    /// A directory on this host. `prefix` (like S3's) is a key prefix inside it: it is walked
+    /// without following links like every key, whereas `path` is trusted as the operator gave
+    /// it. Experiments that share a root each get their own prefix, so one experiment's trial
+    /// cannot redirect another's storage by replacing its subdirectory with a link.
+    Directory {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+    },
     /// A shared file system, mounted at `path` on the master and on every agent.
-    SharedFs { path: PathBuf },
+    SharedFs {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+    },
     /// An S3 bucket (or an S3-compatible server at `endpoint_url`). Credentials not given here
     /// come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
     S3 {
@@ -80,29 +91,28 @@ impl std::fmt::Debug for StorageSpec {
 }
 
 impl StorageSpec {
+    /// A directory on this host, keys at its top.
+    pub fn directory(path: impl Into<PathBuf>) -> StorageSpec {
+        StorageSpec::Directory { path: path.into(), prefix: None }
+    }
+
     /// The same storage, one level down: every key gets `sub/` in front.
     pub fn child(&self, sub: &str) -> StorageSpec {
-        match self {
-            StorageSpec::Directory { path } => StorageSpec::Directory { path: path.join(sub) },
-            StorageSpec::SharedFs { path } => StorageSpec::SharedFs { path: path.join(sub) },
-            StorageSpec::S3 { prefix, .. } => {
-                let mut s3 = self.clone();
-                if let StorageSpec::S3 { prefix: p, .. } = &mut s3 {
-                    *p = Some(match prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
-                        Some(p) => format!("{p}/{sub}"),
-                        None => sub.to_string(),
-                    });
-                }
-                s3
-            }
-        }
+        let mut child = self.clone();
+        let (StorageSpec::Directory { prefix, .. } | StorageSpec::SharedFs { prefix, .. } | StorageSpec::S3 { prefix, .. }) = &mut child;
+        *prefix = Some(match prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+            Some(p) => format!("{p}/{sub}"),
+            None => sub.to_string(),
+        });
+        child
     }
 
     /// A short description for messages, without credentials.
     pub fn describe(&self) -> String {
+        let under = |prefix: &Option<String>| prefix.as_deref().map(|p| format!("/{}", p.trim_matches('/'))).unwrap_or_default();
         match self {
-            StorageSpec::Directory { path } => format!("directory {}", path.display()),
-            StorageSpec::SharedFs { path } => format!("shared_fs {}", path.display()),
+            StorageSpec::Directory { path, prefix } => format!("directory {}{}", path.display(), under(prefix)),
+            StorageSpec::SharedFs { path, prefix } => format!("shared_fs {}{}", path.display(), under(prefix)),
             StorageSpec::S3 { bucket, prefix, endpoint_url, .. } => format!(
                 "s3://{bucket}/{}{}",
                 prefix.as_deref().unwrap_or(""),
@@ -172,9 +182,10 @@ pub struct Storage {
 
 #[derive(Clone)]
 enum Backend {
-    /// A file system, from its canonical root. Never through object_store: its file system
-    /// follows symbolic links, which would let a trial's link list, serve or delete anything.
-    Local { root: PathBuf },
+    /// A file system, from its canonical root, every key under `prefix`. Never through
+    /// object_store: its file system follows symbolic links, which would let a trial's link
+    /// list, serve or delete anything.
+    Local { root: PathBuf, prefix: Option<String> },
     /// S3, with the prefix every key goes under.
     Object { store: Arc<dyn ObjectStore>, prefix: Option<ObjectPath> },
 }
@@ -182,6 +193,15 @@ enum Backend {
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Storage({})", self.spec.describe())
+    }
+}
+
+/// `key` under a file-system storage's `prefix` (the prefix itself for an empty key).
+fn under<'a>(prefix: &Option<String>, key: &'a str) -> std::borrow::Cow<'a, str> {
+    match prefix {
+        None => std::borrow::Cow::Borrowed(key),
+        Some(p) if key.is_empty() => std::borrow::Cow::Owned(p.clone()),
+        Some(p) => std::borrow::Cow::Owned(format!("{p}/{key}")),
     }
 }
 
@@ -211,10 +231,14 @@ impl Storage {
     pub fn open(spec: &StorageSpec) -> Result<Storage> {
         let config_err = |message: String| StorageError::Config { what: spec.describe(), message };
         match spec {
-            StorageSpec::Directory { path } | StorageSpec::SharedFs { path } => {
+            StorageSpec::Directory { path, prefix } | StorageSpec::SharedFs { path, prefix } => {
+                let prefix = prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()).map(str::to_string);
+                if let Some(p) = &prefix {
+                    validate_key(p)?;
+                }
                 std::fs::create_dir_all(path).map_err(|source| StorageError::Io { action: "creating", path: path.clone(), source })?;
                 let root = path.canonicalize().map_err(|source| StorageError::Io { action: "resolving", path: path.clone(), source })?;
-                Ok(Storage { spec: spec.clone(), backend: Backend::Local { root } })
+                Ok(Storage { spec: spec.clone(), backend: Backend::Local { root, prefix } })
             }
             StorageSpec::S3 { bucket, prefix, endpoint_url, region, access_key_id, secret_access_key } => {
                 if bucket.trim().is_empty() {
@@ -262,7 +286,7 @@ impl Storage {
     /// may go through a link a trial made; every operation here walks without following.
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
         match &self.backend {
-            Backend::Local { root } => Some(root.join(key)),
+            Backend::Local { root, prefix } => Some(root.join(&*under(prefix, key))),
             Backend::Object { .. } => None,
         }
     }
@@ -317,7 +341,8 @@ impl Storage {
 
     pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<()> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 validate_key(key)?;
                 let (root, key) = (root.clone(), key.to_string());
                 return blocking(&key.clone(), move || {
@@ -338,7 +363,8 @@ impl Storage {
 
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 validate_key(key)?;
                 let (root, key) = (root.clone(), key.to_string());
                 return blocking(&key.clone(), move || {
@@ -360,7 +386,8 @@ impl Storage {
     /// `key` or on the way to it is [`StorageError::Link`].
     pub async fn head(&self, key: &str) -> Result<Option<u64>> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 validate_key(key)?;
                 let (root, key) = (root.clone(), key.to_string());
                 return blocking(&key.clone(), move || storage_tree(&root).head(&key)).await;
@@ -378,7 +405,8 @@ impl Storage {
     /// Stores the local file `from` as `key`, streaming. Returns its size.
     pub async fn put_file(&self, key: &str, from: &Path) -> Result<u64> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 validate_key(key)?;
                 let (root, key, from) = (root.clone(), key.to_string(), from.to_path_buf());
                 // A kernel copy (io::copy between files is copy_file_range) into a temporary
@@ -459,7 +487,8 @@ impl Storage {
         tokio::fs::create_dir_all(dir).await.map_err(|e| io("creating", e))?;
         let dest = tokio::fs::canonicalize(dir).await.map_err(|e| io("resolving", e))?;
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 let (root, key, relative) = (root.clone(), key.to_string(), relative.to_string());
                 return blocking(&key.clone(), move || {
                     let mut source = storage_tree(&root).open_file(&key)?;
@@ -495,7 +524,8 @@ impl Storage {
         let mut data = data;
         let aborted = |e: E| StorageError::Aborted { key: key.to_string(), source: e.into() };
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 validate_key(key)?;
                 return write_staged(root, true, key, root.join(key), data.map(|chunk| chunk.map_err(aborted))).await;
             }
@@ -544,7 +574,8 @@ impl Storage {
     /// it is [`StorageError::Link`].
     pub async fn get_stream(&self, key: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 validate_key(key)?;
                 let (root, owned) = (root.clone(), key.to_string());
                 let source = root.join(key);
@@ -589,7 +620,7 @@ impl Storage {
     /// through a link is [`StorageError::Link`].
     pub async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>> {
         let (store, object_prefix) = match &self.backend {
-            Backend::Local { root } => return Ok(self.walk_local(root, prefix).await?.0),
+            Backend::Local { root, prefix: base } => return Ok(self.walk_local(root, &under(base, prefix.trim_end_matches('/'))).await?.0),
             Backend::Object { store, prefix } => (store, prefix),
         };
         let base = if prefix.is_empty() { object_prefix.clone() } else { Some(Self::path(object_prefix, prefix.trim_end_matches('/'))?) };
@@ -618,7 +649,7 @@ impl Storage {
     /// download, a check of what a trial saved) refuse it by name. Always empty on S3.
     pub async fn links(&self, prefix: &str) -> Result<Vec<String>> {
         match &self.backend {
-            Backend::Local { root } => Ok(self.walk_local(root, prefix).await?.1),
+            Backend::Local { root, prefix: base } => Ok(self.walk_local(root, &under(base, prefix.trim_end_matches('/'))).await?.1),
             Backend::Object { .. } => {
                 if !prefix.is_empty() {
                     validate_key(prefix.trim_end_matches('/'))?;
@@ -641,7 +672,8 @@ impl Storage {
     /// itself (never what it points to), and a key beyond a link is [`StorageError::Link`].
     pub async fn delete(&self, key: &str) -> Result<()> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root } => {
+            Backend::Local { root, prefix } => {
+                let key = &*under(prefix, key);
                 validate_key(key)?;
                 let (root, key) = (root.clone(), key.to_string());
                 return blocking(&key.clone(), move || storage_tree(&root).delete(&key)).await;
@@ -655,14 +687,27 @@ impl Storage {
         }
     }
 
+    /// On a file system, makes `key` a symbolic link to `target` (relative to the link's own
+    /// directory, stored as given) without following any link on the way; `false` when
+    /// something is already there or the storage is not a file system (object stores have no
+    /// links). drover makes such links only for browsing (a PBT member's folder pointing at its
+    /// checkpoint); it never reads or deletes through them.
+    pub async fn make_link(&self, key: &str, target: &str) -> Result<bool> {
+        let Backend::Local { root, prefix } = &self.backend else { return Ok(false) };
+        let key = under(prefix, key).into_owned();
+        validate_key(&key)?;
+        let (root, target) = (root.clone(), target.to_string());
+        blocking(&key.clone(), move || storage_tree(&root).make_link(&key, &target)).await
+    }
+
     /// Deletes everything under `prefix`; returns how many objects went. Nothing there is fine.
     /// On a file system the whole directory goes, links in it included (each removed itself:
     /// nothing outside the directory is touched); a prefix that is a link loses the link.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
         let base = prefix.trim_end_matches('/');
         validate_key(base)?;
-        if let Backend::Local { root } = &self.backend {
-            let (root, base) = (root.clone(), base.to_string());
+        if let Backend::Local { root, prefix: storage_prefix } = &self.backend {
+            let (root, base) = (root.clone(), under(storage_prefix, base).into_owned());
             return blocking(&base.clone(), move || storage_tree(&root).delete_tree(&base)).await;
         }
         let objects = self.list(prefix).await?;

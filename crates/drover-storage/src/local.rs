@@ -241,6 +241,18 @@ impl Tree<'_> {
         }
     }
 
+    /// Makes `key` a symbolic link to `target` (a relative path, stored as given), creating its
+    /// directories by the same walk as a write, so no link on the way is followed. An existing
+    /// entry at `key` is left alone (`false`).
+    pub fn make_link(&self, key: &str, target: &str) -> Result<bool, StorageError> {
+        let (dir, name) = self.parent_of(key, true, "linking", || StorageError::NotFound(key.to_string()))?;
+        match nix::unistd::symlinkat(target, dir.as_fd(), name) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(self.io("linking", key)(e)),
+        }
+    }
+
     /// Removes `key` where it stands: a link is removed itself, never what it points to.
     pub fn delete(&self, key: &str) -> Result<(), StorageError> {
         let Some((dir, name)) = self.existing_parent_of(key, "deleting")? else { return Ok(()) };

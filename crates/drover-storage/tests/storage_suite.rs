@@ -39,9 +39,9 @@ pub fn create_bucket(endpoint: &str, bucket: &str) {
 
 async fn backends() -> Vec<(String, Storage, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
-    let local = Storage::open(&StorageSpec::Directory { path: dir.path().join("store") }).unwrap();
+    let local = Storage::open(&StorageSpec::Directory { path: dir.path().join("store"), prefix: None }).unwrap();
     let shared_dir = tempfile::tempdir().unwrap();
-    let shared = Storage::open(&StorageSpec::SharedFs { path: shared_dir.path().join("mnt") }).unwrap();
+    let shared = Storage::open(&StorageSpec::SharedFs { path: shared_dir.path().join("mnt"), prefix: None }).unwrap();
     let mut out = vec![("directory".to_string(), local, Some(dir)), ("shared_fs".to_string(), shared, Some(shared_dir))];
     if let Some(spec) = s3_spec(Some("runs/a")) {
         out.push(("s3".to_string(), Storage::open(&spec).unwrap(), None));
@@ -123,7 +123,7 @@ async fn hostile_keys_are_refused_before_anything_is_touched() {
     std::fs::create_dir_all(work.path().join("src")).unwrap();
     std::fs::write(work.path().join("decoy"), b"decoy").unwrap();
     std::os::unix::fs::symlink(work.path().join("decoy"), work.path().join("src/link")).unwrap();
-    let s = Storage::open(&StorageSpec::Directory { path: work.path().join("store") }).unwrap();
+    let s = Storage::open(&StorageSpec::Directory { path: work.path().join("store"), prefix: None }).unwrap();
     assert!(s.put_dir("c", &work.path().join("src")).await.is_err());
 }
 
@@ -160,7 +160,7 @@ async fn a_missing_bucket_is_a_clear_error_at_check_time() {
 #[tokio::test]
 async fn a_child_storage_sees_only_its_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let mut specs = vec![StorageSpec::Directory { path: dir.path().to_path_buf() }];
+    let mut specs = vec![StorageSpec::Directory { path: dir.path().to_path_buf(), prefix: None }];
     specs.extend(s3_spec(None));
     for spec in specs {
         let parent = Storage::open(&spec).unwrap();
@@ -232,7 +232,7 @@ async fn streams_are_stored_whole_or_not_at_all() {
 #[tokio::test]
 async fn a_file_being_read_survives_its_deletion() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(&StorageSpec::Directory { path: dir.path().to_path_buf() }).unwrap();
+    let s = Storage::open(&StorageSpec::Directory { path: dir.path().to_path_buf(), prefix: None }).unwrap();
     let data = pattern(3 << 20, 4);
     s.put_bytes("v/1", Bytes::from(data.clone())).await.unwrap();
     let (size, mut stream) = s.get_stream("v/1").await.unwrap();
@@ -408,6 +408,46 @@ async fn writing_and_deleting_never_go_through_a_link() {
         assert!(s.local_path("ck/etcdir").unwrap().symlink_metadata().unwrap().is_file(), "{name}");
         decoy.assert_intact(&name);
     }
+}
+
+/// Experiments sharing a root each get a prefix; one experiment's trial replacing another's
+/// prefix directory by a link must not redirect that storage: the prefix is walked like a key.
+#[tokio::test]
+async fn a_storage_prefix_replaced_by_a_link_leads_nowhere() {
+    let decoy = Decoy::new();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StorageSpec::Directory { path: dir.path().to_path_buf(), prefix: Some("exp-b".into()) };
+    let b = Storage::open(&spec).unwrap();
+    b.put_bytes("ck/state", Bytes::from_static(b"b's weights")).await.unwrap();
+    assert!(dir.path().join("exp-b/ck/state").is_file(), "the prefix is a directory under the root");
+    // Experiment A's trial, which can write into the shared root, swaps exp-b for a link.
+    std::fs::rename(dir.path().join("exp-b"), dir.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&decoy.dir, dir.path().join("exp-b")).unwrap();
+    let b = Storage::open(&spec).unwrap();
+    assert!(is_link_error(b.get_bytes("f").await), "a read through the swapped prefix");
+    assert!(is_link_error(b.put_bytes("new", Bytes::from_static(b"x")).await), "a write through the swapped prefix");
+    assert!(is_link_error(b.list("").await.map(|_| ())), "a listing through the swapped prefix");
+    let _ = b.delete_prefix("nested").await;
+    decoy.assert_intact("operations through a swapped prefix");
+    assert!(!decoy.dir.join("new").exists());
+    // The child of a spec is a deeper prefix, not a deeper root.
+    assert_eq!(spec.child("pbt"), StorageSpec::Directory { path: dir.path().to_path_buf(), prefix: Some("exp-b/pbt".into()) });
+}
+
+/// drover's own browsing links (a PBT member's folder to its checkpoint) are made by the same
+/// walk: a planted link on the way is not followed.
+#[tokio::test]
+async fn links_drover_makes_are_made_without_following_any() {
+    let decoy = Decoy::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(&StorageSpec::directory(dir.path())).unwrap();
+    assert!(s.make_link("pbt/experiment-1/g000_w00/checkpoint", "../../../uuid").await.unwrap());
+    assert_eq!(std::fs::read_link(dir.path().join("pbt/experiment-1/g000_w00/checkpoint")).unwrap(), PathBuf::from("../../../uuid"));
+    assert!(!s.make_link("pbt/experiment-1/g000_w00/checkpoint", "elsewhere").await.unwrap(), "an existing entry is left alone");
+    std::os::unix::fs::symlink(&decoy.dir, dir.path().join("pbt/experiment-2")).unwrap();
+    assert!(is_link_error(s.make_link("pbt/experiment-2/g000_w00/checkpoint", "../../../uuid").await.map(|_| ())));
+    assert!(!decoy.dir.join("g000_w00").exists());
+    decoy.assert_intact("make_link");
 }
 
 #[tokio::test]

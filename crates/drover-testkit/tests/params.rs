@@ -34,7 +34,7 @@ impl Master {
             config.param_storage = spec;
         }
         let params_dir = match &config.param_storage {
-            StorageSpec::Directory { path } => Some(path.clone()),
+            StorageSpec::Directory { path, .. } => Some(path.clone()),
             _ => None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
