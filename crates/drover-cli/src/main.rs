@@ -307,6 +307,9 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)
         .init();
+    if matches!(cli.command, Command::Up { .. } | Command::Run { .. } | Command::Master { .. } | Command::Agent { command: None, .. }) {
+        raise_open_file_limit();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
@@ -319,6 +322,18 @@ fn main() -> ExitCode {
     // mount) must not keep a stopped master alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     code
+}
+
+/// A server keeps many descriptors open (connections, SQLite, walks of deep checkpoint trees
+/// that hold one per level): the soft limit, often 1024, goes up to the hard one.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
 }
 
 /// The context directory uploaded with an experiment: the one named, else the config's own.

@@ -762,7 +762,14 @@ fn storage_tree(root: &Path) -> local::Tree<'_> {
 }
 
 /// Runs file-system work off the async threads.
+/// File-system operations of this process running at once. A walk of a deep tree holds a
+/// descriptor per level (up to `local::MAX_DEPTH`), so a few concurrent requests on hostile
+/// trees must not use up the process's descriptors.
+const FS_OPERATIONS_AT_ONCE: usize = 32;
+
 async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FS_OPERATIONS_AT_ONCE);
+    let _permit = PERMITS.acquire().await.expect("the semaphore is never closed");
     tokio::task::spawn_blocking(work).await.map_err(|e| StorageError::Io {
         action: "working on",
         path: what.into(),
