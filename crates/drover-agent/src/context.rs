@@ -446,7 +446,13 @@ fn copy_tree_unless(
 
 /// Unpacked contexts, one per experiment; see the module doc.
 pub struct ContextCache {
+    /// This process's own directory under `<work_root>/.drover-contexts/`: agents sharing a
+    /// work root (several on one host, the default `/tmp/drover-agent`) never touch each
+    /// other's trees.
     root: PathBuf,
+    /// Held (an OS lock on `<root>.lock`) while this process lives, so another agent's
+    /// [`ContextCache::clear`] knows the directory is in use.
+    lock: Mutex<Option<std::fs::File>>,
     limits: ExtractLimits,
     keep: usize,
     entries: Mutex<HashMap<CacheKey, Arc<CacheEntry>>>,
@@ -495,6 +501,39 @@ impl Drop for TempFile {
     }
 }
 
+/// `<dir>.lock`, beside the directory it guards.
+fn lock_path_of(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    dir.with_file_name(name)
+}
+
+/// Removes every entry of the shared cache directory `parent` but `own` whose lock is not held
+/// by a live process (entries of an earlier layout have no lock and go too). Lock files stay:
+/// removing one another process is about to lock would leave that process's lock invisible.
+fn remove_abandoned(parent: &Path, own: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(parent)? {
+        let path = entry?.path();
+        if path == own || path.extension().is_some_and(|e| e == "lock") {
+            continue;
+        }
+        let lock = lock_path_of(&path);
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lock)
+            .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+        if held {
+            continue;
+        }
+        let removed = if path.symlink_metadata()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl ContextCache {
     /// A cache in `<work_root>/`[`CACHE_DIR_NAME`], with the default limits.
     pub fn new(work_root: &Path) -> Self {
@@ -503,8 +542,10 @@ impl ContextCache {
 
     /// A cache with other extraction limits, keeping `keep` (at least one) unpacked contexts.
     pub fn with_limits(work_root: &Path, limits: ExtractLimits, keep: usize) -> Self {
+        let own = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         ContextCache {
-            root: work_root.join(CACHE_DIR_NAME),
+            root: work_root.join(CACHE_DIR_NAME).join(own),
+            lock: Mutex::new(None),
             limits,
             keep: keep.max(1),
             entries: Mutex::new(HashMap::new()),
@@ -523,13 +564,20 @@ impl ContextCache {
         self.unpacks.load(Ordering::Relaxed)
     }
 
-    /// Removes whatever an earlier agent process left in the cache directory. Call before any
-    /// task starts.
+    /// Claims this process's cache directory and removes what agent processes that are gone
+    /// left beside it (a directory whose lock nobody holds). Call before any task starts.
     pub async fn clear(&self) -> std::io::Result<()> {
-        match tokio::fs::remove_dir_all(&self.root).await {
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            result => result,
-        }
+        let parent = self.root.parent().expect("the cache root has a parent").to_path_buf();
+        tokio::fs::create_dir_all(&parent).await?;
+        let lock_path = lock_path_of(&self.root);
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        // Blocking, not try: another agent's clear may hold it for an instant while checking.
+        file.lock()?;
+        *self.lock.lock().expect("lock poisoned") = Some(file);
+        let own = self.root.clone();
+        tokio::task::spawn_blocking(move || remove_abandoned(&parent, &own))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Puts the context of `experiment_id` into `work_dir` (an existing, empty directory):
@@ -710,6 +758,26 @@ impl ContextCache {
 
 #[cfg(test)]
 mod tests {
+    /// Agents sharing a work root keep their own cache directories: one starting clears only
+    /// what agents that are gone left behind.
+    #[tokio::test]
+    async fn agents_sharing_a_work_root_keep_their_own_caches() {
+        let work = tempfile::tempdir().unwrap();
+        let a = ContextCache::new(work.path());
+        a.clear().await.unwrap();
+        std::fs::create_dir_all(a.root().join("experiment-1-abc")).unwrap();
+        let b = ContextCache::new(work.path());
+        b.clear().await.unwrap();
+        assert!(a.root().join("experiment-1-abc").is_dir(), "a live agent's cache survives another's start");
+        assert_ne!(a.root(), b.root());
+        let a_root = a.root().to_path_buf();
+        drop(a);
+        let c = ContextCache::new(work.path());
+        c.clear().await.unwrap();
+        assert!(!a_root.exists(), "a gone agent's cache is removed");
+        assert!(b.root().parent().unwrap().is_dir());
+    }
+
     use super::*;
 
     /// A tar archive whose entries bypass the `tar` builder's own path checks, so that hostile
