@@ -428,11 +428,20 @@ fn sigterm_stops_the_master_while_a_request_waits() {
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(&dir.path().join("data"));
     // A read that waits up to a minute for a parameter version nobody pushes.
-    let url = format!("{}/api/v1/params/nobody/versions/latest?wait_ms=60000", up.master);
+    let addr = up.master.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET /api/v1/params/nobody/versions/latest?wait_ms=60000 HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let waiting = std::thread::spawn(move || {
-        let _ = std::process::Command::new("curl").args(["-s", "-m", "150", &url]).output();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+        answer
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "the read should still be waiting when SIGTERM comes");
     nix_kill(up.child.id());
     let started = std::time::Instant::now();
     let mut up = up;

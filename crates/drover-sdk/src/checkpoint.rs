@@ -9,8 +9,7 @@
 //! - Saving copies a link inside the saved directory as what it points to (a file, or a
 //!   directory walked in turn), as `cp -L` would; a link whose target leaves the directory or
 //!   does not exist, a link cycle, a fifo, socket or device is refused, naming the file, and
-//!   nothing is saved. A checkpoint thus never pulls in outside files, and storage never holds
-//!   a link drover made.
+//!   nothing is saved. A checkpoint thus never pulls in outside files, nor holds a link.
 //! - Restoring never follows a link in storage (another trial may have planted one in a
 //!   shared checkpoint directory): a file reached through one is an error, not the target's
 //!   bytes. It never writes through a link already in the destination either: a link on the
@@ -307,7 +306,7 @@ mod tests {
         let resources = write(&src, &tmp.path().join("storage"), &new_uuid(), false).unwrap();
         let names: Vec<&str> = resources.keys().map(String::as_str).collect();
         assert_eq!(names, ["alias/model.bin", "latest.bin", "real/model.bin"]);
-        // Stored as plain copies: storage never holds a link drover made.
+        // Stored as plain copies: a saved checkpoint holds no link.
         let stored = tmp.path().join("storage").join(only_entry(&tmp.path().join("storage")));
         assert!(fs::symlink_metadata(stored.join("latest.bin")).unwrap().is_file());
         assert!(fs::symlink_metadata(stored.join("alias")).unwrap().is_dir());

@@ -11,8 +11,10 @@
 //! is never read, listed, copied or deleted through (reading one is [`StorageError::Link`];
 //! [`Storage::links`] names them; deleting a tree removes a link itself), and no directory is
 //! created through one. [`Storage::put_dir`] stores what a link inside the saved directory
-//! points to, as `cp -L` would, and refuses one that leads outside it, so storage never holds a
-//! link drover made.
+//! points to, as `cp -L` would, and refuses one that leads outside it, so a saved checkpoint
+//! holds no link. The only links drover itself makes are for browsing ([`Storage::make_link`]:
+//! a PBT member's folder pointing at its checkpoint), by the same no-follow walk, and nothing
+//! reads or deletes through them.
 //!
 //! Architecture invariant: storage knows keys and bytes, nothing of trials, checkpoints' rows
 //! or policies. Deleting something already gone is not an error, so a retried clean-up

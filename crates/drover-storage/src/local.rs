@@ -86,7 +86,8 @@ fn open_dir_at<P: ?Sized + nix::NixPath>(dir: BorrowedFd<'_>, name: &P) -> Resul
     openat(dir, name, dir_flags(), Mode::empty())
 }
 
-/// Opens `root`, a canonical path the operator configured (so it holds no link a trial made).
+/// Opens `root`, the canonical path the operator configured: trusted as given. Whatever lies
+/// below it (an experiment's `storage_path` included) is a key prefix, walked without following.
 /// With `create`, a root removed since the storage was opened is made again.
 fn open_root(root: &Path, create: bool) -> Result<OwnedFd, Errno> {
     match nix::fcntl::open(root, dir_flags(), Mode::empty()) {

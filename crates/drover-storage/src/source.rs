@@ -4,7 +4,7 @@
 //! stored as a plain copy of what it points to (a file, or a directory walked in turn); a link
 //! that leads out of the directory, or nowhere, is refused, as are fifos, sockets and devices:
 //! a checkpoint holds its own bytes, never a home directory or `/etc` pulled in by a link, and
-//! storage never holds a link for anyone to follow later.
+//! no link for anyone to follow later.
 
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
