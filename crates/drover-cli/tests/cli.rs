@@ -285,9 +285,14 @@ struct Up {
 
 impl Up {
     fn start(data: &Path) -> Up {
+        Up::start_with_env(data, &[])
+    }
+
+    fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Up {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(DROVER)
             .args(["up", "--port", &port.to_string(), "--cpu-slots", "1"])
+            .envs(env.iter().copied())
             .env("DROVER_DATA_DIR", data)
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -458,4 +463,23 @@ fn sigterm_stops_the_master_while_a_request_waits() {
 fn nix_kill(pid: u32) {
     let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
+}
+
+/// The join secret is the agent's: a trial never finds it in its environment, even when the
+/// agent's own environment holds it.
+#[test]
+fn trials_never_see_the_join_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start_with_env(&dir.path().join("data"), &[("DROVER_JOIN_TOKEN", "secret-in-the-agents-environment")]);
+    let config = dir.path().join("env.yaml");
+    std::fs::write(
+        &config,
+        "name: env\nentrypoint: \"env | grep -c secret-in-the-agents-environment || echo no-join-secret-here\"\nsearcher: {name: single, metric: m}\n",
+    )
+    .unwrap();
+    let created = up.run(&["experiment", "create", "-f", config.to_str().unwrap()]);
+    assert!(created.status.success() || String::from_utf8_lossy(&created.stdout).contains("COMPLETED"), "{}", String::from_utf8_lossy(&created.stderr));
+    let logs = up.run(&["experiment", "logs", "1"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("no-join-secret-here"), "{text}");
 }
