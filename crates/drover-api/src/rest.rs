@@ -142,7 +142,19 @@ pub struct MetricSeries {
     /// Points stored in total; `points` holds at most the requested number.
     pub total_points: i64,
     /// [step, value] pairs in step order.
+    #[schema(schema_with = step_value_pairs)]
     pub points: Vec<(i64, f64)>,
+}
+
+/// `[[step, value], ...]`: pairs of numbers, the step an integer. (A Rust tuple would become a list
+/// of item schemas, which is not a schema; JSON Schema's `prefixItems` says it exactly, but
+/// schemathesis 4 rewrites it into that same invalid form when it checks responses.)
+fn step_value_pairs() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+    let number = ObjectBuilder::new().schema_type(Type::Number).build();
+    let pair = ArrayBuilder::new().items(number).min_items(Some(2)).max_items(Some(2)).description(Some("[step, value]"));
+    ArrayBuilder::new().items(RefOr::T(Schema::from(pair.build()))).build()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -162,12 +174,16 @@ pub struct LogEntry {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RegisterCheckpointRequest {
+    /// Hyphenated, as `3f1c2a8e-5b7d-4e2a-9c1f-0a1b2c3d4e5f`: the checkpoint's folder in storage.
+    #[schema(format = "uuid")]
     pub uuid: String,
+    #[schema(minimum = 0)]
     pub step: i64,
     /// Relative file paths and their sizes in bytes.
     pub resources: BTreeMap<String, u64>,
+    /// A JSON object; `null` or none is an empty one.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Value,
 }
 
@@ -191,8 +207,12 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointPolicy {
+    // 32-bit unsigned: utoipa would say `int32`, whose range stops at 2^31 - 1.
+    #[schema(format = "uint32", maximum = 4294967295_u64)]
     pub save_experiment_best: u32,
+    #[schema(format = "uint32", maximum = 4294967295_u64)]
     pub save_trial_best: u32,
+    #[schema(format = "uint32", maximum = 4294967295_u64)]
     pub save_trial_latest: u32,
 }
 
@@ -439,9 +459,15 @@ pub struct ParamName {
     pub updated_at: i64,
 }
 
+/// The raw bytes of a parameter version, as a push sends them and a download answers them.
+#[derive(Debug, Clone, PartialEq, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ParamBytes(pub Vec<u8>);
+
 /// Body of `PUT /api/v1/params/{name}/tags/{tag}`: where the tag points from now on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SetParamTagRequest {
+    #[schema(minimum = 0)]
     pub version: i64,
 }
 
@@ -460,6 +486,8 @@ pub struct UpdateParamMetadataRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ParamGcRequest {
     /// How many of the newest untagged versions to keep; tagged versions are always kept.
+    // Any 64-bit unsigned value: utoipa would say `int64`, whose range stops at 2^63 - 1.
+    #[schema(format = "uint64")]
     pub keep_untagged: u64,
 }
 

@@ -81,9 +81,27 @@ pub fn router(master: Arc<Master>) -> Router {
         MetricPoint, ReportMetricsResponse, TrialSignals, MetricSeries, TrialLogs, LogEntry, RegisterCheckpointRequest,
         Checkpoint, CheckpointPolicy, GcResult, PatchCheckpoint, Agent, Slot, ClusterInfo, Lineage, LineageMember, SearcherEvent, SearcherEventKind, SearcherEvents,
         AdvisorAction, AdvisorActionsRequest, AdvisorActionsResponse, CreatedTrial
-    ))
+    )),
+    modifiers(&TrialToken)
 )]
 pub struct ApiDoc;
+
+/// The bearer token a task gets in `DROVER_TRIAL_TOKEN`, which the trial-facing endpoints
+/// require (valid only for its own trial and only while its allocation lives).
+struct TrialToken;
+
+impl utoipa::Modify for TrialToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(
+            "the task's DROVER_TRIAL_TOKEN: only for its own trial (its experiment for the context), only while its allocation lives",
+        ));
+        doc.components.get_or_insert_with(Default::default).add_security_scheme(TRIAL_TOKEN, SecurityScheme::Http(scheme.build()));
+    }
+}
+
+/// The name of [`TrialToken`] in the document.
+const TRIAL_TOKEN: &str = "trial_token";
 
 /// The whole OpenAPI document: [`ApiDoc`] and the parameter database's paths.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -238,7 +256,7 @@ async fn list_experiments(State(master): State<Arc<Master>>) -> Result<Json<Vec<
 }
 
 #[utoipa::path(get, path = "/api/v1/experiments/{id}", params(("id" = i64, Path)),
-    responses((status = 200, body = Experiment), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Experiment), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn get_experiment(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Experiment>> {
     let id = parse_id(&id, "experiment id")?;
     let row = master.store.get_experiment(id).await?;
@@ -247,7 +265,7 @@ async fn get_experiment(State(master): State<Arc<Master>>, Path(id): Path<String
 }
 
 #[utoipa::path(delete, path = "/api/v1/experiments/{id}", params(("id" = i64, Path)),
-    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn delete_experiment(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<StatusCode> {
     let id = parse_id(&id, "experiment id")?;
     master.delete_experiment(id).await?;
@@ -256,8 +274,10 @@ async fn delete_experiment(State(master): State<Arc<Master>>, Path(id): Path<Str
 
 /// Pause, activate, cancel or kill an experiment.
 #[utoipa::path(post, path = "/api/v1/experiments/{id}/{command}",
-    params(("id" = i64, Path), ("command" = String, Path, description = "pause | activate | cancel | kill")),
-    responses((status = 200, body = Experiment), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    params(("id" = i64, Path), ("command" = String, Path, description = "pause | activate | cancel | kill (any other is a 404)",
+        pattern = "^(pause|activate|cancel|kill)$")),
+    responses((status = 200, body = Experiment), (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
 async fn experiment_command(State(master): State<Arc<Master>>, Path((id, command)): Path<(String, String)>) -> Result<Json<Experiment>> {
     let id = parse_id(&id, "experiment id")?;
     let command = match command.as_str() {
@@ -274,7 +294,7 @@ async fn experiment_command(State(master): State<Arc<Master>>, Path((id, command
 }
 
 #[utoipa::path(get, path = "/api/v1/experiments/{id}/trials", params(("id" = i64, Path)),
-    responses((status = 200, body = [Trial]), (status = 404, body = ApiError)))]
+    responses((status = 200, body = [Trial]), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn list_trials(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Vec<Trial>>> {
     let id = parse_id(&id, "experiment id")?;
     let config = experiment_config(&master, id).await?;
@@ -296,8 +316,9 @@ async fn list_trials(State(master): State<Arc<Master>>, Path(id): Path<String>) 
 }
 
 /// The experiment's context tarball, for the agent starting one of its tasks.
-#[utoipa::path(get, path = "/api/v1/experiments/{id}/context", params(("id" = i64, Path)),
-    responses((status = 200, content_type = "application/gzip"), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/experiments/{id}/context", params(("id" = i64, Path)), security(("trial_token" = [])),
+    responses((status = 200, content_type = "application/gzip"), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 async fn get_context(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response> {
     let id = parse_id(&id, "experiment id")?;
     master.authenticate_experiment(bearer(&headers), id)?;
@@ -311,8 +332,8 @@ async fn get_context(State(master): State<Arc<Master>>, Path(id): Path<String>, 
 /// every event up to it (the master may forget them). With no newer event, waits up to
 /// `timeout_ms` for one and answers an empty page if none comes.
 #[utoipa::path(get, path = "/api/v1/experiments/{id}/searcher/events",
-    params(("id" = i64, Path), ("after" = Option<u64>, Query, description = "the last event seen (default 0)"),
-        ("timeout_ms" = Option<u64>, Query, description = "default 30000, at most 60000")),
+    params(("id" = i64, Path), ("after" = Option<u64>, Query, format = "uint64", description = "the last event seen (default 0)"),
+        ("timeout_ms" = Option<u64>, Query, format = "uint64", description = "default 30000; a longer wait is cut to 60000")),
     responses((status = 200, body = SearcherEvents), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn searcher_events(
     State(master): State<Arc<Master>>,
@@ -359,7 +380,7 @@ fn parse_actions(body: &Bytes) -> Result<Vec<AdvisorAction>> {
 }
 
 #[utoipa::path(get, path = "/api/v1/trials/{id}", params(("id" = i64, Path)),
-    responses((status = 200, body = Trial), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Trial), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn get_trial(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Trial>> {
     let id = parse_id(&id, "trial id")?;
     let row = master.store.get_trial(id).await?;
@@ -371,8 +392,10 @@ async fn get_trial(State(master): State<Arc<Master>>, Path(id): Path<String>) ->
 
 /// One metric's time series, downsampled on the server to at most `max_points` points.
 #[utoipa::path(get, path = "/api/v1/trials/{id}/metrics",
-    params(("id" = i64, Path), ("name" = String, Query), ("group" = Option<String>, Query, description = "training (default) or validation"),
-        ("max_points" = Option<usize>, Query, description = "default 500")),
+    params(("id" = i64, Path), ("name" = String, Query, min_length = 1, max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$",
+            description = "the metric (as a report may name it: 1 to 256 bytes, no control characters)"),
+        ("group" = Option<String>, Query, pattern = "^(training|validation)$", description = "training (default) or validation"),
+        ("max_points" = Option<usize>, Query, minimum = 2, maximum = 100000, description = "default 500")),
     responses((status = 200, body = MetricSeries), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn get_metrics(
     State(master): State<Arc<Master>>,
@@ -382,6 +405,10 @@ async fn get_metrics(
     let id = parse_id(&id, "trial id")?;
     master.store.get_trial(id).await?;
     let name = q.get("name").ok_or_else(|| Error::bad_field("name", "query parameter `name` (the metric) is required"))?;
+    // What a report may store (so a name no report could have is refused rather than looked up).
+    if name.is_empty() || name.len() > MAX_METRIC_NAME || name.chars().any(char::is_control) {
+        return Err(Error::bad_field("name", format!("metric names are 1 to {MAX_METRIC_NAME} printable characters")));
+    }
     let group = q.get("group").map_or("training", String::as_str);
     if MetricGroup::parse(group).is_none() {
         return Err(Error::bad_field("group", format!("unknown metric group `{group}`; use training or validation")));
@@ -401,7 +428,9 @@ async fn get_metrics(
 
 /// Report training or validation metrics. Idempotent by (trial, group, metric, step).
 #[utoipa::path(post, path = "/api/v1/trials/{id}/metrics", params(("id" = i64, Path)), request_body = ReportMetricsRequest,
-    responses((status = 200, body = ReportMetricsResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+    security(("trial_token" = [])),
+    responses((status = 200, body = ReportMetricsResponse), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 413, body = ApiError)))]
 async fn report_metrics(
     State(master): State<Arc<Master>>,
     Path(id): Path<String>,
@@ -454,8 +483,9 @@ async fn report_metrics(
     Ok(Json(ReportMetricsResponse { stored, stop_requested: auth.stop_requested.load(Ordering::Relaxed) }))
 }
 
-#[utoipa::path(get, path = "/api/v1/trials/{id}/signals", params(("id" = i64, Path)),
-    responses((status = 200, body = TrialSignals), (status = 401, body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/trials/{id}/signals", params(("id" = i64, Path)), security(("trial_token" = [])),
+    responses((status = 200, body = TrialSignals), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError)))]
 async fn get_signals(State(master): State<Arc<Master>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<TrialSignals>> {
     let id = parse_id(&id, "trial id")?;
     let auth = master.authenticate(bearer(&headers), id)?;
@@ -465,9 +495,10 @@ async fn get_signals(State(master): State<Arc<Master>>, Path(id): Path<String>, 
 /// A page of a trial's logs. With `follow=true` the call waits (up to `timeout_ms`) for new
 /// lines when there are none yet.
 #[utoipa::path(get, path = "/api/v1/trials/{id}/logs",
-    params(("id" = i64, Path), ("after" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("follow" = Option<bool>, Query),
-        ("timeout_ms" = Option<u64>, Query)),
-    responses((status = 200, body = TrialLogs), (status = 404, body = ApiError)))]
+    params(("id" = i64, Path), ("after" = Option<i64>, Query, description = "the last line seen (default 0)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "default 1000"), ("follow" = Option<bool>, Query),
+        ("timeout_ms" = Option<u64>, Query, format = "uint64", description = "default 30000; a longer wait is cut to 120000")),
+    responses((status = 200, body = TrialLogs), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn get_logs(
     State(master): State<Arc<Master>>,
     Path(id): Path<String>,
@@ -509,7 +540,11 @@ fn checkpoint_view(c: CheckpointRow) -> Checkpoint {
         step: c.step,
         size: c.size,
         resources: serde_json::from_str(&c.resources_json).unwrap_or_default(),
-        metadata: serde_json::from_str(&c.metadata_json).unwrap_or(Value::Null),
+        // Registered before metadata had to be an object, a checkpoint may hold `null`.
+        metadata: match serde_json::from_str(&c.metadata_json) {
+            Ok(Value::Null) | Err(_) => Value::Object(Default::default()),
+            Ok(metadata) => metadata,
+        },
         created_at: c.created_at,
         pinned: c.pinned,
     }
@@ -525,7 +560,7 @@ async fn get_lineage(State(master): State<Arc<Master>>, Path(id): Path<String>) 
 }
 
 #[utoipa::path(get, path = "/api/v1/trials/{id}/checkpoints", params(("id" = i64, Path)),
-    responses((status = 200, body = [Checkpoint])))]
+    responses((status = 200, body = [Checkpoint]), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn list_checkpoints(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Result<Json<Vec<Checkpoint>>> {
     let id = parse_id(&id, "trial id")?;
     master.store.get_trial(id).await?;
@@ -534,7 +569,9 @@ async fn list_checkpoints(State(master): State<Arc<Master>>, Path(id): Path<Stri
 
 /// Register a checkpoint whose files are already in the experiment's checkpoint storage.
 #[utoipa::path(post, path = "/api/v1/trials/{id}/checkpoints", params(("id" = i64, Path)), request_body = RegisterCheckpointRequest,
-    responses((status = 200, body = Checkpoint), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    security(("trial_token" = [])),
+    responses((status = 200, body = Checkpoint), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn register_checkpoint(
     State(master): State<Arc<Master>>,
     Path(id): Path<String>,
@@ -546,15 +583,36 @@ async fn register_checkpoint(
     let req: RegisterCheckpointRequest = parse_json(&body)?;
     // A real UUID, in its hyphenated form: the checkpoint becomes `{uuid}/` at the top of the
     // storage, beside `pbt/`, and no name may collide with that.
-    if req.uuid.len() != 36 || uuid::Uuid::try_parse(&req.uuid).is_err() {
-        return Err(Error::bad_field("uuid", format!("`{}` is not a UUID such as 3f1c2a8e-5b7d-4e2a-9c1f-0a1b2c3d4e5f", req.uuid)));
+    checkpoint_uuid(&req.uuid)?;
+    if req.step < 0 {
+        return Err(Error::bad_field("step", format!("step {} is negative", req.step)));
     }
+    // A JSON object, as every reader of `Checkpoint::metadata` expects; none at all is an empty one.
+    let metadata = match req.metadata {
+        Value::Null => Value::Object(Default::default()),
+        Value::Object(map) => Value::Object(map),
+        other => {
+            let kind = match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                _ => "a boolean",
+            };
+            return Err(Error::bad_field("metadata", format!("checkpoint metadata must be a JSON object, not {kind}")));
+        }
+    };
     if req.resources.len() > MAX_CHECKPOINT_FILES {
-        return Err(Error::bad_field("resources", format!("{} files; a checkpoint may have at most {MAX_CHECKPOINT_FILES}", req.resources.len())));
+        return Err(Error::bad_field(
+            "resources",
+            format!("{} files; a checkpoint may have at most {MAX_CHECKPOINT_FILES}", req.resources.len()),
+        ));
     }
     for path in req.resources.keys() {
         if let Err(e) = drover_storage::validate_key(path) {
-            return Err(Error::bad_field(format!("resources.{path}"), format!("checkpoint file paths must be relative and stay inside the checkpoint: {e}")));
+            return Err(Error::bad_field(
+                format!("resources.{path}"),
+                format!("checkpoint file paths must be relative and stay inside the checkpoint: {e}"),
+            ));
         }
     }
     let size = req
@@ -566,11 +624,20 @@ async fn register_checkpoint(
     // What was stored must be the checkpoint's own bytes: a link (to /etc, to another
     // checkpoint) is refused by name, so nothing later reads or deletes through it.
     let storage = master.experiment_storage(auth.experiment_id).await?;
-    let links = storage.links(&req.uuid).await.map_err(|e| Error::internal(format!("cannot inspect checkpoint {}: {e}", req.uuid)))?;
+    let links = storage.links(&req.uuid).await.map_err(|e| match e {
+        // The checkpoint's directory itself is a link.
+        drover_storage::StorageError::Link { .. } => {
+            Error::bad_field("uuid", format!("checkpoint {} is a symbolic link in storage; a checkpoint must hold its own files", req.uuid))
+        }
+        e => Error::internal(format!("cannot inspect checkpoint {}: {e}", req.uuid)),
+    })?;
     if let Some(link) = links.first() {
         return Err(Error::bad_field(
             format!("resources.{link}"),
-            format!("`{link}` in checkpoint {} is a symbolic link; a checkpoint must hold its own files (the SDK stores what a link points to)", req.uuid),
+            format!(
+                "`{link}` in checkpoint {} is a symbolic link; a checkpoint must hold its own files (the SDK stores what a link points to)",
+                req.uuid
+            ),
         ));
     }
     let row = CheckpointRow {
@@ -580,7 +647,7 @@ async fn register_checkpoint(
         step: req.step,
         size,
         resources_json: serde_json::to_string(&req.resources).unwrap_or_default(),
-        metadata_json: req.metadata.to_string(),
+        metadata_json: metadata.to_string(),
         created_at: now_ms(),
         pinned: false,
     };
@@ -589,16 +656,35 @@ async fn register_checkpoint(
     Ok(Json(checkpoint_view(row)))
 }
 
-#[utoipa::path(get, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path)),
-    responses((status = 200, body = Checkpoint), (status = 404, body = ApiError)))]
-async fn get_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>) -> Result<Json<Checkpoint>> {
-    Ok(Json(checkpoint_view(master.store.get_checkpoint(&uuid).await?)))
+/// A checkpoint's UUID from a request, in the hyphenated form registration requires: anything
+/// else names no checkpoint, and is refused before it reaches the store (where PostgreSQL would
+/// fail on a NUL byte).
+fn checkpoint_uuid(raw: &str) -> Result<&str> {
+    if raw.len() != 36 || uuid::Uuid::try_parse(raw).is_err() {
+        let shown: String = raw.chars().take(64).collect::<String>().escape_debug().to_string();
+        let more = if raw.chars().count() > 64 { "..." } else { "" };
+        return Err(Error::bad_field("uuid", format!("`{shown}{more}` is not a UUID such as 3f1c2a8e-5b7d-4e2a-9c1f-0a1b2c3d4e5f")));
+    }
+    Ok(raw)
 }
 
-/// Checkpoints of an experiment (`?experiment_id=`) or a trial (`?trial_id=`).
-#[utoipa::path(get, path = "/api/v1/checkpoints", params(("experiment_id" = Option<i64>, Query), ("trial_id" = Option<i64>, Query)),
-    responses((status = 200, body = [Checkpoint]), (status = 400, body = ApiError)))]
-async fn list_all_checkpoints(State(master): State<Arc<Master>>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Vec<Checkpoint>>> {
+#[utoipa::path(get, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path, format = "uuid")),
+    responses((status = 200, body = Checkpoint), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>) -> Result<Json<Checkpoint>> {
+    let uuid = checkpoint_uuid(&uuid)?;
+    Ok(Json(checkpoint_view(master.store.get_checkpoint(uuid).await?)))
+}
+
+/// Checkpoints of an experiment (`?experiment_id=`) or a trial (`?trial_id=`): exactly one of
+/// the two is required (400 for neither or both).
+#[utoipa::path(get, path = "/api/v1/checkpoints",
+    params(("experiment_id" = Option<i64>, Query, description = "give this or trial_id"),
+        ("trial_id" = Option<i64>, Query, description = "give this or experiment_id")),
+    responses((status = 200, body = [Checkpoint]), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn list_all_checkpoints(
+    State(master): State<Arc<Master>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<Checkpoint>>> {
     let rows = match (q.get("experiment_id"), q.get("trial_id")) {
         (Some(e), None) => {
             let id = parse_id(e, "experiment_id")?;
@@ -616,27 +702,29 @@ async fn list_all_checkpoints(State(master): State<Arc<Master>>, Query(q): Query
 }
 
 /// Delete a checkpoint: its files, then its record. 409 while pinned or needed by a live trial.
-#[utoipa::path(delete, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path)),
-    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+#[utoipa::path(delete, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path, format = "uuid")),
+    responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn delete_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>) -> Result<StatusCode> {
-    master.delete_checkpoint(&uuid).await?;
+    master.delete_checkpoint(checkpoint_uuid(&uuid)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Pin or unpin a checkpoint (a pinned one survives every garbage collection).
-#[utoipa::path(patch, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path)), request_body = PatchCheckpoint,
-    responses((status = 200, body = Checkpoint), (status = 404, body = ApiError)))]
+#[utoipa::path(patch, path = "/api/v1/checkpoints/{uuid}", params(("uuid" = String, Path, format = "uuid")), request_body = PatchCheckpoint,
+    responses((status = 200, body = Checkpoint), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn patch_checkpoint(State(master): State<Arc<Master>>, Path(uuid): Path<String>, body: Bytes) -> Result<Json<Checkpoint>> {
+    let uuid = checkpoint_uuid(&uuid)?;
     let req: PatchCheckpoint = parse_json(&body)?;
-    master.store.set_checkpoint_pinned(&uuid, req.pinned).await?;
-    Ok(Json(checkpoint_view(master.store.get_checkpoint(&uuid).await?)))
+    master.store.set_checkpoint_pinned(uuid, req.pinned).await?;
+    Ok(Json(checkpoint_view(master.store.get_checkpoint(uuid).await?)))
 }
 
 /// One file of a checkpoint, streamed from storage (so clients need no storage credentials).
-#[utoipa::path(get, path = "/api/v1/checkpoints/{uuid}/files/{path}", params(("uuid" = String, Path), ("path" = String, Path)),
-    responses((status = 200, content_type = "application/octet-stream"), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/checkpoints/{uuid}/files/{path}", params(("uuid" = String, Path, format = "uuid"), ("path" = String, Path)),
+    responses((status = 200, content_type = "application/octet-stream"), (status = 400, body = ApiError), (status = 403, body = ApiError),
+        (status = 404, body = ApiError)))]
 async fn checkpoint_file(State(master): State<Arc<Master>>, Path((uuid, path)): Path<(String, String)>) -> Result<Response> {
-    let row = master.store.get_checkpoint(&uuid).await?;
+    let row = master.store.get_checkpoint(checkpoint_uuid(&uuid)?).await?;
     let resources: BTreeMap<String, u64> = serde_json::from_str(&row.resources_json).unwrap_or_default();
     if !resources.contains_key(&path) {
         drover_storage::validate_key(&path).map_err(|e| Error::bad_field("path", e.to_string()))?;
@@ -650,7 +738,10 @@ async fn checkpoint_file(State(master): State<Arc<Master>>, Path((uuid, path)): 
         }
         e => Error::internal(e.to_string()),
     })?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, size.to_string())], axum::body::Body::from_stream(stream))
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, size.to_string())],
+        axum::body::Body::from_stream(stream),
+    )
         .into_response())
 }
 

@@ -75,6 +75,7 @@ async fn links_planted_in_checkpoints_never_lead_outside_storage() {
     assert_eq!(e.state, "COMPLETED", "{logs}");
     assert!(logs.contains("hostile registration: HTTP 400") && logs.contains("linked.bin"), "a registration holding a link is refused by name: {logs}");
     assert!(logs.contains("overflowing registration: HTTP 400") && logs.contains("2^63"), "sizes that overflow are refused: {logs}");
+    assert!(logs.contains("linked-directory registration: HTTP 400"), "a checkpoint directory that is a link is refused: {logs}");
 
     // Experiment end: the policy keeps the latest 3 of 4.
     let kept = wait_for(&cluster, e.id, "the end-of-experiment collection", |c| c.len() == 3).await;

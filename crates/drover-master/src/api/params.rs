@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use drover_api::rest::{
-    ApiError, ErrorLocation, ParamGcRequest, ParamGcResponse, ParamName, ParamTag, ParamVersion, SetParamTagRequest,
+    ApiError, ErrorLocation, ParamBytes, ParamGcRequest, ParamGcResponse, ParamName, ParamTag, ParamVersion, SetParamTagRequest,
     UpdateParamMetadataRequest, param_headers,
 };
 use drover_core::param_query::ParamQuery;
@@ -57,9 +57,58 @@ use crate::params::{MAX_WAIT_MS, PushOptions, Selector, check_name, parse_metada
         UpdateParamMetadataRequest,
         ParamGcRequest,
         ParamGcResponse
-    ))
+    )),
+    modifiers(&Described)
 )]
 pub struct ParamsDoc;
+
+/// What utoipa's attributes cannot say (they take literals only): the patterns of names, tags and
+/// selectors, and that `metadata` is a JSON object sent as JSON text.
+struct Described;
+
+impl utoipa::Modify for Described {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::content::Content;
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::{RefOr, path::ParameterIn};
+        for item in doc.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.patch, &mut item.post, &mut item.delete];
+            let parameters = operations.into_iter().flatten().flat_map(|op| op.parameters.iter_mut().flatten());
+            for parameter in parameters.filter_map(|p| if let RefOr::T(p) = p { Some(p) } else { None }) {
+                let pattern = match (&parameter.parameter_in, parameter.name.as_str()) {
+                    (ParameterIn::Path, "name" | "tag") => NAME_PATTERN,
+                    // The same segment is a version number in a push and a selector in a read.
+                    (ParameterIn::Path, "version") if is_string(&parameter.schema) => SELECTOR_PATTERN,
+                    (ParameterIn::Query, "tags") => TAGS_PATTERN,
+                    (ParameterIn::Query, "metadata") => {
+                        let object = ObjectBuilder::new().schema_type(Type::Object).build();
+                        parameter.schema = None;
+                        parameter.content.insert("application/json".into(), RefOr::T(Content::new(Some(object))));
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if let Some(RefOr::T(Schema::Object(schema))) = &mut parameter.schema {
+                    schema.pattern = Some(pattern.into());
+                }
+            }
+        }
+    }
+}
+
+/// Whether a parameter's schema is a string (rather than a number).
+fn is_string(schema: &Option<utoipa::openapi::RefOr<utoipa::openapi::Schema>>) -> bool {
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    matches!(schema, Some(utoipa::openapi::RefOr::T(Schema::Object(o))) if o.schema_type == SchemaType::Type(Type::String))
+}
+
+/// What `check_name` accepts, for the document: 1 to 128 letters, digits, `_`, `-` or `.`, not
+/// starting with `.`.
+const NAME_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$";
+/// A comma-separated list of names (empty parts are skipped).
+const TAGS_PATTERN: &str = "^,*([A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(,+[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127})*)?,*$";
+/// `latest`, `tag:NAME` or a version number.
+const SELECTOR_PATTERN: &str = "^(latest|tag:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|[0-9]+)$";
 
 /// Longest filter or sort spec accepted.
 const MAX_QUERY_TEXT: usize = 4096;
@@ -116,11 +165,11 @@ pub(super) async fn list_params(State(master): State<Arc<Master>>) -> Result<Jso
 /// Push a version: the raw bytes are the body. Versions are immutable: pushing one that
 /// exists is a 409; a body over the master's limit is a 413; either way nothing is stored.
 #[utoipa::path(put, path = "/api/v1/params/{name}/versions/{version}",
-    params(("name" = String, Path), ("version" = i64, Path, description = "0 or more"),
+    params(("name" = String, Path), ("version" = i64, Path, minimum = 0, description = "0 or more"),
         ("tags" = Option<String>, Query, description = "comma-separated tags to point at this version"),
-        ("metadata" = Option<String>, Query, description = "a JSON object, URL-encoded"),
-        ("sha256" = Option<String>, Query, description = "the body's SHA-256 in hex; refused when it differs")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+        ("metadata" = Option<String>, Query, description = "a JSON object (at most 64 KiB), URL-encoded"),
+        ("sha256" = Option<String>, Query, pattern = "^[0-9a-fA-F]{64}$", description = "the body's SHA-256 in hex; refused when it differs")),
+    request_body(content = inline(ParamBytes), content_type = "application/octet-stream"),
     responses((status = 201, body = ParamVersion), (status = 400, body = ApiError), (status = 409, body = ApiError),
         (status = 413, body = ApiError)))]
 pub(super) async fn push_param(
@@ -180,10 +229,11 @@ async fn push(
 /// The bytes of a version, `latest` (the highest version) or `tag:NAME`. The version served is
 /// in the `x-drover-param-version` header. With `wait_ms`, waits (up to 60 s) for such a
 /// version to exist, and with `newer_than` for one above that version; 404 if none comes.
-#[utoipa::path(get, path = "/api/v1/params/{name}/versions/{selector}",
-    params(("name" = String, Path), ("selector" = String, Path, description = "a version number, `latest` or `tag:NAME`"),
-        ("wait_ms" = Option<u64>, Query, description = "wait this long (at most 60000) for the version to exist; default 0"),
-        ("newer_than" = Option<i64>, Query, description = "with latest or a tag: only a version above this one")),
+#[utoipa::path(get, path = "/api/v1/params/{name}/versions/{version}",
+    params(("name" = String, Path),
+        ("version" = String, Path, description = "a version number, `latest` or `tag:NAME`"),
+        ("wait_ms" = Option<u64>, Query, format = "uint64", description = "wait this long (a longer wait is cut to 60000) for the version to exist; default 0"),
+        ("newer_than" = Option<i64>, Query, description = "with latest or a tag (400 with a version number): only a version above this one")),
     responses((status = 200, content_type = "application/octet-stream",
             headers(("x-drover-param-version" = i64), ("x-drover-param-sha256" = String), ("x-drover-param-created-at" = i64))),
         (status = 400, body = ApiError), (status = 404, body = ApiError)))]
@@ -216,9 +266,11 @@ pub(super) async fn get_param_bytes(
 
 /// The description (size, checksum, metadata, tags) of the version the selector names, with
 /// the same waiting as the download.
-#[utoipa::path(get, path = "/api/v1/params/{name}/versions/{selector}/info",
-    params(("name" = String, Path), ("selector" = String, Path, description = "a version number, `latest` or `tag:NAME`"),
-        ("wait_ms" = Option<u64>, Query), ("newer_than" = Option<i64>, Query)),
+#[utoipa::path(get, path = "/api/v1/params/{name}/versions/{version}/info",
+    params(("name" = String, Path),
+        ("version" = String, Path, description = "a version number, `latest` or `tag:NAME`"),
+        ("wait_ms" = Option<u64>, Query, format = "uint64", description = "as for the download"),
+        ("newer_than" = Option<i64>, Query, description = "as for the download")),
     responses((status = 200, body = ParamVersion), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub(super) async fn get_param_info(
     State(master): State<Arc<Master>>,
@@ -239,8 +291,9 @@ pub(super) async fn get_param_info(
 /// `limit`, and `sample=true` for one of what is left drawn at random (`seed` to repeat a
 /// draw). In a query, `version`, `created_at` and `size` are the version's own fields.
 #[utoipa::path(get, path = "/api/v1/params/{name}/versions",
-    params(("name" = String, Path), ("filter" = Option<String>, Query), ("sort" = Option<String>, Query),
-        ("limit" = Option<usize>, Query), ("sample" = Option<bool>, Query), ("seed" = Option<u64>, Query)),
+    params(("name" = String, Path), ("filter" = Option<String>, Query, max_length = 4096),
+        ("sort" = Option<String>, Query, max_length = 4096), ("limit" = Option<usize>, Query, format = "uint64"),
+        ("sample" = Option<bool>, Query), ("seed" = Option<u64>, Query, format = "uint64")),
     responses((status = 200, body = [ParamVersion]), (status = 400, body = ApiError)))]
 pub(super) async fn query_param_versions(
     State(master): State<Arc<Master>>,
@@ -269,7 +322,7 @@ pub(super) async fn query_param_versions(
 /// Change a version's metadata: merged key by key (`null` removes a key) or, with
 /// `replace: true`, replaced whole. The bytes never change.
 #[utoipa::path(patch, path = "/api/v1/params/{name}/versions/{version}",
-    params(("name" = String, Path), ("version" = i64, Path)), request_body = UpdateParamMetadataRequest,
+    params(("name" = String, Path), ("version" = i64, Path, minimum = 0)), request_body = UpdateParamMetadataRequest,
     responses((status = 200, body = ParamVersion), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub(super) async fn update_param_metadata(
     State(master): State<Arc<Master>>,

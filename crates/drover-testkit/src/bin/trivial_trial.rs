@@ -293,6 +293,18 @@ fn plant_links(ctx: Context, decoy: &std::path::Path, n: i64) -> Result<ExitCode
         Ok(r) => println!("overflowing registration: HTTP {} {}", r.status().as_u16(), r.text().unwrap_or_default()),
         Err(e) => println!("overflowing registration: no answer: {e}"),
     }
+    // A checkpoint whose directory is itself a link to the decoy.
+    let linked = uuid::Uuid::new_v4().to_string();
+    std::os::unix::fs::symlink(decoy, root.join(&linked)).map_err(io("link", &root))?;
+    let answer = reqwest::blocking::Client::new()
+        .post(format!("{master}/api/v1/trials/{}/checkpoints", ctx.trial_id()))
+        .bearer_auth(std::env::var(drover_sdk::env::TRIAL_TOKEN).unwrap_or_default())
+        .json(&json!({"uuid": linked, "step": n + 2, "resources": {"file": 24}, "metadata": {}}))
+        .send();
+    match answer {
+        Ok(r) => println!("linked-directory registration: HTTP {} {}", r.status().as_u16(), r.text().unwrap_or_default()),
+        Err(e) => println!("linked-directory registration: no answer: {e}"),
+    }
     ctx.close()?;
     Ok(ExitCode::SUCCESS)
 }
