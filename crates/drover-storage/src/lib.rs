@@ -20,8 +20,11 @@
 //! or policies. Deleting something already gone is not an error, so a retried clean-up
 //! converges.
 
+mod credentials;
+mod error;
 mod local;
 mod source;
+mod spec;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,8 +36,12 @@ use futures_util::{Stream, StreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use error::{Result, StorageError};
+pub use spec::StorageSpec;
+
+use credentials::check_s3_credentials;
 
 /// Multipart chunk size for object stores (S3's minimum part is 5 MiB).
 const CHUNK: usize = 8 << 20;
@@ -47,125 +54,6 @@ const IN_FLIGHT: usize = 4;
 const FILES_IN_FLIGHT: usize = 3;
 /// Names of files being written start with this; listings skip them.
 const TMP_PREFIX: &str = ".drover-tmp-";
-
-/// How to reach a storage; also what the master hands a trial (as JSON) so that its SDK can
-/// save and restore checkpoints itself.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum StorageSpec {
-    /// A directory on this host. `prefix` (like S3's) is a key prefix inside it: it is walked
-    /// without following links like every key, whereas `path` is trusted as the operator gave
-    /// it. Experiments that share a root each get their own prefix, so one experiment's trial
-    /// cannot redirect another's storage by replacing its subdirectory with a link.
-    Directory {
-        path: PathBuf,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        prefix: Option<String>,
-    },
-    /// A shared file system, mounted at `path` on the master and on every agent.
-    SharedFs {
-        path: PathBuf,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        prefix: Option<String>,
-    },
-    /// An S3 bucket (or an S3-compatible server at `endpoint_url`). Credentials not given here
-    /// come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
-    S3 {
-        bucket: String,
-        #[serde(default)]
-        prefix: Option<String>,
-        #[serde(default)]
-        endpoint_url: Option<String>,
-        #[serde(default)]
-        region: Option<String>,
-        #[serde(default)]
-        access_key_id: Option<String>,
-        #[serde(default)]
-        secret_access_key: Option<String>,
-    },
-}
-
-/// Without credentials: a spec ends up in configs and logs printed with `{:?}`.
-impl std::fmt::Debug for StorageSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StorageSpec({})", self.describe())
-    }
-}
-
-impl StorageSpec {
-    /// A directory on this host, keys at its top.
-    pub fn directory(path: impl Into<PathBuf>) -> StorageSpec {
-        StorageSpec::Directory { path: path.into(), prefix: None }
-    }
-
-    /// The same storage, one level down: every key gets `sub/` in front.
-    pub fn child(&self, sub: &str) -> StorageSpec {
-        let mut child = self.clone();
-        let (StorageSpec::Directory { prefix, .. } | StorageSpec::SharedFs { prefix, .. } | StorageSpec::S3 { prefix, .. }) = &mut child;
-        *prefix = Some(match prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
-            Some(p) => format!("{p}/{sub}"),
-            None => sub.to_string(),
-        });
-        child
-    }
-
-    /// A short description for messages, without credentials.
-    pub fn describe(&self) -> String {
-        let under = |prefix: &Option<String>| prefix.as_deref().map(|p| format!("/{}", p.trim_matches('/'))).unwrap_or_default();
-        match self {
-            StorageSpec::Directory { path, prefix } => format!("directory {}{}", path.display(), under(prefix)),
-            StorageSpec::SharedFs { path, prefix } => format!("shared_fs {}{}", path.display(), under(prefix)),
-            StorageSpec::S3 { bucket, prefix, endpoint_url, .. } => format!(
-                "s3://{bucket}/{}{}",
-                prefix.as_deref().unwrap_or(""),
-                endpoint_url.as_deref().map(|e| format!(" at {e}")).unwrap_or_default()
-            ),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("invalid key `{key}`: {reason}")]
-    InvalidKey { key: String, reason: &'static str },
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("cannot open {what}: {message}")]
-    Config { what: String, message: String },
-    #[error("{action} {key} on {storage}: {source}")]
-    Store {
-        action: &'static str,
-        key: String,
-        storage: String,
-        #[source]
-        // Boxed: object_store's error is large, and every Result here would carry its size.
-        source: Box<object_store::Error>,
-    },
-    #[error("the data for {key} stopped: {source}")]
-    Aborted {
-        key: String,
-        /// The error of the stream that was being stored; callers downcast it to their own.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// On a file-system storage, `key` (the requested key, or the part of it up to the link)
-    /// is a symbolic link: drover does not read, list or write through one.
-    #[error("`{key}` is a symbolic link; drover never follows links in storage")]
-    Link { key: String },
-    /// A local file that drover will not save or write to: a link out of the saved directory
-    /// or one that leads nowhere, a fifo, socket or device, or a link in a destination.
-    #[error("refusing `{path}`: {reason}")]
-    Refused { path: String, reason: String },
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// One stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -808,49 +696,5 @@ where
             let _ = tokio::task::spawn_blocking(move || staged.abandon()).await;
             Err(e)
         }
-    }
-}
-
-/// Where credentials may come from besides the spec: object_store reads these variables. When
-/// none is there it would ask the cloud's instance-metadata address (169.254.169.254), which
-/// from a master that is not on such an instance is a request to whatever answers there.
-const CREDENTIAL_VARIABLES: [&str; 4] =
-    ["AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"];
-
-/// Refuses an S3 storage without credentials (a clear error instead of a metadata-address
-/// lookup), or with half a key pair.
-fn check_s3_credentials(access_key_id: Option<&str>, secret_access_key: Option<&str>, env_has: &dyn Fn(&str) -> bool) -> Result<(), String> {
-    match (access_key_id, secret_access_key) {
-        (Some(_), Some(_)) => Ok(()),
-        (Some(_), None) | (None, Some(_)) => Err("give both access_key_id and secret_access_key, or neither".into()),
-        (None, None) if CREDENTIAL_VARIABLES.iter().any(|v| env_has(v)) => Ok(()),
-        (None, None) => Err(
-            "no credentials: give access_key_id and secret_access_key, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-             for the master and the agents (drover does not ask a cloud metadata address)"
-                .into(),
-        ),
-    }
-}
-
-#[cfg(test)]
-mod credential_tests {
-    use super::*;
-
-    #[test]
-    fn s3_without_credentials_is_refused_not_sent_to_the_metadata_address() {
-        let none = |_: &str| false;
-        assert!(check_s3_credentials(None, None, &none).unwrap_err().contains("no credentials"));
-        assert!(check_s3_credentials(Some("a"), None, &none).unwrap_err().contains("both"));
-        assert!(check_s3_credentials(Some("a"), Some("b"), &none).is_ok());
-        assert!(check_s3_credentials(None, None, &|v| v == "AWS_ACCESS_KEY_ID").is_ok());
-        let spec = StorageSpec::S3 {
-            bucket: "b".into(),
-            prefix: None,
-            endpoint_url: Some("file:///etc".into()),
-            region: None,
-            access_key_id: Some("a".into()),
-            secret_access_key: Some("b".into()),
-        };
-        assert!(Storage::open(&spec).unwrap_err().to_string().contains("not an http"));
     }
 }
