@@ -21,9 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_api::agent::{
-    AgentMessage, JOIN_TOKEN_ENV, LogLine, MAX_MESSAGE_BYTES, MasterMessage, SlotSpec, TaskSpec,
-};
+use drover_api::agent::{AgentMessage, JOIN_TOKEN_ENV, LogLine, MAX_MESSAGE_BYTES, MasterMessage, SlotSpec, TaskSpec};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -96,9 +94,7 @@ pub enum AgentError {
 
 /// The websocket URL for a master URL: `http://h:p/prefix` -> `ws://h:p/prefix/api/v1/agents/connect`.
 pub fn connect_url(master_url: &str) -> Result<String, AgentError> {
-    let invalid = || AgentError::InvalidMasterUrl {
-        url: master_url.to_owned(),
-    };
+    let invalid = || AgentError::InvalidMasterUrl { url: master_url.to_owned() };
     let (scheme, rest) = if let Some(rest) = master_url.strip_prefix("http://") {
         ("ws", rest)
     } else if let Some(rest) = master_url.strip_prefix("https://") {
@@ -119,26 +115,10 @@ pub fn connect_url(master_url: &str) -> Result<String, AgentError> {
 pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let ws_url = connect_url(&config.master_url)?;
     let authorization = authorization_header(config.join_token.as_deref())?;
-    tokio::fs::create_dir_all(&config.work_root)
-        .await
-        .map_err(|source| AgentError::WorkRoot {
-            path: config.work_root.clone(),
-            source,
-        })?;
-    let runner = RunnerConfig::new(
-        config.master_url.clone(),
-        config.work_root.clone(),
-        config.slots.clone(),
-    );
+    tokio::fs::create_dir_all(&config.work_root).await.map_err(|source| AgentError::WorkRoot { path: config.work_root.clone(), source })?;
+    let runner = RunnerConfig::new(config.master_url.clone(), config.work_root.clone(), config.slots.clone());
     // Unpacked contexts of an earlier agent process are not known to this one.
-    runner
-        .contexts
-        .clear()
-        .await
-        .map_err(|source| AgentError::WorkRoot {
-            path: runner.contexts.root().to_owned(),
-            source,
-        })?;
+    runner.contexts.clear().await.map_err(|source| AgentError::WorkRoot { path: runner.contexts.root().to_owned(), source })?;
     let (task_tx, task_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         runner: Arc::new(runner),
@@ -161,25 +141,16 @@ fn authorization_header(join_token: Option<&str>) -> Result<Option<HeaderValue>,
     let Some(token) = join_token.map(str::trim).filter(|token| !token.is_empty()) else {
         return Ok(None);
     };
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| AgentError::InvalidJoinToken)?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| AgentError::InvalidJoinToken)?;
     value.set_sensitive(true);
     Ok(Some(value))
 }
 
 /// The name this machine reports: `/etc/hostname`, else `$HOSTNAME`, else `localhost`.
 pub fn hostname() -> String {
-    let from_file = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned());
-    let from_env = std::env::var("HOSTNAME")
-        .ok()
-        .map(|name| name.trim().to_owned());
-    from_file
-        .into_iter()
-        .chain(from_env)
-        .find(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+    let from_file = std::fs::read_to_string("/etc/hostname").ok().map(|name| name.trim().to_owned());
+    let from_env = std::env::var("HOSTNAME").ok().map(|name| name.trim().to_owned());
+    from_file.into_iter().chain(from_env).find(|name| !name.is_empty()).unwrap_or_else(|| "localhost".to_owned())
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -271,13 +242,9 @@ impl Agent {
             Err(error) => return Connected::Failed(error.to_string()),
         };
         if let Some(authorization) = &self.authorization {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, authorization.clone());
+            request.headers_mut().insert(AUTHORIZATION, authorization.clone());
         }
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
         let connecting = tokio::time::timeout(
             CONNECT_TIMEOUT,
             // Task messages are small frames sent back to back; with Nagle on, each one after the
@@ -304,11 +271,7 @@ impl Agent {
     }
 
     fn refusal(&self, status: StatusCode) -> String {
-        let sent = if self.authorization.is_some() {
-            "this agent sent one"
-        } else {
-            "this agent sent none"
-        };
+        let sent = if self.authorization.is_some() { "this agent sent one" } else { "this agent sent none" };
         format!(
             "the master answered {status} to the connection: the join token is missing or wrong \
              ({sent}; give the agent the cluster's join secret in {JOIN_TOKEN_ENV})"
@@ -345,10 +308,7 @@ impl Agent {
             instance: self.instance.clone(),
         };
         if let Err(reason) = send(&mut socket, &hello).await {
-            return SessionEnd::Lost {
-                welcomed: false,
-                reason,
-            };
+            return SessionEnd::Lost { welcomed: false, reason };
         }
         tracing::info!(url = %self.ws_url, "connected to the master");
 
@@ -483,11 +443,7 @@ impl Agent {
             let frames = match fit_frames(message, MAX_MESSAGE_BYTES) {
                 Ok(frames) => frames,
                 Err(unsendable) => {
-                    tracing::warn!(
-                        bytes = unsendable.bytes,
-                        kind = unsendable.kind,
-                        "dropping a message larger than the websocket limit"
-                    );
+                    tracing::warn!(bytes = unsendable.bytes, kind = unsendable.kind, "dropping a message larger than the websocket limit");
                     if let Some(allocation_id) = unsendable.allocation_id {
                         self.outbox.push_front(AgentMessage::TaskLogs {
                             allocation_id,
@@ -504,9 +460,7 @@ impl Agent {
             let mut frames = frames.into_iter();
             while let Some((message, text)) = frames.next() {
                 if let Err(error) = socket.send(Message::text(text)).await {
-                    let unsent: Vec<AgentMessage> = std::iter::once(message)
-                        .chain(frames.map(|(message, _)| message))
-                        .collect();
+                    let unsent: Vec<AgentMessage> = std::iter::once(message).chain(frames.map(|(message, _)| message)).collect();
                     for message in unsent.into_iter().rev() {
                         self.outbox.push_front(message);
                     }
@@ -556,11 +510,7 @@ impl Agent {
 
     fn kill_all(&self, grace: Duration) {
         if !self.tasks.is_empty() {
-            tracing::info!(
-                tasks = self.tasks.len(),
-                ?grace,
-                "shutting down: killing all tasks"
-            );
+            tracing::info!(tasks = self.tasks.len(), ?grace, "shutting down: killing all tasks");
         }
         for handle in self.tasks.values() {
             handle.kill(grace);
@@ -577,19 +527,11 @@ impl Agent {
 /// Sends one message that is not a task's (a `Hello`, a `Heartbeat`); never a frame above
 /// [`MAX_MESSAGE_BYTES`].
 async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), String> {
-    let text = serde_json::to_string(message)
-        .map_err(|error| format!("cannot encode a {} message: {error}", kind(message)))?;
+    let text = serde_json::to_string(message).map_err(|error| format!("cannot encode a {} message: {error}", kind(message)))?;
     if text.len() > MAX_MESSAGE_BYTES {
-        return Err(format!(
-            "a {} message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte message limit",
-            kind(message),
-            text.len()
-        ));
+        return Err(format!("a {} message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte message limit", kind(message), text.len()));
     }
-    socket
-        .send(Message::text(text))
-        .await
-        .map_err(|error| error.to_string())
+    socket.send(Message::text(text)).await.map_err(|error| error.to_string())
 }
 
 fn kind(message: &AgentMessage) -> &'static str {
@@ -603,17 +545,11 @@ fn kind(message: &AgentMessage) -> &'static str {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }
 
 fn agent_line(line: String) -> LogLine {
-    LogLine {
-        ts_ms: now_ms(),
-        stream: "agent".to_owned(),
-        line,
-    }
+    LogLine { ts_ms: now_ms(), stream: "agent".to_owned(), line }
 }
 
 #[cfg(test)]

@@ -48,19 +48,14 @@ pub enum ContextError {
         source: reqwest::Error,
     },
     #[error("cannot fetch the context from {url}: the master answered {status}")]
-    Status {
-        url: String,
-        status: reqwest::StatusCode,
-    },
+    Status { url: String, status: reqwest::StatusCode },
     #[error("the context at {url} is larger than {limit} bytes; refusing to download it")]
     DownloadTooLarge { url: String, limit: u64 },
     #[error("refusing context entry {path:?}: {reason}")]
     UnsafeEntry { path: String, reason: String },
     #[error("refusing the context: it has more than {limit} entries")]
     TooManyEntries { limit: usize },
-    #[error(
-        "refusing the context: its files add up to more than {limit} bytes (at entry {path:?})"
-    )]
+    #[error("refusing the context: its files add up to more than {limit} bytes (at entry {path:?})")]
     TooLarge { limit: u64, path: String },
     #[error("the context is not a valid gzip tarball: {0}")]
     Corrupt(#[source] std::io::Error),
@@ -91,10 +86,7 @@ pub struct ExtractLimits {
 
 impl Default for ExtractLimits {
     fn default() -> Self {
-        ExtractLimits {
-            max_entries: MAX_CONTEXT_ENTRIES,
-            max_unpacked_bytes: MAX_CONTEXT_UNPACKED_BYTES,
-        }
+        ExtractLimits { max_entries: MAX_CONTEXT_ENTRIES, max_unpacked_bytes: MAX_CONTEXT_UNPACKED_BYTES }
     }
 }
 
@@ -116,18 +108,9 @@ pub async fn download_context(
     max_bytes: u64,
 ) -> Result<Downloaded, ContextError> {
     let url = format!("{}{}", master_url.trim_end_matches('/'), context_path);
-    let fetch_error = |source| ContextError::Fetch {
-        url: url.clone(),
-        source,
-    };
-    let too_large = || ContextError::DownloadTooLarge {
-        url: url.clone(),
-        limit: max_bytes,
-    };
-    let cache_error = |source| ContextError::Cache {
-        path: destination.to_path_buf(),
-        source,
-    };
+    let fetch_error = |source| ContextError::Fetch { url: url.clone(), source };
+    let too_large = || ContextError::DownloadTooLarge { url: url.clone(), limit: max_bytes };
+    let cache_error = |source| ContextError::Cache { path: destination.to_path_buf(), source };
     // A context can be large, so there is no overall deadline, only on connecting and on
     // silence, which is what a vanished master looks like.
     let client = reqwest::Client::builder()
@@ -135,25 +118,15 @@ pub async fn download_context(
         .read_timeout(Duration::from_secs(60))
         .build()
         .map_err(fetch_error)?;
-    let mut response = client
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(fetch_error)?;
+    let mut response = client.get(&url).bearer_auth(token).send().await.map_err(fetch_error)?;
     let status = response.status();
     if !status.is_success() {
         return Err(ContextError::Status { url, status });
     }
-    if response
-        .content_length()
-        .is_some_and(|length| length > max_bytes)
-    {
+    if response.content_length().is_some_and(|length| length > max_bytes) {
         return Err(too_large());
     }
-    let mut file = tokio::fs::File::create(destination)
-        .await
-        .map_err(cache_error)?;
+    let mut file = tokio::fs::File::create(destination).await.map_err(cache_error)?;
     let mut hasher = Sha256::new();
     let mut bytes: u64 = 0;
     while let Some(chunk) = response.chunk().await.map_err(fetch_error)? {
@@ -165,48 +138,30 @@ pub async fn download_context(
         file.write_all(&chunk).await.map_err(cache_error)?;
     }
     file.flush().await.map_err(cache_error)?;
-    Ok(Downloaded {
-        bytes,
-        sha256: hasher.finalize().into(),
-    })
+    Ok(Downloaded { bytes, sha256: hasher.finalize().into() })
 }
 
 /// Extracts a gzip tarball into `destination` (which must exist) within the default
 /// [`ExtractLimits`], refusing any entry that could write outside it. On error, entries before
 /// the bad one may already be extracted; the caller discards the directory.
 pub fn extract_context(tarball_gz: &[u8], destination: &Path) -> Result<(), ContextError> {
-    extract_tar(
-        GzDecoder::new(tarball_gz),
-        destination,
-        &ExtractLimits::default(),
-    )
+    extract_tar(GzDecoder::new(tarball_gz), destination, &ExtractLimits::default())
 }
 
 /// Walks the raw tar headers of a gzip'd tarball with constant memory (see
 /// `drover_api::context`): a huge long-name or PAX header is refused before the tar reader,
 /// which holds such a header whole, ever sees it.
 fn check_raw_headers(tarball_gz: impl Read, limits: &ExtractLimits) -> Result<(), ContextError> {
-    let max_bytes = limits
-        .max_unpacked_bytes
-        .saturating_add((limits.max_entries as u64 + 2) * 1024);
-    drover_api::context::check_headers(GzDecoder::new(tarball_gz), limits.max_entries, max_bytes)
-        .map_err(|e| ContextError::Invalid(e.0))
+    let max_bytes = limits.max_unpacked_bytes.saturating_add((limits.max_entries as u64 + 2) * 1024);
+    drover_api::context::check_headers(GzDecoder::new(tarball_gz), limits.max_entries, max_bytes).map_err(|e| ContextError::Invalid(e.0))
 }
 
 /// [`extract_context`] from any reader of gzip'd tar, within `limits`.
-pub fn extract_context_from(
-    tarball_gz: impl Read,
-    destination: &Path,
-    limits: &ExtractLimits,
-) -> Result<(), ContextError> {
+pub fn extract_context_from(tarball_gz: impl Read, destination: &Path, limits: &ExtractLimits) -> Result<(), ContextError> {
     extract_tar(GzDecoder::new(tarball_gz), destination, limits)
 }
 
-fn extract_tar(
-    reader: impl Read,
-    destination: &Path,
-    limits: &ExtractLimits,
-) -> Result<(), ContextError> {
+fn extract_tar(reader: impl Read, destination: &Path, limits: &ExtractLimits) -> Result<(), ContextError> {
     let mut archive = Archive::new(reader);
     // Ownership from another machine means nothing here, and the task runs as the agent user.
     archive.set_preserve_ownerships(false);
@@ -221,9 +176,7 @@ fn extract_tar(
         let mut entry = entry.map_err(ContextError::Corrupt)?;
         entries += 1;
         if entries > limits.max_entries {
-            return Err(ContextError::TooManyEntries {
-                limit: limits.max_entries,
-            });
+            return Err(ContextError::TooManyEntries { limit: limits.max_entries });
         }
         let entry_type = entry.header().entry_type();
         // Metadata records (e.g. the pax global header `git archive` writes) create no file.
@@ -235,10 +188,7 @@ fn extract_tar(
             continue;
         }
         let raw_path = quoted_path(&entry.path_bytes());
-        let unsafe_entry = |reason: &str| ContextError::UnsafeEntry {
-            path: raw_path.clone(),
-            reason: reason.to_owned(),
-        };
+        let unsafe_entry = |reason: &str| ContextError::UnsafeEntry { path: raw_path.clone(), reason: reason.to_owned() };
         let path = entry.path().map_err(ContextError::Corrupt)?.into_owned();
         let relative = checked_relative_path(&path).map_err(unsafe_entry)?;
 
@@ -247,21 +197,14 @@ fn extract_tar(
                 // The logical size (for a sparse file, with its holes): what a copy of it takes.
                 unpacked_bytes = unpacked_bytes.saturating_add(entry.size());
                 if unpacked_bytes > limits.max_unpacked_bytes {
-                    return Err(ContextError::TooLarge {
-                        limit: limits.max_unpacked_bytes,
-                        path: raw_path,
-                    });
+                    return Err(ContextError::TooLarge { limit: limits.max_unpacked_bytes, path: raw_path });
                 }
             }
             EntryType::Directory => {}
             EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(ContextError::Corrupt)?
-                    .ok_or_else(|| unsafe_entry("symlink without a target"))?
-                    .into_owned();
-                check_symlink_target(&relative, &target, &symlinks)
-                    .map_err(|reason| unsafe_entry(&reason))?;
+                let target =
+                    entry.link_name().map_err(ContextError::Corrupt)?.ok_or_else(|| unsafe_entry("symlink without a target"))?.into_owned();
+                check_symlink_target(&relative, &target, &symlinks).map_err(|reason| unsafe_entry(&reason))?;
                 symlinks.insert(relative.clone());
             }
             EntryType::Link => {
@@ -271,16 +214,13 @@ fn extract_tar(
                     .map_err(ContextError::Corrupt)?
                     .ok_or_else(|| unsafe_entry("hard link without a target"))?
                     .into_owned();
-                checked_relative_path(&target)
-                    .map_err(|reason| unsafe_entry(&format!("hard link target {}", reason)))?;
+                checked_relative_path(&target).map_err(|reason| unsafe_entry(&format!("hard link target {}", reason)))?;
             }
             // Devices and fifos in a training context are a mistake at best; a fifo would
             // also block whoever reads it (the copy into each task's directory).
             EntryType::Fifo => return Err(unsafe_entry("fifos are not allowed in a context")),
             EntryType::Char => {
-                return Err(unsafe_entry(
-                    "character devices are not allowed in a context",
-                ));
+                return Err(unsafe_entry("character devices are not allowed in a context"));
             }
             EntryType::Block => {
                 return Err(unsafe_entry("block devices are not allowed in a context"));
@@ -300,10 +240,7 @@ fn extract_tar(
             Ok(true) => {}
             Ok(false) => return Err(unsafe_entry("path leaves the working directory")),
             Err(source) => {
-                return Err(ContextError::Write {
-                    path: raw_path,
-                    source,
-                });
+                return Err(ContextError::Write { path: raw_path, source });
             }
         }
     }
@@ -339,17 +276,8 @@ fn checked_relative_path(path: &Path) -> Result<PathBuf, &'static str> {
 
 /// Checks that a symlink at archive path `link` pointing to `target` resolves inside the
 /// extraction root.
-fn check_symlink_target(
-    link: &Path,
-    target: &Path,
-    symlinks: &HashSet<PathBuf>,
-) -> Result<(), String> {
-    let outside = || {
-        format!(
-            "symlink to {} points outside the working directory",
-            target.display()
-        )
-    };
+fn check_symlink_target(link: &Path, target: &Path, symlinks: &HashSet<PathBuf>) -> Result<(), String> {
+    let outside = || format!("symlink to {} points outside the working directory", target.display());
     let mut resolved: PathBuf = link.parent().map(Path::to_path_buf).unwrap_or_default();
     for component in target.components() {
         match component {
@@ -358,11 +286,7 @@ fn check_symlink_target(
             Component::RootDir | Component::Prefix(_) => return Err(outside()),
             Component::ParentDir => {
                 if symlinks.contains(&resolved) {
-                    return Err(format!(
-                        "symlink to {} goes through the symlink {} with `..`",
-                        target.display(),
-                        resolved.display()
-                    ));
+                    return Err(format!("symlink to {} goes through the symlink {} with `..`", target.display(), resolved.display()));
                 }
                 if !resolved.pop() {
                     return Err(outside());
@@ -382,11 +306,7 @@ pub fn copy_tree(source: &Path, destination: &Path) -> Result<(), ContextError> 
 }
 
 /// [`copy_tree`], stopping with an error as soon as `stop` is raised.
-fn copy_tree_unless(
-    source: &Path,
-    destination: &Path,
-    stop: &AtomicBool,
-) -> Result<(), ContextError> {
+fn copy_tree_unless(source: &Path, destination: &Path, stop: &AtomicBool) -> Result<(), ContextError> {
     let error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ContextError::Cache { path, source }
@@ -397,10 +317,7 @@ fn copy_tree_unless(
     while let Some((from_dir, to_dir)) = pending.pop() {
         for entry in std::fs::read_dir(&from_dir).map_err(error(&from_dir))? {
             if stop.load(Ordering::Relaxed) {
-                return Err(ContextError::Cache {
-                    path: destination.to_path_buf(),
-                    source: std::io::Error::other("copy cancelled"),
-                });
+                return Err(ContextError::Cache { path: destination.to_path_buf(), source: std::io::Error::other("copy cancelled") });
             }
             let entry = entry.map_err(error(&from_dir))?;
             let from = entry.path();
@@ -424,10 +341,7 @@ fn copy_tree_unless(
                 }
                 std::fs::copy(&from, &to).map_err(error(&to))?;
             } else {
-                return Err(ContextError::Cache {
-                    path: from,
-                    source: std::io::Error::other("not a file, directory or symlink"),
-                });
+                return Err(ContextError::Cache { path: from, source: std::io::Error::other("not a file, directory or symlink") });
             }
         }
     }

@@ -36,9 +36,7 @@ use crate::context::{CACHE_DIR_NAME, ContextCache, ContextError};
 
 mod logs;
 
-pub use logs::{
-    LOG_BATCH_BYTES, LOG_BATCH_LINES, MAX_LINE_BYTES, SPLIT_END_MARKER, SPLIT_START_MARKER,
-};
+pub use logs::{LOG_BATCH_BYTES, LOG_BATCH_LINES, MAX_LINE_BYTES, SPLIT_END_MARKER, SPLIT_START_MARKER};
 use logs::{batch_logs, read_lines};
 
 /// Lines waiting between a stream's reader and the batcher.
@@ -69,18 +67,9 @@ pub struct RunnerConfig {
 
 impl RunnerConfig {
     /// A configuration with a context cache in `<work_root>/.drover-contexts`.
-    pub fn new(
-        master_url: impl Into<String>,
-        work_root: impl Into<PathBuf>,
-        slots: Vec<SlotSpec>,
-    ) -> Self {
+    pub fn new(master_url: impl Into<String>, work_root: impl Into<PathBuf>, slots: Vec<SlotSpec>) -> Self {
         let work_root = work_root.into();
-        RunnerConfig {
-            master_url: master_url.into(),
-            contexts: Arc::new(ContextCache::new(&work_root)),
-            work_root,
-            slots,
-        }
+        RunnerConfig { master_url: master_url.into(), contexts: Arc::new(ContextCache::new(&work_root)), work_root, slots }
     }
 }
 
@@ -149,19 +138,11 @@ impl TaskHandle {
 
 /// Starts a task in the background and returns at once; see the module doc for the messages it
 /// sends on `outgoing`.
-pub fn spawn_task(
-    config: Arc<RunnerConfig>,
-    spec: TaskSpec,
-    outgoing: mpsc::UnboundedSender<AgentMessage>,
-) -> TaskHandle {
+pub fn spawn_task(config: Arc<RunnerConfig>, spec: TaskSpec, outgoing: mpsc::UnboundedSender<AgentMessage>) -> TaskHandle {
     let (kill_request, kill_requests) = watch::channel(None);
     let allocation_id = spec.allocation_id.clone();
     let supervisor = tokio::spawn(supervise(config, spec, outgoing, kill_requests));
-    TaskHandle {
-        allocation_id,
-        kill_request,
-        supervisor,
-    }
+    TaskHandle { allocation_id, kill_request, supervisor }
 }
 
 async fn supervise(
@@ -175,12 +156,7 @@ async fn supervise(
         Ok(running) => run_to_exit(running, &allocation_id, &outgoing, kill_requests).await,
         Err(error) => {
             tracing::warn!(%allocation_id, %error, "task did not start");
-            AgentMessage::TaskExited {
-                allocation_id,
-                exit_code: None,
-                signal: None,
-                error: Some(error.to_string()),
-            }
+            AgentMessage::TaskExited { allocation_id, exit_code: None, signal: None, error: Some(error.to_string()) }
         }
     };
     // The work directory holds a copy of the context and the task's scratch files; what the
@@ -223,19 +199,14 @@ async fn start(
     let environment = task_environment(spec, &config.slots, &config.master_url)?;
 
     let work_dir = config.work_root.join(allocation_id);
-    let work_dir_error = |source| StartError::WorkDir {
-        path: work_dir.clone(),
-        source,
-    };
+    let work_dir_error = |source| StartError::WorkDir { path: work_dir.clone(), source };
     // Fresh: leftovers from an earlier run under the same id must not leak into this one.
     match tokio::fs::remove_dir_all(&work_dir).await {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(work_dir_error(error)),
     }
-    tokio::fs::create_dir_all(&work_dir)
-        .await
-        .map_err(work_dir_error)?;
+    tokio::fs::create_dir_all(&work_dir).await.map_err(work_dir_error)?;
 
     if let Some(context_path) = &spec.context_path {
         // A kill may arrive while a large context downloads; it must not wait for it.
@@ -260,46 +231,21 @@ async fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let spawn_error = |source| StartError::Spawn {
-        program: program.clone(),
-        source,
-    };
+    let spawn_error = |source| StartError::Spawn { program: program.clone(), source };
     let mut child = command.spawn().map_err(spawn_error)?;
-    let pid = child.id().ok_or_else(|| {
-        spawn_error(std::io::Error::other(
-            "the process exited before its pid was read",
-        ))
-    })?;
+    let pid = child.id().ok_or_else(|| spawn_error(std::io::Error::other("the process exited before its pid was read")))?;
     let process_group = Pid::from_raw(pid as i32);
     tracing::info!(%allocation_id, pid, "task started");
-    let _ = outgoing.send(AgentMessage::TaskStarted {
-        allocation_id: allocation_id.clone(),
-        pid,
-    });
+    let _ = outgoing.send(AgentMessage::TaskStarted { allocation_id: allocation_id.clone(), pid });
 
     let (lines_tx, lines_rx) = mpsc::channel(LINE_CHANNEL_CAPACITY);
     let readers = [
-        child
-            .stdout
-            .take()
-            .map(|stdout| tokio::spawn(read_lines(stdout, "stdout", lines_tx.clone()))),
-        child
-            .stderr
-            .take()
-            .map(|stderr| tokio::spawn(read_lines(stderr, "stderr", lines_tx.clone()))),
+        child.stdout.take().map(|stdout| tokio::spawn(read_lines(stdout, "stdout", lines_tx.clone()))),
+        child.stderr.take().map(|stderr| tokio::spawn(read_lines(stderr, "stderr", lines_tx.clone()))),
     ];
     drop(lines_tx);
-    let log_batcher = tokio::spawn(batch_logs(
-        allocation_id.clone(),
-        lines_rx,
-        readers.into_iter().flatten().collect(),
-        outgoing.clone(),
-    ));
-    Ok(RunningTask {
-        child,
-        process_group,
-        log_batcher,
-    })
+    let log_batcher = tokio::spawn(batch_logs(allocation_id.clone(), lines_rx, readers.into_iter().flatten().collect(), outgoing.clone()));
+    Ok(RunningTask { child, process_group, log_batcher })
 }
 
 /// Resolves once a kill has been requested (at once if one already was). Never resolves if
@@ -334,10 +280,7 @@ impl Escalation<'_> {
             self.term_sent = true;
         }
         let deadline = Instant::now() + grace;
-        self.kill_deadline = Some(
-            self.kill_deadline
-                .map_or(deadline, |earlier| earlier.min(deadline)),
-        );
+        self.kill_deadline = Some(self.kill_deadline.map_or(deadline, |earlier| earlier.min(deadline)));
     }
 
     fn kill_now(&mut self) {
@@ -354,13 +297,7 @@ async fn run_to_exit(
     mut kill_requests: watch::Receiver<Option<Duration>>,
 ) -> AgentMessage {
     let group = running.process_group;
-    let mut escalation = Escalation {
-        allocation_id,
-        group,
-        term_sent: false,
-        killed_at: None,
-        kill_deadline: None,
-    };
+    let mut escalation = Escalation { allocation_id, group, term_sent: false, killed_at: None, kill_deadline: None };
     let mut kill_channel_open = true;
     let status = loop {
         tokio::select! {
@@ -387,10 +324,7 @@ async fn run_to_exit(
         escalation.request(LEFTOVER_GRACE);
     }
     while group_has_live_members(group) {
-        if escalation
-            .killed_at
-            .is_some_and(|at| at.elapsed() > UNKILLABLE_WAIT)
-        {
+        if escalation.killed_at.is_some_and(|at| at.elapsed() > UNKILLABLE_WAIT) {
             // Stuck in the kernel (uninterruptible sleep); nothing more the agent can do.
             tracing::warn!(%allocation_id, "processes of the task survive SIGKILL; reporting the exit anyway");
             break;
@@ -408,10 +342,7 @@ async fn run_to_exit(
         }
     }
 
-    if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, &mut running.log_batcher)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, &mut running.log_batcher).await.is_err() {
         tracing::warn!(%allocation_id, "task output still open after exit; dropping the rest");
         running.log_batcher.abort();
         // The batcher was cut off mid-way; what it had not flushed is lost, and that is said.
@@ -428,19 +359,10 @@ async fn run_to_exit(
     }
     let (exit_code, signal, error) = match status {
         Ok(status) => (status.code(), status.signal(), None),
-        Err(error) => (
-            None,
-            None,
-            Some(format!("cannot wait for the process: {error}")),
-        ),
+        Err(error) => (None, None, Some(format!("cannot wait for the process: {error}"))),
     };
     tracing::info!(%allocation_id, ?exit_code, ?signal, "task exited");
-    AgentMessage::TaskExited {
-        allocation_id: allocation_id.to_owned(),
-        exit_code,
-        signal,
-        error,
-    }
+    AgentMessage::TaskExited { allocation_id: allocation_id.to_owned(), exit_code, signal, error }
 }
 
 /// Whether any process other than a zombie is in process group `group`. Zombies are skipped:
@@ -457,14 +379,9 @@ fn group_has_live_members(group: Pid) -> bool {
     };
     let group = group.as_raw();
     processes.flatten().any(|process| {
-        let is_pid = process
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
+        let is_pid = process.file_name().to_str().is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
         // Processes vanish between listing and reading; an unreadable one is simply not counted.
-        is_pid
-            && std::fs::read_to_string(process.path().join("stat"))
-                .is_ok_and(|stat| stat_is_live_member(&stat, group))
+        is_pid && std::fs::read_to_string(process.path().join("stat")).is_ok_and(|stat| stat_is_live_member(&stat, group))
     })
 }
 
@@ -500,20 +417,11 @@ fn signal_group(allocation_id: &str, group: Pid, signal: Signal) {
 /// knows — which devices its slots are (`CUDA_VISIBLE_DEVICES`, set only on an agent that has
 /// CUDA slots, so a CPU-only machine leaves the variable alone), the slot ids, and how this
 /// agent reaches the master (`DROVER_MASTER`, unless the master set it).
-pub fn task_environment(
-    spec: &TaskSpec,
-    agent_slots: &[SlotSpec],
-    master_url: &str,
-) -> Result<BTreeMap<String, String>, StartError> {
-    let slots_by_id: HashMap<&str, &SlotSpec> = agent_slots
-        .iter()
-        .map(|slot| (slot.id.as_str(), slot))
-        .collect();
+pub fn task_environment(spec: &TaskSpec, agent_slots: &[SlotSpec], master_url: &str) -> Result<BTreeMap<String, String>, StartError> {
+    let slots_by_id: HashMap<&str, &SlotSpec> = agent_slots.iter().map(|slot| (slot.id.as_str(), slot)).collect();
     let mut device_indices: Vec<&str> = Vec::new();
     for slot_id in &spec.slot_ids {
-        let slot = slots_by_id
-            .get(slot_id.as_str())
-            .ok_or_else(|| StartError::UnknownSlot(slot_id.clone()))?;
+        let slot = slots_by_id.get(slot_id.as_str()).ok_or_else(|| StartError::UnknownSlot(slot_id.clone()))?;
         if slot.kind == SlotKind::Cuda
             && let Some(index) = slot.device_index.as_deref()
             && !device_indices.contains(&index)
@@ -523,30 +431,21 @@ pub fn task_environment(
     }
 
     let mut environment = spec.env.clone();
-    environment
-        .entry(drover_api::env::MASTER.to_owned())
-        .or_insert_with(|| master_url.trim_end_matches('/').to_owned());
-    environment.insert(
-        drover_api::env::SLOT_IDS.to_owned(),
-        spec.slot_ids.join(","),
-    );
+    environment.entry(drover_api::env::MASTER.to_owned()).or_insert_with(|| master_url.trim_end_matches('/').to_owned());
+    environment.insert(drover_api::env::SLOT_IDS.to_owned(), spec.slot_ids.join(","));
     if agent_slots.iter().any(|slot| slot.kind == SlotKind::Cuda) {
         // The agent owns the mapping from slots to devices; a task on only CPU slots gets an
         // empty list so it cannot grab a GPU another task was given.
         environment.insert("CUDA_VISIBLE_DEVICES".to_owned(), device_indices.join(","));
         // Device indices come from nvidia-smi, which numbers by PCI bus; CUDA by default
         // numbers fastest first, which can differ.
-        environment
-            .entry("CUDA_DEVICE_ORDER".to_owned())
-            .or_insert_with(|| "PCI_BUS_ID".to_owned());
+        environment.entry("CUDA_DEVICE_ORDER".to_owned()).or_insert_with(|| "PCI_BUS_ID".to_owned());
     }
     Ok(environment)
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }
 
 #[cfg(test)]

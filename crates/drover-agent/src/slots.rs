@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 use drover_api::agent::{SlotKind, SlotSpec};
 
 /// The arguments given to `nvidia-smi`; [`parse_nvidia_smi_csv`] expects exactly these columns.
-pub const NVIDIA_SMI_ARGS: [&str; 2] = [
-    "--query-gpu=index,uuid,name,memory.total",
-    "--format=csv,noheader,nounits",
-];
+pub const NVIDIA_SMI_ARGS: [&str; 2] = ["--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"];
 
 /// A wedged driver can make `nvidia-smi` hang for minutes; the agent must still come up.
 const NVIDIA_SMI_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,12 +36,7 @@ pub struct SlotOptions {
 
 impl Default for SlotOptions {
     fn default() -> Self {
-        SlotOptions {
-            cpu_slots: None,
-            slots_override: None,
-            slots_per_gpu: 1,
-            nvidia_smi: None,
-        }
+        SlotOptions { cpu_slots: None, slots_override: None, slots_per_gpu: 1, nvidia_smi: None }
     }
 }
 
@@ -63,11 +55,7 @@ pub struct GpuInfo {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NvidiaSmiParseError {
     #[error("line {line_number} of nvidia-smi output has {fields} fields, expected 4: {line:?}")]
-    WrongFieldCount {
-        line_number: usize,
-        fields: usize,
-        line: String,
-    },
+    WrongFieldCount { line_number: usize, fields: usize, line: String },
     #[error("line {line_number} of nvidia-smi output has an empty GPU index: {line:?}")]
     EmptyIndex { line_number: usize, line: String },
     #[error("line {line_number} of nvidia-smi output has memory {value:?}, not a number of MiB")]
@@ -89,11 +77,7 @@ pub fn parse_nvidia_smi_csv(text: &str) -> Result<Vec<GpuInfo>, NvidiaSmiParseEr
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         if fields.len() < 4 {
-            return Err(NvidiaSmiParseError::WrongFieldCount {
-                line_number,
-                fields: fields.len(),
-                line: line.to_owned(),
-            });
+            return Err(NvidiaSmiParseError::WrongFieldCount { line_number, fields: fields.len(), line: line.to_owned() });
         }
         // The name is the only free-text column; should a model name ever contain a comma,
         // everything between the uuid and the memory column belongs to it.
@@ -102,29 +86,14 @@ pub fn parse_nvidia_smi_csv(text: &str) -> Result<Vec<GpuInfo>, NvidiaSmiParseEr
         let memory = fields[fields.len() - 1];
         let name = fields[2..fields.len() - 1].join(", ");
         if index.is_empty() {
-            return Err(NvidiaSmiParseError::EmptyIndex {
-                line_number,
-                line: line.to_owned(),
-            });
+            return Err(NvidiaSmiParseError::EmptyIndex { line_number, line: line.to_owned() });
         }
         let memory_mb = if memory.starts_with('[') {
             None
         } else {
-            Some(
-                memory
-                    .parse::<u64>()
-                    .map_err(|_| NvidiaSmiParseError::BadMemory {
-                        line_number,
-                        value: memory.to_owned(),
-                    })?,
-            )
+            Some(memory.parse::<u64>().map_err(|_| NvidiaSmiParseError::BadMemory { line_number, value: memory.to_owned() })?)
         };
-        gpus.push(GpuInfo {
-            index: index.to_owned(),
-            uuid: uuid.to_owned(),
-            name,
-            memory_mb,
-        });
+        gpus.push(GpuInfo { index: index.to_owned(), uuid: uuid.to_owned(), name, memory_mb });
     }
     Ok(gpus)
 }
@@ -209,21 +178,12 @@ pub fn slots_for(gpus: &[GpuInfo], opts: &SlotOptions) -> Vec<SlotSpec> {
         }
         // Round-robin so that N slots over G GPUs load every GPU evenly (some get one more).
         let gpu_count = gpus.len() as u32;
-        let per_gpu: Vec<u32> = (0..gpu_count)
-            .map(|gpu| total / gpu_count + u32::from(gpu < total % gpu_count))
-            .collect();
+        let per_gpu: Vec<u32> = (0..gpu_count).map(|gpu| total / gpu_count + u32::from(gpu < total % gpu_count)).collect();
         let numbered = per_gpu.iter().any(|&count| count > 1);
-        return gpus
-            .iter()
-            .zip(per_gpu)
-            .flat_map(|(gpu, count)| gpu_slots(gpu, count, numbered))
-            .collect();
+        return gpus.iter().zip(per_gpu).flat_map(|(gpu, count)| gpu_slots(gpu, count, numbered)).collect();
     }
     let per_gpu = opts.slots_per_gpu.max(1);
-    let mut slots: Vec<SlotSpec> = gpus
-        .iter()
-        .flat_map(|gpu| gpu_slots(gpu, per_gpu, per_gpu > 1))
-        .collect();
+    let mut slots: Vec<SlotSpec> = gpus.iter().flat_map(|gpu| gpu_slots(gpu, per_gpu, per_gpu > 1)).collect();
     let default_cpu_slots = if gpus.is_empty() { 1 } else { 0 };
     slots.extend(cpu_slots(opts.cpu_slots.unwrap_or(default_cpu_slots)));
     slots
@@ -231,11 +191,7 @@ pub fn slots_for(gpus: &[GpuInfo], opts: &SlotOptions) -> Vec<SlotSpec> {
 
 fn gpu_slots(gpu: &GpuInfo, count: u32, numbered: bool) -> impl Iterator<Item = SlotSpec> + '_ {
     (0..count).map(move |k| SlotSpec {
-        id: if numbered {
-            format!("gpu{}.{k}", gpu.index)
-        } else {
-            format!("gpu{}", gpu.index)
-        },
+        id: if numbered { format!("gpu{}.{k}", gpu.index) } else { format!("gpu{}", gpu.index) },
         kind: SlotKind::Cuda,
         device: gpu.name.clone(),
         device_index: Some(gpu.index.clone()),
@@ -245,13 +201,7 @@ fn gpu_slots(gpu: &GpuInfo, count: u32, numbered: bool) -> impl Iterator<Item = 
 
 fn cpu_slots(count: u32) -> Vec<SlotSpec> {
     (0..count)
-        .map(|k| SlotSpec {
-            id: format!("cpu{k}"),
-            kind: SlotKind::Cpu,
-            device: "CPU".to_owned(),
-            device_index: None,
-            memory_mb: None,
-        })
+        .map(|k| SlotSpec { id: format!("cpu{k}"), kind: SlotKind::Cpu, device: "CPU".to_owned(), device_index: None, memory_mb: None })
         .collect()
 }
 
@@ -265,12 +215,7 @@ mod tests {
                             1, GPU-6b2a4d3f-9e8c-5d2b-af10-2c3d4e5f6071, NVIDIA A100-SXM4-40GB, 40960\n";
 
     fn gpu(index: &str) -> GpuInfo {
-        GpuInfo {
-            index: index.to_owned(),
-            uuid: format!("GPU-{index}"),
-            name: "NVIDIA T4".to_owned(),
-            memory_mb: Some(15360),
-        }
+        GpuInfo { index: index.to_owned(), uuid: format!("GPU-{index}"), name: "NVIDIA T4".to_owned(), memory_mb: Some(15360) }
     }
 
     #[test]
@@ -285,8 +230,7 @@ mod tests {
 
     #[test]
     fn parses_not_available_memory_and_crlf() {
-        let gpus = parse_nvidia_smi_csv("0, GPU-abc, NVIDIA GeForce RTX 3090, [N/A]\r\n\r\n")
-            .expect("parse");
+        let gpus = parse_nvidia_smi_csv("0, GPU-abc, NVIDIA GeForce RTX 3090, [N/A]\r\n\r\n").expect("parse");
         assert_eq!(gpus.len(), 1);
         assert_eq!(gpus[0].name, "NVIDIA GeForce RTX 3090");
         assert_eq!(gpus[0].memory_mb, None);
@@ -297,14 +241,8 @@ mod tests {
         // What nvidia-smi prints on stdout when the driver is not loaded.
         let driver_error = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA \
                             driver. Make sure that the latest NVIDIA driver is installed and running.";
-        assert!(matches!(
-            parse_nvidia_smi_csv(driver_error),
-            Err(NvidiaSmiParseError::WrongFieldCount { line_number: 1, .. })
-        ));
-        assert!(matches!(
-            parse_nvidia_smi_csv("0, GPU-abc, Tesla V100, lots"),
-            Err(NvidiaSmiParseError::BadMemory { .. })
-        ));
+        assert!(matches!(parse_nvidia_smi_csv(driver_error), Err(NvidiaSmiParseError::WrongFieldCount { line_number: 1, .. })));
+        assert!(matches!(parse_nvidia_smi_csv("0, GPU-abc, Tesla V100, lots"), Err(NvidiaSmiParseError::BadMemory { .. })));
     }
 
     #[test]
@@ -318,10 +256,7 @@ mod tests {
 
     #[test]
     fn cpu_slot_count_is_configurable() {
-        let opts = SlotOptions {
-            cpu_slots: Some(3),
-            ..SlotOptions::default()
-        };
+        let opts = SlotOptions { cpu_slots: Some(3), ..SlotOptions::default() };
         let ids: Vec<String> = slots_for(&[], &opts).into_iter().map(|s| s.id).collect();
         assert_eq!(ids, ["cpu0", "cpu1", "cpu2"]);
     }
@@ -338,53 +273,30 @@ mod tests {
 
     #[test]
     fn explicit_cpu_slots_are_added_to_gpu_slots() {
-        let opts = SlotOptions {
-            cpu_slots: Some(2),
-            ..SlotOptions::default()
-        };
-        let ids: Vec<String> = slots_for(&[gpu("0")], &opts)
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let opts = SlotOptions { cpu_slots: Some(2), ..SlotOptions::default() };
+        let ids: Vec<String> = slots_for(&[gpu("0")], &opts).into_iter().map(|s| s.id).collect();
         assert_eq!(ids, ["gpu0", "cpu0", "cpu1"]);
     }
 
     #[test]
     fn several_slots_per_gpu_share_the_device() {
-        let opts = SlotOptions {
-            slots_per_gpu: 3,
-            ..SlotOptions::default()
-        };
+        let opts = SlotOptions { slots_per_gpu: 3, ..SlotOptions::default() };
         let slots = slots_for(&[gpu("0"), gpu("1")], &opts);
         let ids: Vec<&str> = slots.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["gpu0.0", "gpu0.1", "gpu0.2", "gpu1.0", "gpu1.1", "gpu1.2"]
-        );
-        let devices: Vec<&str> = slots
-            .iter()
-            .filter_map(|s| s.device_index.as_deref())
-            .collect();
+        assert_eq!(ids, ["gpu0.0", "gpu0.1", "gpu0.2", "gpu1.0", "gpu1.1", "gpu1.2"]);
+        let devices: Vec<&str> = slots.iter().filter_map(|s| s.device_index.as_deref()).collect();
         assert_eq!(devices, ["0", "0", "0", "1", "1", "1"]);
     }
 
     #[test]
     fn zero_slots_per_gpu_still_gives_one() {
-        let opts = SlotOptions {
-            slots_per_gpu: 0,
-            ..SlotOptions::default()
-        };
+        let opts = SlotOptions { slots_per_gpu: 0, ..SlotOptions::default() };
         assert_eq!(slots_for(&[gpu("0")], &opts).len(), 1);
     }
 
     #[test]
     fn slots_override_spreads_over_gpus() {
-        let opts = SlotOptions {
-            slots_override: Some(3),
-            cpu_slots: Some(4),
-            slots_per_gpu: 5,
-            ..SlotOptions::default()
-        };
+        let opts = SlotOptions { slots_override: Some(3), cpu_slots: Some(4), slots_per_gpu: 5, ..SlotOptions::default() };
         let slots = slots_for(&[gpu("0"), gpu("1")], &opts);
         let ids: Vec<&str> = slots.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["gpu0.0", "gpu0.1", "gpu1.0"]);
@@ -393,23 +305,14 @@ mod tests {
 
     #[test]
     fn slots_override_one_per_gpu_keeps_plain_ids() {
-        let opts = SlotOptions {
-            slots_override: Some(2),
-            ..SlotOptions::default()
-        };
-        let ids: Vec<String> = slots_for(&[gpu("0"), gpu("1")], &opts)
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let opts = SlotOptions { slots_override: Some(2), ..SlotOptions::default() };
+        let ids: Vec<String> = slots_for(&[gpu("0"), gpu("1")], &opts).into_iter().map(|s| s.id).collect();
         assert_eq!(ids, ["gpu0", "gpu1"]);
     }
 
     #[test]
     fn slots_override_without_gpus_gives_cpu_slots() {
-        let opts = SlotOptions {
-            slots_override: Some(4),
-            ..SlotOptions::default()
-        };
+        let opts = SlotOptions { slots_override: Some(4), ..SlotOptions::default() };
         let slots = slots_for(&[], &opts);
         assert_eq!(slots.len(), 4);
         assert!(slots.iter().all(|s| s.kind == SlotKind::Cpu));
@@ -419,10 +322,7 @@ mod tests {
     fn missing_nvidia_smi_means_no_gpus() {
         let missing = Path::new("/nonexistent/drover-test/nvidia-smi");
         assert!(query_gpus(Some(missing)).is_empty());
-        let opts = SlotOptions {
-            nvidia_smi: Some(missing.to_owned()),
-            ..SlotOptions::default()
-        };
+        let opts = SlotOptions { nvidia_smi: Some(missing.to_owned()), ..SlotOptions::default() };
         assert_eq!(discover(&opts).len(), 1);
     }
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use drover_agent::agent::{AgentConfig, AgentError, run_agent};
 use drover_agent::runner::{MAX_LINE_BYTES, SPLIT_END_MARKER, SPLIT_START_MARKER};
-use drover_api::agent::{
-    AgentMessage, LogLine, MAX_MESSAGE_BYTES, MasterMessage, SlotKind, SlotSpec, TaskSpec,
-};
+use drover_api::agent::{AgentMessage, LogLine, MAX_MESSAGE_BYTES, MasterMessage, SlotKind, SlotSpec, TaskSpec};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -43,22 +41,11 @@ async fn start_agent_with_token(join_token: Option<&str>) -> Harness {
         master_url: format!("http://{}", listener.local_addr().expect("addr")),
         agent_id: "agent-under-test".to_owned(),
         work_root: work_root.path().to_owned(),
-        slots: vec![SlotSpec {
-            id: "cpu0".to_owned(),
-            kind: SlotKind::Cpu,
-            device: "CPU".to_owned(),
-            device_index: None,
-            memory_mb: None,
-        }],
+        slots: vec![SlotSpec { id: "cpu0".to_owned(), kind: SlotKind::Cpu, device: "CPU".to_owned(), device_index: None, memory_mb: None }],
     };
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(run_agent(config, shutdown.clone()));
-    Harness {
-        listener,
-        shutdown,
-        agent,
-        _work_root: work_root,
-    }
+    Harness { listener, shutdown, agent, _work_root: work_root }
 }
 
 /// The master's side of the upgrade: the websocket limits of a real master, and the
@@ -69,28 +56,18 @@ async fn accept_upgrade(stream: TcpStream) -> (MasterSide, Option<String>) {
     // The callback's error type is tungstenite's, large or not.
     #[allow(clippy::result_large_err)]
     let callback = move |request: &Request, response: Response| {
-        *record.lock().expect("lock") = request
-            .headers()
-            .get("authorization")
-            .map(|value| value.to_str().expect("ascii").to_owned());
+        *record.lock().expect("lock") = request.headers().get("authorization").map(|value| value.to_str().expect("ascii").to_owned());
         Ok::<Response, ErrorResponse>(response)
     };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let socket = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-        .await
-        .expect("websocket handshake");
+    let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let socket = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await.expect("websocket handshake");
     let authorization = seen.lock().expect("lock").clone();
     (socket, authorization)
 }
 
 impl Harness {
     async fn accept(&self) -> MasterSide {
-        let (stream, _) = tokio::time::timeout(TIMEOUT, self.listener.accept())
-            .await
-            .expect("the agent connects in time")
-            .expect("accept");
+        let (stream, _) = tokio::time::timeout(TIMEOUT, self.listener.accept()).await.expect("the agent connects in time").expect("accept");
         let (socket, authorization) = accept_upgrade(stream).await;
         assert_eq!(authorization, Some(format!("Bearer {JOIN_TOKEN}")));
         socket
@@ -98,26 +75,18 @@ impl Harness {
 
     /// True if the agent opens no new connection within `wait`.
     async fn stays_connected(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.listener.accept())
-            .await
-            .is_err()
+        tokio::time::timeout(wait, self.listener.accept()).await.is_err()
     }
 
     async fn stop(self) -> Result<(), AgentError> {
         self.shutdown.cancel();
-        tokio::time::timeout(TIMEOUT, self.agent)
-            .await
-            .expect("the agent stops in time")
-            .expect("agent task")
+        tokio::time::timeout(TIMEOUT, self.agent).await.expect("the agent stops in time").expect("agent task")
     }
 }
 
 async fn send(socket: &mut MasterSide, message: &MasterMessage) {
     let text = serde_json::to_string(message).expect("encode");
-    socket
-        .send(Message::text(text))
-        .await
-        .expect("send to agent");
+    socket.send(Message::text(text)).await.expect("send to agent");
 }
 
 /// The next agent message other than a heartbeat.
@@ -184,14 +153,7 @@ fn hello_running(message: AgentMessage) -> Vec<String> {
 
 fn hello_running_and_instance(message: AgentMessage) -> (Vec<String>, String) {
     match message {
-        AgentMessage::Hello {
-            agent_id,
-            version,
-            slots,
-            running,
-            hostname,
-            instance,
-        } => {
+        AgentMessage::Hello { agent_id, version, slots, running, hostname, instance } => {
             assert_eq!(agent_id, "agent-under-test");
             assert_eq!(version, env!("CARGO_PKG_VERSION"));
             assert!(!hostname.is_empty());
@@ -208,18 +170,8 @@ async fn runs_a_task_for_the_master() {
     let mut master = harness.accept().await;
     assert_eq!(hello_running(recv(&mut master).await), Vec::<String>::new());
 
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 50,
-        },
-    )
-    .await;
-    send(
-        &mut master,
-        &MasterMessage::StartTask(task("alloc-1", "echo hi; echo err >&2; exit 3")),
-    )
-    .await;
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 50 }).await;
+    send(&mut master, &MasterMessage::StartTask(task("alloc-1", "echo hi; echo err >&2; exit 3"))).await;
 
     let mut messages = Vec::new();
     let mut heartbeats = 0;
@@ -233,29 +185,13 @@ async fn runs_a_task_for_the_master() {
             message => messages.push(message),
         }
     }
-    assert!(
-        matches!(&messages[0], AgentMessage::TaskStarted { allocation_id, .. } if allocation_id == "alloc-1")
-    );
-    let lines: Vec<(String, String)> = lines_of(&messages)
-        .into_iter()
-        .map(|l| (l.stream, l.line))
-        .collect();
-    assert!(
-        lines.contains(&("stdout".to_owned(), "hi".to_owned())),
-        "{lines:?}"
-    );
-    assert!(
-        lines.contains(&("stderr".to_owned(), "err".to_owned())),
-        "{lines:?}"
-    );
+    assert!(matches!(&messages[0], AgentMessage::TaskStarted { allocation_id, .. } if allocation_id == "alloc-1"));
+    let lines: Vec<(String, String)> = lines_of(&messages).into_iter().map(|l| (l.stream, l.line)).collect();
+    assert!(lines.contains(&("stdout".to_owned(), "hi".to_owned())), "{lines:?}");
+    assert!(lines.contains(&("stderr".to_owned(), "err".to_owned())), "{lines:?}");
     assert_eq!(
         messages.last(),
-        Some(&AgentMessage::TaskExited {
-            allocation_id: "alloc-1".to_owned(),
-            exit_code: Some(3),
-            signal: None,
-            error: None
-        })
+        Some(&AgentMessage::TaskExited { allocation_id: "alloc-1".to_owned(), exit_code: Some(3), signal: None, error: None })
     );
 
     // Heartbeats keep coming at the Welcome's interval.
@@ -273,21 +209,8 @@ async fn keeps_tasks_across_a_reconnect_and_delivers_buffered_output() {
     let mut master = harness.accept().await;
     let (_, first_instance) = hello_running_and_instance(recv(&mut master).await);
     assert_eq!(first_instance.len(), 36, "a UUID: {first_instance}");
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 1000,
-        },
-    )
-    .await;
-    send(
-        &mut master,
-        &MasterMessage::StartTask(task(
-            "survivor",
-            "echo before; sleep 0.3; echo during; exec sleep 30",
-        )),
-    )
-    .await;
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 1000 }).await;
+    send(&mut master, &MasterMessage::StartTask(task("survivor", "echo before; sleep 0.3; echo during; exec sleep 30"))).await;
     loop {
         if let AgentMessage::TaskLogs { lines, .. } = recv(&mut master).await
             && lines.iter().any(|l| l.line == "before")
@@ -303,35 +226,16 @@ async fn keeps_tasks_across_a_reconnect_and_delivers_buffered_output() {
     let (running, instance) = hello_running_and_instance(recv(&mut master).await);
     assert_eq!(running, ["survivor"]);
     assert_eq!(instance, first_instance, "a reconnect of the same process");
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 1000,
-        },
-    )
-    .await;
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 1000 }).await;
     match recv(&mut master).await {
-        AgentMessage::TaskLogs {
-            allocation_id,
-            lines,
-        } => {
+        AgentMessage::TaskLogs { allocation_id, lines } => {
             assert_eq!(allocation_id, "survivor");
-            assert_eq!(
-                lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
-                ["during"]
-            );
+            assert_eq!(lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["during"]);
         }
         other => panic!("expected the buffered output, got {other:?}"),
     }
 
-    send(
-        &mut master,
-        &MasterMessage::KillTask {
-            allocation_id: "survivor".to_owned(),
-            grace_ms: 0,
-        },
-    )
-    .await;
+    send(&mut master, &MasterMessage::KillTask { allocation_id: "survivor".to_owned(), grace_ms: 0 }).await;
     let messages = recv_until_exit(&mut master).await;
     assert!(
         matches!(messages.last(), Some(AgentMessage::TaskExited { allocation_id, signal: Some(9), .. }) if allocation_id == "survivor"),
@@ -345,44 +249,20 @@ async fn exit_while_disconnected_is_reported_after_reconnecting() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
     hello_running(recv(&mut master).await);
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 1000,
-        },
-    )
-    .await;
-    send(
-        &mut master,
-        &MasterMessage::StartTask(task("short", "sleep 0.3; exit 5")),
-    )
-    .await;
-    assert!(matches!(
-        recv(&mut master).await,
-        AgentMessage::TaskStarted { .. }
-    ));
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 1000 }).await;
+    send(&mut master, &MasterMessage::StartTask(task("short", "sleep 0.3; exit 5"))).await;
+    assert!(matches!(recv(&mut master).await, AgentMessage::TaskStarted { .. }));
     drop(master);
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let mut master = harness.accept().await;
     // Its exit report is still undelivered, so the allocation is announced, then reported.
     assert_eq!(hello_running(recv(&mut master).await), ["short"]);
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 1000,
-        },
-    )
-    .await;
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 1000 }).await;
     let messages = recv_until_exit(&mut master).await;
     assert_eq!(
         messages.last(),
-        Some(&AgentMessage::TaskExited {
-            allocation_id: "short".to_owned(),
-            exit_code: Some(5),
-            signal: None,
-            error: None
-        })
+        Some(&AgentMessage::TaskExited { allocation_id: "short".to_owned(), exit_code: Some(5), signal: None, error: None })
     );
     harness.stop().await.expect("clean shutdown");
 }
@@ -392,33 +272,15 @@ async fn shutdown_kills_running_tasks_and_reports_them() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
     hello_running(recv(&mut master).await);
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 1000,
-        },
-    )
-    .await;
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 1000 }).await;
     let mut long_task = task("long", "");
     long_task.argv = vec!["sleep".to_owned(), "30".to_owned()];
     send(&mut master, &MasterMessage::StartTask(long_task)).await;
-    assert!(matches!(
-        recv(&mut master).await,
-        AgentMessage::TaskStarted { .. }
-    ));
+    assert!(matches!(recv(&mut master).await, AgentMessage::TaskStarted { .. }));
 
     harness.shutdown.cancel();
     let messages = recv_until_exit(&mut master).await;
-    assert!(
-        matches!(
-            messages.last(),
-            Some(AgentMessage::TaskExited {
-                signal: Some(15),
-                ..
-            })
-        ),
-        "sleep dies of the SIGTERM: {messages:?}"
-    );
+    assert!(matches!(messages.last(), Some(AgentMessage::TaskExited { signal: Some(15), .. })), "sleep dies of the SIGTERM: {messages:?}");
     tokio::time::timeout(Duration::from_secs(5), harness.agent)
         .await
         .expect("the agent stops in time")
@@ -431,28 +293,10 @@ async fn kill_for_an_unknown_allocation_is_answered() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
     hello_running(recv(&mut master).await);
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 1000,
-        },
-    )
-    .await;
-    send(
-        &mut master,
-        &MasterMessage::KillTask {
-            allocation_id: "ghost".to_owned(),
-            grace_ms: 1000,
-        },
-    )
-    .await;
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 1000 }).await;
+    send(&mut master, &MasterMessage::KillTask { allocation_id: "ghost".to_owned(), grace_ms: 1000 }).await;
     match recv(&mut master).await {
-        AgentMessage::TaskExited {
-            allocation_id,
-            exit_code: None,
-            signal: None,
-            error: Some(error),
-        } => {
+        AgentMessage::TaskExited { allocation_id, exit_code: None, signal: None, error: Some(error) } => {
             assert_eq!(allocation_id, "ghost");
             assert!(error.contains("no such task"), "{error}");
         }
@@ -466,33 +310,11 @@ async fn unreadable_master_messages_are_skipped() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
     hello_running(recv(&mut master).await);
-    master
-        .send(Message::text("{\"type\":\"from_the_future\"}"))
-        .await
-        .expect("send");
-    send(
-        &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 1000,
-        },
-    )
-    .await;
-    send(
-        &mut master,
-        &MasterMessage::StartTask(task("after-garbage", "exit 0")),
-    )
-    .await;
+    master.send(Message::text("{\"type\":\"from_the_future\"}")).await.expect("send");
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 1000 }).await;
+    send(&mut master, &MasterMessage::StartTask(task("after-garbage", "exit 0"))).await;
     let messages = recv_until_exit(&mut master).await;
-    assert!(
-        matches!(
-            messages.last(),
-            Some(AgentMessage::TaskExited {
-                exit_code: Some(0),
-                ..
-            })
-        ),
-        "{messages:?}"
-    );
+    assert!(matches!(messages.last(), Some(AgentMessage::TaskExited { exit_code: Some(0), .. })), "{messages:?}");
     harness.stop().await.expect("clean shutdown");
 }
 
@@ -501,18 +323,8 @@ async fn reject_ends_the_agent_with_an_error() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
     hello_running(recv(&mut master).await);
-    send(
-        &mut master,
-        &MasterMessage::Reject {
-            reason: "duplicate agent id".to_owned(),
-            retry_after_ms: None,
-        },
-    )
-    .await;
-    let result = tokio::time::timeout(TIMEOUT, harness.agent)
-        .await
-        .expect("the agent stops")
-        .expect("agent task");
+    send(&mut master, &MasterMessage::Reject { reason: "duplicate agent id".to_owned(), retry_after_ms: None }).await;
+    let result = tokio::time::timeout(TIMEOUT, harness.agent).await.expect("the agent stops").expect("agent task");
     match result {
         Err(AgentError::Rejected { reason }) => assert_eq!(reason, "duplicate agent id"),
         other => panic!("expected a rejection, got {other:?}"),
@@ -526,14 +338,8 @@ async fn a_reject_with_retry_after_is_followed_by_a_reconnect() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
     hello_running(recv(&mut master).await);
-    send(
-        &mut master,
-        &MasterMessage::Reject {
-            reason: "agent id `agent-under-test` is in use".to_owned(),
-            retry_after_ms: Some(100),
-        },
-    )
-    .await;
+    send(&mut master, &MasterMessage::Reject { reason: "agent id `agent-under-test` is in use".to_owned(), retry_after_ms: Some(100) })
+        .await;
     let mut again = harness.accept().await;
     hello_running(recv(&mut again).await);
     assert!(!harness.agent.is_finished(), "the agent exited on a refusal that may pass");
@@ -560,26 +366,12 @@ async fn retries_until_the_master_is_up() {
         shutdown.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("rebind the reserved port");
-    let (stream, _) = tokio::time::timeout(TIMEOUT, listener.accept())
-        .await
-        .expect("agent retries")
-        .expect("accept");
-    let mut master = tokio_tungstenite::accept_async(stream)
-        .await
-        .expect("handshake");
-    assert!(matches!(
-        recv(&mut master).await,
-        AgentMessage::Hello { .. }
-    ));
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("rebind the reserved port");
+    let (stream, _) = tokio::time::timeout(TIMEOUT, listener.accept()).await.expect("agent retries").expect("accept");
+    let mut master = tokio_tungstenite::accept_async(stream).await.expect("handshake");
+    assert!(matches!(recv(&mut master).await, AgentMessage::Hello { .. }));
     shutdown.cancel();
-    tokio::time::timeout(TIMEOUT, agent)
-        .await
-        .expect("stops")
-        .expect("agent task")
-        .expect("clean shutdown");
+    tokio::time::timeout(TIMEOUT, agent).await.expect("stops").expect("agent task").expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -593,10 +385,7 @@ async fn invalid_master_url_is_an_error() {
         join_token: None,
     };
     let result = run_agent(config, CancellationToken::new()).await;
-    assert!(
-        matches!(result, Err(AgentError::InvalidMasterUrl { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(AgentError::InvalidMasterUrl { .. })), "{result:?}");
 }
 
 #[tokio::test]
@@ -614,56 +403,29 @@ async fn each_agent_process_has_its_own_instance() {
 
 #[tokio::test]
 async fn a_refused_join_token_stops_the_agent_without_retrying() {
-    for (token, status) in [
-        (None, StatusCode::UNAUTHORIZED),
-        (Some("wrong"), StatusCode::FORBIDDEN),
-    ] {
+    for (token, status) in [(None, StatusCode::UNAUTHORIZED), (Some("wrong"), StatusCode::FORBIDDEN)] {
         let harness = start_agent_with_token(token).await;
-        let (stream, _) = tokio::time::timeout(TIMEOUT, harness.listener.accept())
-            .await
-            .expect("the agent connects")
-            .expect("accept");
+        let (stream, _) = tokio::time::timeout(TIMEOUT, harness.listener.accept()).await.expect("the agent connects").expect("accept");
         let seen = Arc::new(Mutex::new(None));
         let record = seen.clone();
         #[allow(clippy::result_large_err)]
         let refuse = move |request: &Request, _response: Response| {
-            *record.lock().expect("lock") = request
-                .headers()
-                .get("authorization")
-                .map(|value| value.to_str().expect("ascii").to_owned());
+            *record.lock().expect("lock") = request.headers().get("authorization").map(|value| value.to_str().expect("ascii").to_owned());
             let mut refusal = ErrorResponse::new(Some("no".to_owned()));
             *refusal.status_mut() = status;
             Err(refusal)
         };
-        assert!(
-            tokio_tungstenite::accept_hdr_async(stream, refuse)
-                .await
-                .is_err()
-        );
-        assert_eq!(
-            *seen.lock().expect("lock"),
-            token.map(|token| format!("Bearer {token}"))
-        );
-        let result = tokio::time::timeout(TIMEOUT, harness.agent)
-            .await
-            .expect("the agent stops instead of retrying")
-            .expect("agent task");
+        assert!(tokio_tungstenite::accept_hdr_async(stream, refuse).await.is_err());
+        assert_eq!(*seen.lock().expect("lock"), token.map(|token| format!("Bearer {token}")));
+        let result = tokio::time::timeout(TIMEOUT, harness.agent).await.expect("the agent stops instead of retrying").expect("agent task");
         match result {
             Err(AgentError::Rejected { reason }) => {
-                assert!(
-                    reason.contains("join token is missing or wrong"),
-                    "{reason}"
-                );
+                assert!(reason.contains("join token is missing or wrong"), "{reason}");
                 assert!(reason.contains(status.as_str()), "{reason}");
             }
             other => panic!("expected a rejection, got {other:?}"),
         }
-        assert!(
-            tokio::time::timeout(Duration::from_millis(1500), harness.listener.accept())
-                .await
-                .is_err(),
-            "no second attempt"
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(1500), harness.listener.accept()).await.is_err(), "no second attempt");
     }
 }
 
@@ -673,44 +435,17 @@ async fn a_17_mb_line_arrives_in_fragments_without_a_reconnect() {
     let harness = start_agent().await;
     let mut master = harness.accept().await;
     hello_running(recv(&mut master).await);
+    send(&mut master, &MasterMessage::Welcome { heartbeat_interval_ms: 200 }).await;
     send(
         &mut master,
-        &MasterMessage::Welcome {
-            heartbeat_interval_ms: 200,
-        },
-    )
-    .await;
-    send(
-        &mut master,
-        &MasterMessage::StartTask(task(
-            "huge-line",
-            &format!("head -c {LINE_BYTES} /dev/zero | tr '\\0' x; echo; echo after"),
-        )),
+        &MasterMessage::StartTask(task("huge-line", &format!("head -c {LINE_BYTES} /dev/zero | tr '\\0' x; echo; echo after"))),
     )
     .await;
     // The master's side reads with MAX_MESSAGE_BYTES limits: a larger frame fails `recv`.
     let messages = recv_until_exit(&mut master).await;
-    assert!(
-        matches!(
-            messages.last(),
-            Some(AgentMessage::TaskExited {
-                exit_code: Some(0),
-                ..
-            })
-        ),
-        "{:?}",
-        messages.last()
-    );
-    let lines: Vec<String> = lines_of(&messages)
-        .into_iter()
-        .filter(|l| l.stream == "stdout")
-        .map(|l| l.line)
-        .collect();
-    assert!(
-        lines.len() > LINE_BYTES / MAX_LINE_BYTES,
-        "{} lines",
-        lines.len()
-    );
+    assert!(matches!(messages.last(), Some(AgentMessage::TaskExited { exit_code: Some(0), .. })), "{:?}", messages.last());
+    let lines: Vec<String> = lines_of(&messages).into_iter().filter(|l| l.stream == "stdout").map(|l| l.line).collect();
+    assert!(lines.len() > LINE_BYTES / MAX_LINE_BYTES, "{} lines", lines.len());
     assert!(lines.iter().all(|line| line.len() <= MAX_LINE_BYTES));
     // Every cut is marked on both sides; dropping the markers gives back every byte.
     let (fragments, rest) = lines.split_at(lines.len() - 1);
@@ -719,14 +454,10 @@ async fn a_17_mb_line_arrives_in_fragments_without_a_reconnect() {
     for (i, fragment) in fragments.iter().enumerate() {
         let mut text = fragment.as_str();
         if i > 0 {
-            text = text
-                .strip_prefix(SPLIT_START_MARKER)
-                .unwrap_or_else(|| panic!("fragment {i} has no start marker"));
+            text = text.strip_prefix(SPLIT_START_MARKER).unwrap_or_else(|| panic!("fragment {i} has no start marker"));
         }
         if i + 1 < fragments.len() {
-            text = text
-                .strip_suffix(SPLIT_END_MARKER)
-                .unwrap_or_else(|| panic!("fragment {i} has no end marker"));
+            text = text.strip_suffix(SPLIT_END_MARKER).unwrap_or_else(|| panic!("fragment {i} has no end marker"));
         }
         joined.push_str(text);
     }
@@ -735,15 +466,9 @@ async fn a_17_mb_line_arrives_in_fragments_without_a_reconnect() {
 
     // Still the same connection, and the next task runs on it.
     assert!(harness.stays_connected(Duration::from_millis(300)).await);
-    send(
-        &mut master,
-        &MasterMessage::StartTask(task("next", "echo next")),
-    )
-    .await;
+    send(&mut master, &MasterMessage::StartTask(task("next", "echo next"))).await;
     let messages = recv_until_exit(&mut master).await;
-    assert!(
-        matches!(messages.last(), Some(AgentMessage::TaskExited { allocation_id, exit_code: Some(0), .. }) if allocation_id == "next")
-    );
+    assert!(matches!(messages.last(), Some(AgentMessage::TaskExited { allocation_id, exit_code: Some(0), .. }) if allocation_id == "next"));
     assert!(lines_of(&messages).iter().any(|l| l.line == "next"));
     assert!(harness.stays_connected(Duration::from_millis(300)).await);
     harness.stop().await.expect("clean shutdown");

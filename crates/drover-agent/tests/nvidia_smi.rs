@@ -24,10 +24,7 @@ fn discovers_cuda_slots_from_nvidia_smi() {
     std::fs::write(&fake, script).expect("write fake nvidia-smi");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
-    let one_per_gpu = SlotOptions {
-        nvidia_smi: Some(fake.clone()),
-        ..SlotOptions::default()
-    };
+    let one_per_gpu = SlotOptions { nvidia_smi: Some(fake.clone()), ..SlotOptions::default() };
     let slots = discover(&one_per_gpu);
     let ids: Vec<&str> = slots.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["gpu0", "gpu1"], "{slots:?}");
@@ -37,21 +34,12 @@ fn discovers_cuda_slots_from_nvidia_smi() {
     assert_eq!(slots[1].device, "NVIDIA A100-SXM4-40GB");
     assert_eq!(slots[1].memory_mb, Some(40960));
     let args = std::fs::read_to_string(&args_file).expect("fake nvidia-smi ran");
-    assert_eq!(
-        args.trim(),
-        "--query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits"
-    );
+    assert_eq!(args.trim(), "--query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits");
 
-    let three_per_gpu = SlotOptions {
-        slots_per_gpu: 3,
-        ..one_per_gpu.clone()
-    };
+    let three_per_gpu = SlotOptions { slots_per_gpu: 3, ..one_per_gpu.clone() };
     let slots = discover(&three_per_gpu);
     assert_eq!(slots.len(), 6, "{slots:?}");
-    let devices: Vec<&str> = slots
-        .iter()
-        .filter_map(|s| s.device_index.as_deref())
-        .collect();
+    let devices: Vec<&str> = slots.iter().filter_map(|s| s.device_index.as_deref()).collect();
     assert_eq!(devices, ["0", "0", "0", "1", "1", "1"]);
     assert_eq!(slots[4].id, "gpu1.1");
 

@@ -26,13 +26,7 @@ fn setup(master_url: &str, slots: Vec<SlotSpec>) -> Setup {
 }
 
 fn cpu_slot() -> SlotSpec {
-    SlotSpec {
-        id: "cpu0".to_owned(),
-        kind: SlotKind::Cpu,
-        device: "CPU".to_owned(),
-        device_index: None,
-        memory_mb: None,
-    }
+    SlotSpec { id: "cpu0".to_owned(), kind: SlotKind::Cpu, device: "CPU".to_owned(), device_index: None, memory_mb: None }
 }
 
 fn spec(allocation_id: &str, argv: &[&str]) -> TaskSpec {
@@ -57,10 +51,8 @@ fn start(setup: &Setup, spec: TaskSpec) -> (TaskHandle, mpsc::UnboundedReceiver<
 async fn until_exit(rx: &mut mpsc::UnboundedReceiver<AgentMessage>) -> Vec<AgentMessage> {
     let mut messages = Vec::new();
     loop {
-        let message = tokio::time::timeout(TIMEOUT, rx.recv())
-            .await
-            .expect("task did not exit in time")
-            .expect("channel closed before TaskExited");
+        let message =
+            tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("task did not exit in time").expect("channel closed before TaskExited");
         let done = matches!(message, AgentMessage::TaskExited { .. });
         messages.push(message);
         if done {
@@ -80,22 +72,13 @@ fn log_lines(messages: &[AgentMessage]) -> Vec<LogLine> {
 }
 
 fn stdout_text(messages: &[AgentMessage]) -> Vec<String> {
-    log_lines(messages)
-        .into_iter()
-        .filter(|l| l.stream == "stdout")
-        .map(|l| l.line)
-        .collect()
+    log_lines(messages).into_iter().filter(|l| l.stream == "stdout").map(|l| l.line).collect()
 }
 
 /// (exit_code, signal, error) of the final message.
 fn exit_of(messages: &[AgentMessage]) -> (Option<i32>, Option<i32>, Option<String>) {
     match messages.last() {
-        Some(AgentMessage::TaskExited {
-            exit_code,
-            signal,
-            error,
-            ..
-        }) => (*exit_code, *signal, error.clone()),
+        Some(AgentMessage::TaskExited { exit_code, signal, error, .. }) => (*exit_code, *signal, error.clone()),
         other => panic!("last message is not TaskExited: {other:?}"),
     }
 }
@@ -106,9 +89,7 @@ fn process_is_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
             matches!(state, Some('Z' | 'X'))
         }
     }
@@ -127,10 +108,7 @@ async fn wait_dead(pid: i32) -> bool {
 #[tokio::test]
 async fn relays_both_streams_and_the_exit_code() {
     let setup = setup("http://127.0.0.1:1", vec![cpu_slot()]);
-    let (_handle, mut rx) = start(
-        &setup,
-        spec("echo", &["/bin/sh", "-c", "echo hi; echo err >&2; exit 3"]),
-    );
+    let (_handle, mut rx) = start(&setup, spec("echo", &["/bin/sh", "-c", "echo hi; echo err >&2; exit 3"]));
     let messages = until_exit(&mut rx).await;
 
     match &messages[0] {
@@ -141,20 +119,11 @@ async fn relays_both_streams_and_the_exit_code() {
         other => panic!("first message is not TaskStarted: {other:?}"),
     }
     let lines = log_lines(&messages);
-    let streams: Vec<(&str, &str)> = lines
-        .iter()
-        .map(|l| (l.stream.as_str(), l.line.as_str()))
-        .collect();
+    let streams: Vec<(&str, &str)> = lines.iter().map(|l| (l.stream.as_str(), l.line.as_str())).collect();
     assert!(streams.contains(&("stdout", "hi")), "{streams:?}");
     assert!(streams.contains(&("stderr", "err")), "{streams:?}");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    assert!(
-        lines.iter().all(|l| (now_ms - l.ts_ms).abs() < 60_000),
-        "timestamps are ms since the epoch"
-    );
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    assert!(lines.iter().all(|l| (now_ms - l.ts_ms).abs() < 60_000), "timestamps are ms since the epoch");
     assert_eq!(exit_of(&messages), (Some(3), None, None));
 }
 
@@ -167,57 +136,30 @@ async fn runs_in_a_fresh_work_dir_with_the_task_environment() {
         device_index: Some(index.to_owned()),
         memory_mb: Some(15360),
     };
-    let setup = setup(
-        "http://127.0.0.1:1",
-        vec![gpu("gpu0.0", "0"), gpu("gpu0.1", "0"), gpu("gpu1.0", "1")],
-    );
+    let setup = setup("http://127.0.0.1:1", vec![gpu("gpu0.0", "0"), gpu("gpu0.1", "0"), gpu("gpu1.0", "1")]);
     let stale = setup.work_root.path().join("env-task");
     std::fs::create_dir_all(&stale).expect("mkdir");
     std::fs::write(stale.join("stale-file"), "from an earlier run").expect("write");
     let expected_dir = stale.canonicalize().expect("canonicalize").display().to_string();
 
-    let mut task = spec(
-        "env-task",
-        &[
-            "/bin/sh",
-            "-c",
-            "pwd; ls; echo \"$CUDA_VISIBLE_DEVICES|$DROVER_SLOT_IDS|$DROVER_TRIAL_ID|$DROVER_MASTER\"",
-        ],
-    );
-    task.slot_ids = vec![
-        "gpu1.0".to_owned(),
-        "gpu0.1".to_owned(),
-        "gpu0.0".to_owned(),
-    ];
-    task.env
-        .insert("DROVER_TRIAL_ID".to_owned(), "42".to_owned());
+    let mut task =
+        spec("env-task", &["/bin/sh", "-c", "pwd; ls; echo \"$CUDA_VISIBLE_DEVICES|$DROVER_SLOT_IDS|$DROVER_TRIAL_ID|$DROVER_MASTER\""]);
+    task.slot_ids = vec!["gpu1.0".to_owned(), "gpu0.1".to_owned(), "gpu0.0".to_owned()];
+    task.env.insert("DROVER_TRIAL_ID".to_owned(), "42".to_owned());
     let (_handle, mut rx) = start(&setup, task);
     let messages = until_exit(&mut rx).await;
     assert_eq!(exit_of(&messages), (Some(0), None, None));
     assert!(!stale.exists(), "the work directory is removed once the task is over");
     // `ls` of an empty directory prints nothing, so the stale file is gone if only 2 lines came.
-    assert_eq!(
-        stdout_text(&messages),
-        [
-            expected_dir,
-            "1,0|gpu1.0,gpu0.1,gpu0.0|42|http://127.0.0.1:1".to_owned()
-        ]
-    );
+    assert_eq!(stdout_text(&messages), [expected_dir, "1,0|gpu1.0,gpu0.1,gpu0.0|42|http://127.0.0.1:1".to_owned()]);
 }
 
 #[tokio::test]
 async fn missing_executable_is_reported_not_panicked() {
     let setup = setup("http://127.0.0.1:1", vec![cpu_slot()]);
-    let (_handle, mut rx) = start(
-        &setup,
-        spec("missing", &["/nonexistent/drover-test-binary", "--flag"]),
-    );
+    let (_handle, mut rx) = start(&setup, spec("missing", &["/nonexistent/drover-test-binary", "--flag"]));
     let messages = until_exit(&mut rx).await;
-    assert_eq!(
-        messages.len(),
-        1,
-        "no TaskStarted for a process that never ran: {messages:?}"
-    );
+    assert_eq!(messages.len(), 1, "no TaskStarted for a process that never ran: {messages:?}");
     let (exit_code, signal, error) = exit_of(&messages);
     assert_eq!((exit_code, signal), (None, None));
     let error = error.expect("an error string");
@@ -236,48 +178,28 @@ async fn unknown_slot_and_bad_allocation_id_are_refused() {
     let (_handle, mut rx) = start(&setup, spec("../escape", &["/bin/true"]));
     let error = exit_of(&until_exit(&mut rx).await).2.expect("error");
     assert!(error.contains("allocation id"), "{error}");
-    assert!(
-        !setup
-            .work_root
-            .path()
-            .parent()
-            .expect("parent")
-            .join("escape")
-            .exists()
-    );
+    assert!(!setup.work_root.path().parent().expect("parent").join("escape").exists());
 }
 
 #[tokio::test]
 async fn kill_stops_the_whole_process_group() {
     let setup = setup("http://127.0.0.1:1", vec![cpu_slot()]);
-    let (handle, mut rx) = start(
-        &setup,
-        spec("kill-me", &["/bin/sh", "-c", "sleep 30 & echo $!; wait"]),
-    );
+    let (handle, mut rx) = start(&setup, spec("kill-me", &["/bin/sh", "-c", "sleep 30 & echo $!; wait"]));
     let sleep_pid = loop {
-        let message = tokio::time::timeout(TIMEOUT, rx.recv())
-            .await
-            .expect("output in time")
-            .expect("open");
+        let message = tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("output in time").expect("open");
         if let AgentMessage::TaskLogs { lines, .. } = &message
             && let Some(line) = lines.iter().find(|l| l.stream == "stdout")
         {
             break line.line.trim().parse::<i32>().expect("the sleep pid");
         }
     };
-    assert!(
-        !process_is_dead(sleep_pid),
-        "sleep should be running before the kill"
-    );
+    assert!(!process_is_dead(sleep_pid), "sleep should be running before the kill");
 
     handle.kill(Duration::from_secs(10));
     let messages = until_exit(&mut rx).await;
     // SIGTERM sufficed: well within the 10 s grace, and reported as the signal.
     assert_eq!(exit_of(&messages), (None, Some(libc_sigterm()), None));
-    assert!(
-        wait_dead(sleep_pid).await,
-        "the shell's child {sleep_pid} survived the kill"
-    );
+    assert!(wait_dead(sleep_pid).await, "the shell's child {sleep_pid} survived the kill");
 }
 
 #[tokio::test]
@@ -290,10 +212,7 @@ async fn sigterm_reaches_every_process_in_the_group() {
                   while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done) & wait";
     let (handle, mut rx) = start(&setup, spec("group", &["/bin/sh", "-c", script]));
     loop {
-        let message = tokio::time::timeout(TIMEOUT, rx.recv())
-            .await
-            .expect("output in time")
-            .expect("open");
+        let message = tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("output in time").expect("open");
         if let AgentMessage::TaskLogs { lines, .. } = &message
             && lines.iter().any(|l| l.line == "child-up")
         {
@@ -302,50 +221,26 @@ async fn sigterm_reaches_every_process_in_the_group() {
     }
     handle.kill(Duration::from_secs(10));
     let messages = until_exit(&mut rx).await;
-    assert!(
-        stdout_text(&messages).contains(&"child-got-term".to_owned()),
-        "{messages:?}"
-    );
+    assert!(stdout_text(&messages).contains(&"child-got-term".to_owned()), "{messages:?}");
 }
 
 #[tokio::test]
 async fn processes_left_behind_are_killed_when_the_leader_exits() {
     let setup = setup("http://127.0.0.1:1", vec![cpu_slot()]);
-    let (_handle, mut rx) = start(
-        &setup,
-        spec(
-            "leaves-child",
-            &["/bin/sh", "-c", "sleep 30 & echo $!; exit 4"],
-        ),
-    );
+    let (_handle, mut rx) = start(&setup, spec("leaves-child", &["/bin/sh", "-c", "sleep 30 & echo $!; exit 4"]));
     let messages = until_exit(&mut rx).await;
     assert_eq!(exit_of(&messages), (Some(4), None, None));
-    let sleep_pid: i32 = stdout_text(&messages)[0]
-        .trim()
-        .parse()
-        .expect("the sleep pid");
-    assert!(
-        wait_dead(sleep_pid).await,
-        "the leftover sleep {sleep_pid} still runs"
-    );
+    let sleep_pid: i32 = stdout_text(&messages)[0].trim().parse().expect("the sleep pid");
+    assert!(wait_dead(sleep_pid).await, "the leftover sleep {sleep_pid} still runs");
 }
 
 #[tokio::test]
 async fn kill_escalates_to_sigkill_after_the_grace() {
     let setup = setup("http://127.0.0.1:1", vec![cpu_slot()]);
     // Ignoring TERM is inherited by the sleep, so only SIGKILL ends either.
-    let (handle, mut rx) = start(
-        &setup,
-        spec(
-            "stubborn",
-            &["/bin/sh", "-c", "trap '' TERM; sleep 30 & echo $!; wait"],
-        ),
-    );
+    let (handle, mut rx) = start(&setup, spec("stubborn", &["/bin/sh", "-c", "trap '' TERM; sleep 30 & echo $!; wait"]));
     let sleep_pid = loop {
-        let message = tokio::time::timeout(TIMEOUT, rx.recv())
-            .await
-            .expect("output in time")
-            .expect("open");
+        let message = tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("output in time").expect("open");
         if let AgentMessage::TaskLogs { lines, .. } = &message
             && let Some(line) = lines.iter().find(|l| l.stream == "stdout")
         {
@@ -356,25 +251,16 @@ async fn kill_escalates_to_sigkill_after_the_grace() {
     handle.kill(Duration::from_millis(300));
     let messages = until_exit(&mut rx).await;
     assert_eq!(exit_of(&messages).1, Some(9), "{messages:?}");
-    assert!(
-        killed_at.elapsed() >= Duration::from_millis(300),
-        "SIGKILL came before the grace ended"
-    );
+    assert!(killed_at.elapsed() >= Duration::from_millis(300), "SIGKILL came before the grace ended");
     assert!(wait_dead(sleep_pid).await);
 }
 
 #[tokio::test]
 async fn zero_grace_kills_at_once() {
     let setup = setup("http://127.0.0.1:1", vec![cpu_slot()]);
-    let (handle, mut rx) = start(
-        &setup,
-        spec("now", &["/bin/sh", "-c", "trap '' TERM; echo up; sleep 30"]),
-    );
+    let (handle, mut rx) = start(&setup, spec("now", &["/bin/sh", "-c", "trap '' TERM; echo up; sleep 30"]));
     loop {
-        let message = tokio::time::timeout(TIMEOUT, rx.recv())
-            .await
-            .expect("output in time")
-            .expect("open");
+        let message = tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("output in time").expect("open");
         if matches!(message, AgentMessage::TaskLogs { .. }) {
             break;
         }
@@ -387,17 +273,8 @@ async fn zero_grace_kills_at_once() {
 #[tokio::test]
 async fn many_lines_arrive_complete_and_in_order() {
     let setup = setup("http://127.0.0.1:1", vec![cpu_slot()]);
-    let (_handle, mut rx) = start(
-        &setup,
-        spec(
-            "chatty",
-            &[
-                "/bin/sh",
-                "-c",
-                "i=0; while [ $i -lt 1200 ]; do echo line$i; i=$((i+1)); done",
-            ],
-        ),
-    );
+    let (_handle, mut rx) =
+        start(&setup, spec("chatty", &["/bin/sh", "-c", "i=0; while [ $i -lt 1200 ]; do echo line$i; i=$((i+1)); done"]));
     let messages = until_exit(&mut rx).await;
     let lines = stdout_text(&messages);
     let expected: Vec<String> = (0..1200).map(|i| format!("line{i}")).collect();
@@ -445,20 +322,9 @@ fn serve_once(body: Vec<u8>) -> (String, std::thread::JoinHandle<String>) {
             head.push(byte[0]);
         }
         let head = String::from_utf8_lossy(&head).into_owned();
-        let authorized = head
-            .lines()
-            .any(|l| l.eq_ignore_ascii_case("authorization: Bearer secret-token"));
-        let (status, body) = if authorized {
-            ("200 OK", body)
-        } else {
-            ("401 Unauthorized", Vec::new())
-        };
-        write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .expect("write head");
+        let authorized = head.lines().any(|l| l.eq_ignore_ascii_case("authorization: Bearer secret-token"));
+        let (status, body) = if authorized { ("200 OK", body) } else { ("401 Unauthorized", Vec::new()) };
+        write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).expect("write head");
         stream.write_all(&body).expect("write body");
         head
     });
@@ -467,10 +333,7 @@ fn serve_once(body: Vec<u8>) -> (String, std::thread::JoinHandle<String>) {
 
 #[tokio::test]
 async fn fetches_and_extracts_the_context_with_the_task_token() {
-    let tarball = gzip_tar(&[
-        ("run.sh", b"echo from context; cat data/value.txt\n"),
-        ("data/value.txt", b"7\n"),
-    ]);
+    let tarball = gzip_tar(&[("run.sh", b"echo from context; cat data/value.txt\n"), ("data/value.txt", b"7\n")]);
     let (url, server) = serve_once(tarball);
     let setup = setup(&url, vec![cpu_slot()]);
     let mut task = spec("with-context", &["/bin/sh", "run.sh"]);
@@ -480,10 +343,7 @@ async fn fetches_and_extracts_the_context_with_the_task_token() {
     assert_eq!(exit_of(&messages), (Some(0), None, None), "{messages:?}");
     assert_eq!(stdout_text(&messages), ["from context", "7"]);
     let head = server.join().expect("server");
-    assert!(
-        head.starts_with("GET /api/v1/experiments/1/context HTTP/1.1"),
-        "{head}"
-    );
+    assert!(head.starts_with("GET /api/v1/experiments/1/context HTTP/1.1"), "{head}");
 }
 
 #[tokio::test]
@@ -526,9 +386,7 @@ async fn kill_during_context_fetch_does_not_wait_for_it() {
     let (handle, mut rx) = start(&setup, task);
     tokio::time::sleep(Duration::from_millis(200)).await;
     handle.kill(Duration::from_secs(30));
-    let messages = tokio::time::timeout(Duration::from_secs(3), until_exit(&mut rx))
-        .await
-        .expect("prompt exit");
+    let messages = tokio::time::timeout(Duration::from_secs(3), until_exit(&mut rx)).await.expect("prompt exit");
     let error = exit_of(&messages).2.expect("error");
     assert!(error.contains("killed before"), "{error}");
     drop(listener);
@@ -552,11 +410,7 @@ fn serve_counting(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
                 head.push(byte[0]);
             }
             counter.fetch_add(1, Ordering::SeqCst);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let _ = stream.write_all(&body);
         }
     });
@@ -571,48 +425,29 @@ fn in_experiment(mut task: TaskSpec, experiment_id: i64) -> TaskSpec {
 
 #[tokio::test]
 async fn the_context_is_downloaded_and_unpacked_once_per_experiment() {
-    let tarball = gzip_tar(&[
-        ("data/value.txt", b"7\n"),
-        ("run.sh", b"cat data/value.txt\n"),
-    ]);
+    let tarball = gzip_tar(&[("data/value.txt", b"7\n"), ("run.sh", b"cat data/value.txt\n")]);
     let (url, requests) = serve_counting(tarball);
     let setup = setup(&url, vec![cpu_slot()]);
     // Two tasks of one experiment at once; each changes its own copy.
     let script = "cat data/value.txt; echo changed > data/value.txt; cat data/value.txt";
-    let (_a, mut rx_a) = start(
-        &setup,
-        in_experiment(spec("first", &["/bin/sh", "-c", script]), 1),
-    );
-    let (_b, mut rx_b) = start(
-        &setup,
-        in_experiment(spec("second", &["/bin/sh", "-c", script]), 1),
-    );
+    let (_a, mut rx_a) = start(&setup, in_experiment(spec("first", &["/bin/sh", "-c", script]), 1));
+    let (_b, mut rx_b) = start(&setup, in_experiment(spec("second", &["/bin/sh", "-c", script]), 1));
     for rx in [&mut rx_a, &mut rx_b] {
         let messages = until_exit(rx).await;
         assert_eq!(exit_of(&messages), (Some(0), None, None), "{messages:?}");
         assert_eq!(stdout_text(&messages), ["7", "changed"]);
     }
-    assert_eq!(
-        requests.load(Ordering::SeqCst),
-        1,
-        "one download for both tasks"
-    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "one download for both tasks");
     assert_eq!(setup.config.contexts.unpack_count(), 1);
 
     // A later task of the experiment gets a fresh copy, still without a download.
-    let (_c, mut rx_c) = start(
-        &setup,
-        in_experiment(spec("third", &["/bin/sh", "run.sh"]), 1),
-    );
+    let (_c, mut rx_c) = start(&setup, in_experiment(spec("third", &["/bin/sh", "run.sh"]), 1));
     let messages = until_exit(&mut rx_c).await;
     assert_eq!(stdout_text(&messages), ["7"], "{messages:?}");
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 
     // Another experiment has its own.
-    let (_d, mut rx_d) = start(
-        &setup,
-        in_experiment(spec("other", &["/bin/sh", "run.sh"]), 2),
-    );
+    let (_d, mut rx_d) = start(&setup, in_experiment(spec("other", &["/bin/sh", "run.sh"]), 2));
     let messages = until_exit(&mut rx_d).await;
     assert_eq!(stdout_text(&messages), ["7"], "{messages:?}");
     assert_eq!(requests.load(Ordering::SeqCst), 2);
@@ -620,13 +455,7 @@ async fn the_context_is_downloaded_and_unpacked_once_per_experiment() {
     // Nothing is left behind but the unpacked trees.
     let mut cached: Vec<String> = std::fs::read_dir(setup.config.contexts.root())
         .expect("cache dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     cached.sort();
     assert_eq!(cached.len(), 2, "{cached:?}");
@@ -662,10 +491,7 @@ async fn a_context_with_a_fifo_is_refused_naming_it() {
     let messages = until_exit(&mut rx).await;
     assert_eq!(messages.len(), 1, "the task must not start: {messages:?}");
     let error = exit_of(&messages).2.expect("error");
-    assert!(
-        error.contains("data/queue") && error.contains("fifo"),
-        "{error}"
-    );
+    assert!(error.contains("data/queue") && error.contains("fifo"), "{error}");
     // Refusals are not cached: the next task of the experiment tries again.
     let task = in_experiment(spec("fifo-again", &["/bin/true"]), 3);
     let (_handle, mut rx) = start(&setup, task);
@@ -674,9 +500,7 @@ async fn a_context_with_a_fifo_is_refused_naming_it() {
     assert_eq!(requests.load(Ordering::SeqCst), 2);
     assert_eq!(setup.config.contexts.unpack_count(), 0);
     // No half-unpacked tree or downloaded tarball stays behind.
-    let left: Vec<_> = std::fs::read_dir(setup.config.contexts.root())
-        .expect("cache dir")
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(setup.config.contexts.root()).expect("cache dir").collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -685,11 +509,7 @@ async fn least_recently_used_contexts_are_evicted() {
     let (url, requests) = serve_counting(gzip_tar(&[("run.sh", b"echo ok\n")]));
     let work_root = tempfile::tempdir().expect("tempdir");
     let config = Arc::new(RunnerConfig {
-        contexts: Arc::new(ContextCache::with_limits(
-            work_root.path(),
-            ExtractLimits::default(),
-            1,
-        )),
+        contexts: Arc::new(ContextCache::with_limits(work_root.path(), ExtractLimits::default(), 1)),
         ..RunnerConfig::new(&url, work_root.path(), vec![cpu_slot()])
     });
     let setup = Setup { work_root, config };
@@ -705,13 +525,7 @@ async fn least_recently_used_contexts_are_evicted() {
     for _ in 0..100 {
         trees = std::fs::read_dir(setup.config.contexts.root())
             .expect("cache dir")
-            .map(|entry| {
-                entry
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         if trees.len() == 1 {
             break;

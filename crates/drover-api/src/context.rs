@@ -59,7 +59,8 @@ pub fn check_headers(mut tar: impl Read, max_entries: usize, max_bytes: u64) -> 
         if read_total > max_bytes {
             return Err(HeaderError(format!("the tarball unpacks to more than {max_bytes} bytes")));
         }
-        let skipped = std::io::copy(&mut (&mut tar).take(padded), &mut std::io::sink()).map_err(|e| HeaderError(format!("unreadable tarball: {e}")))?;
+        let skipped = std::io::copy(&mut (&mut tar).take(padded), &mut std::io::sink())
+            .map_err(|e| HeaderError(format!("unreadable tarball: {e}")))?;
         if skipped < padded {
             return Err(HeaderError("the tarball ends in the middle of an entry".into()));
         }

@@ -45,10 +45,7 @@ fn cp(from: &Path, to: &Path) -> Result<f64> {
 async fn drover_round(mb: u64, storage_yaml: &str) -> Result<(f64, f64)> {
     let trial = crate::sibling("drover-trivial-trial")?;
     let cluster = Cluster::start(1).await?;
-    let yaml = format!(
-        "{}{storage_yaml}max_restarts: 0\n",
-        trivial_experiment(&trial, 1, 1, &format!("  checkpoint_bench_mb: {mb}\n"))
-    );
+    let yaml = format!("{}{storage_yaml}max_restarts: 0\n", trivial_experiment(&trial, 1, 1, &format!("  checkpoint_bench_mb: {mb}\n")));
     let e = cluster.rest.create(&yaml).await?;
     let e = cluster.rest.wait_terminal(e.id, Duration::from_secs(1800), Duration::from_millis(100)).await?;
     let trials: Vec<Trial> = cluster.rest.get(&format!("/api/v1/experiments/{}/trials", e.id)).await?;

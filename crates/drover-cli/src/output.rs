@@ -165,7 +165,6 @@ pub fn agents(list: &[Agent], output: Output) {
     println!("{t}");
 }
 
-
 /// The family tree of a PBT experiment: each member under the member it started from, the weak
 /// that copied a stronger one marked with what they changed, and the best member's line starred.
 pub fn lineage(l: &Lineage, output: Output) {

@@ -478,7 +478,11 @@ fn trials_never_see_the_join_secret() {
     )
     .unwrap();
     let created = up.run(&["experiment", "create", "-f", config.to_str().unwrap()]);
-    assert!(created.status.success() || String::from_utf8_lossy(&created.stdout).contains("COMPLETED"), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(
+        created.status.success() || String::from_utf8_lossy(&created.stdout).contains("COMPLETED"),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let logs = up.run(&["experiment", "logs", "1"]);
     let text = String::from_utf8_lossy(&logs.stdout);
     assert!(text.contains("no-join-secret-here"), "{text}");

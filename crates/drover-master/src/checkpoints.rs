@@ -112,7 +112,10 @@ impl Master {
             ("save_trial_latest", policy.save_trial_latest),
         ] {
             if n > drover_core::limits::MAX_CHECKPOINTS_KEPT {
-                return Err(Error::bad_field(field, format!("{n} is more than the limit of {}", drover_core::limits::MAX_CHECKPOINTS_KEPT)));
+                return Err(Error::bad_field(
+                    field,
+                    format!("{n} is more than the limit of {}", drover_core::limits::MAX_CHECKPOINTS_KEPT),
+                ));
             }
         }
         let mut config = self.experiment_config(experiment_id).await?;

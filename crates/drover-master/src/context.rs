@@ -39,7 +39,18 @@ pub fn validate(bytes: &[u8], max_unpacked: u64) -> Result<(), Error> {
         }
         let kind = entry.header().entry_type();
         use tar::EntryType as T;
-        if !matches!(kind, T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link | T::XHeader | T::XGlobalHeader | T::GNULongName | T::GNULongLink) {
+        if !matches!(
+            kind,
+            T::Regular
+                | T::Continuous
+                | T::Directory
+                | T::Symlink
+                | T::Link
+                | T::XHeader
+                | T::XGlobalHeader
+                | T::GNULongName
+                | T::GNULongLink
+        ) {
             return Err(Error::bad_field(
                 "context",
                 format!("entry `{shown}` is a {kind:?}; a context holds only files, directories and links"),

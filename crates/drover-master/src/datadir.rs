@@ -17,9 +17,7 @@ pub const JOIN_TOKEN_FILE: &str = "join-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error(
-        "the data directory {dir} is in use by another drover master (pid {pid}, {url}); stop it, or give this one another --data-dir"
-    )]
+    #[error("the data directory {dir} is in use by another drover master (pid {pid}, {url}); stop it, or give this one another --data-dir")]
     InUse { dir: PathBuf, pid: String, url: String, holder_url: Option<String> },
     #[error("{action} {path}: {source}")]
     Io {

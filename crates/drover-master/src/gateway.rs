@@ -25,11 +25,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The upgrade is refused (401) unless it carries the cluster's join secret: tasks carry trial
 /// tokens, environments and storage secrets, and only members of the cluster may receive them.
 pub async fn connect(State(master): State<Arc<Master>>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented =
+        headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
     match presented {
         None => {
             return Error::unauthorized("an agent must present the cluster's join token (Authorization: Bearer ...)").into_response();
@@ -40,10 +37,7 @@ pub async fn connect(State(master): State<Arc<Master>>, headers: HeaderMap, upgr
         }
         Some(_) => {}
     }
-    upgrade
-        .max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| serve_agent(master, socket))
+    upgrade.max_message_size(MAX_MESSAGE_BYTES).max_frame_size(MAX_MESSAGE_BYTES).on_upgrade(move |socket| serve_agent(master, socket))
 }
 
 /// Compares secrets without leaking through timing how much of a guess was right.
@@ -53,7 +47,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// What a hello may announce: bounded, so one frame cannot make the master hold or scan
 /// millions of slots.
-fn check_hello(agent_id: &str, hostname: &str, version: &str, slots: &[SlotSpec], running: &[String], instance: &str) -> Result<(), String> {
+fn check_hello(
+    agent_id: &str,
+    hostname: &str,
+    version: &str,
+    slots: &[SlotSpec],
+    running: &[String],
+    instance: &str,
+) -> Result<(), String> {
     let text_ok = |s: &str| s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
     if agent_id.is_empty() || !text_ok(agent_id) {
         return Err(format!("agent ids must be 1 to {MAX_ID_LEN} bytes without control characters"));

@@ -149,11 +149,8 @@ async fn json_errors(response: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/json"));
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
     // A websocket upgrade refusal and the like keep their own bodies only if already JSON.
     if is_json {
         return response;
@@ -229,7 +226,10 @@ mod tests {
         assert_eq!(check(&loopback(), &Method::POST, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
         assert_eq!(check(&loopback(), &Method::DELETE, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
         // Reading a custom search's events acknowledges them: guarded like a change.
-        assert_eq!(check(&loopback(), &Method::GET, "/api/v1/experiments/3/searcher/events", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            check(&loopback(), &Method::GET, "/api/v1/experiments/3/searcher/events", &h).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
         let same = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
         assert!(check(&loopback(), &Method::DELETE, "/", &same).is_ok());
     }

@@ -32,10 +32,9 @@ pub async fn check_storage(spec: &StorageSpec, timeout: Duration) -> Result<()> 
     };
     match tokio::time::timeout(timeout, probe).await {
         Ok(result) => result,
-        Err(_) => Err(Error::bad_field(
-            "checkpoint_storage",
-            format!("{} did not answer a probe write within {timeout:?}", spec.describe()),
-        )),
+        Err(_) => {
+            Err(Error::bad_field("checkpoint_storage", format!("{} did not answer a probe write within {timeout:?}", spec.describe())))
+        }
     }
 }
 

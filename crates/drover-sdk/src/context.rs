@@ -80,11 +80,7 @@ impl Context {
         let hparams = match serde_json::from_str::<Value>(&hparams_text) {
             Ok(Value::Object(map)) => map,
             Ok(_) => {
-                return Err(SdkError::BadEnv {
-                    var: env::HPARAMS,
-                    value: hparams_text,
-                    reason: "expected a JSON object".into(),
-                });
+                return Err(SdkError::BadEnv { var: env::HPARAMS, value: hparams_text, reason: "expected a JSON object".into() });
             }
             Err(err) => {
                 return Err(SdkError::BadEnv { var: env::HPARAMS, value: hparams_text, reason: err.to_string() });

@@ -33,10 +33,7 @@ pub(crate) fn lookup<'a>(hparams: &'a Map<String, Value>, name: &str) -> Result<
 pub(crate) fn get<T: DeserializeOwned>(hparams: &Map<String, Value>, name: &str) -> Result<T, SdkError> {
     match get_opt(hparams, name)? {
         Some(value) => Ok(value),
-        None => Err(SdkError::MissingHparam {
-            name: name.to_string(),
-            known: lookup(hparams, name).err().unwrap_or_default(),
-        }),
+        None => Err(SdkError::MissingHparam { name: name.to_string(), known: lookup(hparams, name).err().unwrap_or_default() }),
     }
 }
 

@@ -43,8 +43,7 @@ pub(crate) fn encode_value(value: f64) -> Value {
 }
 
 pub(crate) fn make_point(group: &str, step: i64, metrics: &[(&str, f64)]) -> MetricPoint {
-    let metrics: BTreeMap<String, Value> =
-        metrics.iter().map(|(name, value)| (name.to_string(), encode_value(*value))).collect();
+    let metrics: BTreeMap<String, Value> = metrics.iter().map(|(name, value)| (name.to_string(), encode_value(*value))).collect();
     MetricPoint { group: group.to_string(), step, metrics }
 }
 
@@ -238,11 +237,7 @@ impl Drop for Reporter {
 }
 
 fn take_errors(state: &mut State) -> Result<(), SdkError> {
-    if state.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(SdkError::MetricsDropped(std::mem::take(&mut state.errors).join("; ")))
-    }
+    if state.errors.is_empty() { Ok(()) } else { Err(SdkError::MetricsDropped(std::mem::take(&mut state.errors).join("; "))) }
 }
 
 /// Marks the sender gone even when it unwinds, so that flush() cannot wait forever.
@@ -541,11 +536,9 @@ mod tests {
         let (sink, (stored, _)) = fake(|_, request: &ReportMetricsRequest| {
             let bad = request.points.iter().flat_map(|p| p.metrics.iter()).find(|(_, v)| v.is_string());
             match bad {
-                Some((name, _)) => Err(SdkError::Api {
-                    what: "reporting metrics",
-                    status: 400,
-                    message: format!("metric {name} is not a finite number"),
-                }),
+                Some((name, _)) => {
+                    Err(SdkError::Api { what: "reporting metrics", status: 400, message: format!("metric {name} is not a finite number") })
+                }
                 None => ok(false),
             }
         });
@@ -566,8 +559,7 @@ mod tests {
 
     #[test]
     fn unauthorized_batches_are_dropped_whole() {
-        let (sink, (_, requests)) =
-            fake(|_, _| Err(SdkError::Api { what: "reporting metrics", status: 401, message: "bad token".into() }));
+        let (sink, (_, requests)) = fake(|_, _| Err(SdkError::Api { what: "reporting metrics", status: 401, message: "bad token".into() }));
         let reporter = Reporter::start(sink, CLOSE_GRACE).unwrap();
         for step in 0..10 {
             reporter.report(make_point(TRAINING, step, &[("loss", 1.0)]));

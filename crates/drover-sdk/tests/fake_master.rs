@@ -30,9 +30,7 @@ struct MasterState {
 
 /// Answers like the real master for the four trial endpoints.
 fn answer(state: &mut MasterState, request: &Request) -> (u16, Value) {
-    let api_error = |error: &str, message: String| {
-        serde_json::to_value(ApiError { error: error.into(), message, location: None }).unwrap()
-    };
+    let api_error = |error: &str, message: String| serde_json::to_value(ApiError { error: error.into(), message, location: None }).unwrap();
     if request.authorization.as_deref() != Some("Bearer secret-token") {
         return (401, api_error("unauthorized", "bad token".into()));
     }
@@ -42,10 +40,7 @@ fn answer(state: &mut MasterState, request: &Request) -> (u16, Value) {
             for point in &body.points {
                 for (name, value) in &point.metrics {
                     if !value.is_number() {
-                        return (
-                            400,
-                            api_error("bad_request", format!("metric {name} is {value}, not a finite number")),
-                        );
+                        return (400, api_error("bad_request", format!("metric {name} is {value}, not a finite number")));
                     }
                 }
             }
@@ -180,9 +175,7 @@ fn reports_polls_and_checkpoints_against_the_master() {
     assert!(!ctx.should_stop());
     state.lock().unwrap().stop_requested = true;
     assert!(!ctx.should_stop(), "polled again within a second");
-    let polls = |state: &Arc<Mutex<MasterState>>| {
-        state.lock().unwrap().requests.iter().filter(|r| r.path.ends_with("/signals")).count()
-    };
+    let polls = |state: &Arc<Mutex<MasterState>>| state.lock().unwrap().requests.iter().filter(|r| r.path.ends_with("/signals")).count();
     assert_eq!(polls(&state), 1);
     // ...or from the answer to a metrics report, without a poll.
     ctx.report_training(2, &[("loss", 0.4)]);

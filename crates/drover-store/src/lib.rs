@@ -13,7 +13,7 @@
 mod sql;
 pub mod types;
 
-pub use sql::{SqlStore, Dialect};
+pub use sql::{Dialect, SqlStore};
 pub use types::*;
 
 use async_trait::async_trait;

@@ -130,11 +130,9 @@ impl SqlStore {
                     .max_connections(max)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            sqlx::raw_sql(
-                                "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;",
-                            )
-                            .execute(&mut *conn)
-                            .await?;
+                            sqlx::raw_sql("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
+                                .execute(&mut *conn)
+                                .await?;
                             Ok(())
                         })
                     })
@@ -174,7 +172,9 @@ impl SqlStore {
                     Dialect::Postgres => ("$1, $2, $3, v.step, v.value, v.ts_ms", format!("(VALUES {values}) AS v(step, value, ts_ms)")),
                 };
                 // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT as a join clause.
-                let insert = format!("INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) SELECT {select} FROM {from} WHERE true ON CONFLICT DO NOTHING");
+                let insert = format!(
+                    "INSERT INTO metrics (trial_id, grp, name, step, value, ts_ms) SELECT {select} FROM {from} WHERE true ON CONFLICT DO NOTHING"
+                );
                 let bind_all = |sql: String| {
                     let mut q = sqlx::query(AssertSqlSafe(sql)).bind(trial_id).bind(group).bind(name);
                     for p in chunk {
@@ -286,7 +286,9 @@ impl SqlStore {
             Err(e) => {
                 let message = e.to_string();
                 for p in batch {
-                    let _ = p.done.send(Err(StoreError::Database(sqlx::Error::Protocol(format!("storing a group of metric reports: {message}")))));
+                    let _ = p
+                        .done
+                        .send(Err(StoreError::Database(sqlx::Error::Protocol(format!("storing a group of metric reports: {message}")))));
                 }
             }
         }
@@ -396,7 +398,6 @@ impl SqlStore {
         self.dialect
     }
 
-
     /// The versions of the migrations applied to this database, lowest first.
     pub async fn schema_versions(&self) -> StoreResult<Vec<i64>> {
         Ok(sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version").fetch_all(&self.pool).await?)
@@ -421,7 +422,6 @@ impl SqlStore {
         self.pool.close().await;
     }
 }
-
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -603,9 +603,8 @@ impl Store for SqlStore {
     }
 
     async fn list_experiments(&self) -> StoreResult<Vec<ExperimentRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments ORDER BY id")))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query(AssertSqlSafe(format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments ORDER BY id"))).fetch_all(&self.pool).await?;
         rows.iter().map(experiment_from).collect()
     }
 
@@ -798,9 +797,11 @@ impl Store for SqlStore {
     }
 
     async fn live_allocations(&self) -> StoreResult<Vec<AllocationRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE state <> 'TERMINATED' ORDER BY created_at")))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE state <> 'TERMINATED' ORDER BY created_at"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(allocation_from).collect()
     }
 
@@ -948,9 +949,7 @@ impl Store for SqlStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| Ok(LogRow { id: r.try_get(0)?, ts_ms: r.try_get(1)?, stream: r.try_get(2)?, line: r.try_get(3)? }))
-            .collect()
+        rows.iter().map(|r| Ok(LogRow { id: r.try_get(0)?, ts_ms: r.try_get(1)?, stream: r.try_get(2)?, line: r.try_get(3)? })).collect()
     }
 
     async fn add_checkpoint(&self, c: CheckpointRow) -> StoreResult<()> {

@@ -133,7 +133,16 @@ mod checks {
         let t2 = trial(store, exp, 2).await;
         // The searcher's request id is unique within an experiment.
         assert!(matches!(
-            store.create_trial(NewTrial { experiment_id: exp, request_id: 1, state: "QUEUED".into(), hparams_json: "{}".into(), seed: 1, created_at: 1 }).await,
+            store
+                .create_trial(NewTrial {
+                    experiment_id: exp,
+                    request_id: 1,
+                    state: "QUEUED".into(),
+                    hparams_json: "{}".into(),
+                    seed: 1,
+                    created_at: 1
+                })
+                .await,
             Err(StoreError::Conflict(_))
         ));
         store
@@ -162,14 +171,28 @@ mod checks {
             .await
             .unwrap();
         store
-            .update_allocation("a1", AllocationUpdate { state: Some("RUNNING".into()), agent_id: Some("ag".into()), slot_ids: Some(vec!["cpu0".into(), "cpu1".into()]), ..Default::default() })
+            .update_allocation(
+                "a1",
+                AllocationUpdate {
+                    state: Some("RUNNING".into()),
+                    agent_id: Some("ag".into()),
+                    slot_ids: Some(vec!["cpu0".into(), "cpu1".into()]),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let a = store.get_allocation("a1").await.unwrap();
-        assert_eq!((a.state.as_str(), a.agent_id.as_deref(), a.slot_ids.clone()), ("RUNNING", Some("ag"), vec!["cpu0".to_string(), "cpu1".to_string()]));
+        assert_eq!(
+            (a.state.as_str(), a.agent_id.as_deref(), a.slot_ids.clone()),
+            ("RUNNING", Some("ag"), vec!["cpu0".to_string(), "cpu1".to_string()])
+        );
         assert_eq!(store.live_allocations().await.unwrap().len(), 1);
         store
-            .update_allocation("a1", AllocationUpdate { state: Some("TERMINATED".into()), exit_code: Some(0), ended_at: Some(9), ..Default::default() })
+            .update_allocation(
+                "a1",
+                AllocationUpdate { state: Some("TERMINATED".into()), exit_code: Some(0), ended_at: Some(9), ..Default::default() },
+            )
             .await
             .unwrap();
         assert!(store.live_allocations().await.unwrap().is_empty());
@@ -180,13 +203,19 @@ mod checks {
         let exp = store.create_experiment(experiment("m")).await.unwrap();
         let t = trial(store, exp, 1).await;
         let batch: Vec<MetricRow> = (1..=5)
-            .flat_map(|s| [point(MetricGroup::Training, "loss", s, 10.0 - s as f64), point(MetricGroup::Training, "acc", s, s as f64 / 10.0)])
+            .flat_map(|s| {
+                [point(MetricGroup::Training, "loss", s, 10.0 - s as f64), point(MetricGroup::Training, "acc", s, s as f64 / 10.0)]
+            })
             .collect();
         assert_eq!(store.add_metrics(t, &batch).await.unwrap(), 10);
         // A retried report stores nothing and does not move the summaries.
         assert_eq!(store.add_metrics(t, &batch).await.unwrap(), 0);
         // A batch with one old and one new point stores just the new one.
-        let mixed = [point(MetricGroup::Training, "loss", 5, 99.0), point(MetricGroup::Training, "loss", 3, 99.0), point(MetricGroup::Training, "loss", 6, 1.5)];
+        let mixed = [
+            point(MetricGroup::Training, "loss", 5, 99.0),
+            point(MetricGroup::Training, "loss", 3, 99.0),
+            point(MetricGroup::Training, "loss", 6, 1.5),
+        ];
         assert_eq!(store.add_metrics(t, &mixed[1..]).await.unwrap(), 1);
         assert_eq!(store.add_metrics(t, &mixed[..1]).await.unwrap(), 0);
         // The same key twice in one batch is stored, and counted, once.
@@ -240,7 +269,8 @@ mod checks {
     pub async fn logs_page_in_order(store: &dyn Store) {
         let exp = store.create_experiment(experiment("l")).await.unwrap();
         let t = trial(store, exp, 1).await;
-        let lines: Vec<LogRow> = (0..25).map(|i| LogRow { id: 0, ts_ms: i, stream: "stdout".into(), line: format!("line {i} \u{e9}")}).collect();
+        let lines: Vec<LogRow> =
+            (0..25).map(|i| LogRow { id: 0, ts_ms: i, stream: "stdout".into(), line: format!("line {i} \u{e9}") }).collect();
         store.append_logs(t, "a1", &lines[..10]).await.unwrap();
         store.append_logs(t, "a1", &lines[10..]).await.unwrap();
         let page1 = store.read_logs(t, 0, 10).await.unwrap();
@@ -280,9 +310,12 @@ mod checks {
         for r in 0..6 {
             trials.push(trial(store, exp, r).await);
         }
-        let batch = |from: i64| -> Vec<MetricRow> { (from..from + 500).map(|s| point(MetricGroup::Training, "loss", s, s as f64)).collect() };
+        let batch =
+            |from: i64| -> Vec<MetricRow> { (from..from + 500).map(|s| point(MetricGroup::Training, "loss", s, s as f64)).collect() };
         let reports = trials.iter().flat_map(|&t| [(t, batch(0)), (t, batch(500)), (t, batch(250))]);
-        let counts = futures_util::future::join_all(reports.map(|(t, points)| async move { (t, store.add_metrics(t, &points).await.unwrap()) })).await;
+        let counts =
+            futures_util::future::join_all(reports.map(|(t, points)| async move { (t, store.add_metrics(t, &points).await.unwrap()) }))
+                .await;
         for &t in &trials {
             let stored: usize = counts.iter().filter(|(x, _)| *x == t).map(|(_, n)| n).sum();
             assert_eq!(stored, 1000, "trial {t}: 1,500 reported, 1,000 distinct steps");
@@ -313,7 +346,10 @@ mod checks {
         // validation at or before its step; trial 2 never validated.
         let v = |step, value| MetricRow { group: MetricGroup::Validation, name: "acc".into(), step, value, ts_ms: step };
         store.add_metrics(t1, &[v(1, 0.5), v(4, 0.7), v(6, 0.9)]).await.unwrap();
-        store.add_metrics(t1, &[MetricRow { group: MetricGroup::Training, name: "acc".into(), step: 2, value: 9.0, ts_ms: 2 }]).await.unwrap();
+        store
+            .add_metrics(t1, &[MetricRow { group: MetricGroup::Training, name: "acc".into(), step: 2, value: 9.0, ts_ms: 2 }])
+            .await
+            .unwrap();
         let mut scores = store.checkpoint_scores(exp, "acc").await.unwrap();
         scores.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(scores, vec![("a2".into(), Some(0.5)), ("a5".into(), Some(0.7)), ("b1".into(), None)]);

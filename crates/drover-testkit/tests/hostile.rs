@@ -73,7 +73,10 @@ async fn links_planted_in_checkpoints_never_lead_outside_storage() {
     let e = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
     let logs = cluster.all_logs(e.id).await;
     assert_eq!(e.state, "COMPLETED", "{logs}");
-    assert!(logs.contains("hostile registration: HTTP 400") && logs.contains("linked.bin"), "a registration holding a link is refused by name: {logs}");
+    assert!(
+        logs.contains("hostile registration: HTTP 400") && logs.contains("linked.bin"),
+        "a registration holding a link is refused by name: {logs}"
+    );
     assert!(logs.contains("overflowing registration: HTTP 400") && logs.contains("2^63"), "sizes that overflow are refused: {logs}");
     assert!(logs.contains("linked-directory registration: HTTP 400"), "a checkpoint directory that is a link is refused: {logs}");
 
@@ -95,7 +98,11 @@ async fn links_planted_in_checkpoints_never_lead_outside_storage() {
 
     // A policy change.
     let (status, body) = cluster
-        .post_raw(&format!("/api/v1/experiments/{}/checkpoint-policy", e.id), &json!({"save_experiment_best": 0, "save_trial_latest": 1, "save_trial_best": 0}), None)
+        .post_raw(
+            &format!("/api/v1/experiments/{}/checkpoint-policy", e.id),
+            &json!({"save_experiment_best": 0, "save_trial_latest": 1, "save_trial_best": 0}),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     wait_for(&cluster, e.id, "the policy change", |c| c.len() == 1).await;
@@ -183,7 +190,9 @@ fn hello(agent_id: &str, instance: &str) -> Message {
     Message::text(serde_json::to_string(&hello).unwrap())
 }
 
-async fn first_order(socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> MasterMessage {
+async fn first_order(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> MasterMessage {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("an answer within 10 s") {
             Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
@@ -268,7 +277,14 @@ async fn requests_sized_to_kill_the_master_are_refused_and_change_nothing() {
     let cases = [
         (config("{name: grid, metric: validation_loss}", "  x: {type: int, minval: 0, maxval: 1000000000000}", ""), "grid"),
         (config("{name: grid, metric: validation_loss}", "  x: {type: double, minval: 0, maxval: 1, count: 1000000000000}", ""), "grid"),
-        (config("{name: grid, metric: validation_loss}", "  x: {type: int, minval: -9223372036854775808, maxval: 9223372036854775807}", ""), "grid"),
+        (
+            config(
+                "{name: grid, metric: validation_loss}",
+                "  x: {type: int, minval: -9223372036854775808, maxval: 9223372036854775807}",
+                "",
+            ),
+            "grid",
+        ),
         (
             config(
                 "{name: pbt, metric: validation_loss, time_metric: epochs, population_size: 1000000000, max_generations: 2, generation_length: 1}",
@@ -290,7 +306,11 @@ async fn requests_sized_to_kill_the_master_are_refused_and_change_nothing() {
     }
 
     // A 100,000-deep flow YAML, twice at once, while the master keeps answering.
-    let deep = format!("name: deep\nentrypoint: x\nsearcher: {{name: single, metric: m}}\nhyperparameters: {{a: {}{}}}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!(
+        "name: deep\nentrypoint: x\nsearcher: {{name: single, metric: m}}\nhyperparameters: {{a: {}{}}}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let url = cluster.url("/api/v1/experiments");
     let posts: Vec<_> = (0..2)
         .map(|_| {
@@ -357,7 +377,15 @@ async fn a_web_page_cannot_drive_a_local_master() {
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"], "unsupported_media_type");
     // A JSON request from another origin.
-    let r = cluster.http.post(&url).header("content-type", "application/json").header("origin", "http://evil.example").body(body.clone()).send().await.unwrap();
+    let r = cluster
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("origin", "http://evil.example")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // DNS rebinding: the page's own name, pointed at 127.0.0.1.
     let r = cluster.http.get(cluster.url("/api/v1/experiments")).header("host", "evil.example").send().await.unwrap();
@@ -394,7 +422,8 @@ async fn ids_of_deleted_experiments_are_never_handed_out_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_does_not_hold_an_agent_id() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = drover_master::MasterConfig::new(format!("sqlite://{}", dir.path().join("drover.db").display()), dir.path().join("checkpoints"));
+    let mut config =
+        drover_master::MasterConfig::new(format!("sqlite://{}", dir.path().join("drover.db").display()), dir.path().join("checkpoints"));
     config.join_token = JOIN_TOKEN.into();
     config.agent_silence_limit = Duration::from_millis(500);
     let master = drover_master::start(config, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();

@@ -24,10 +24,7 @@ pub(super) struct Unsendable {
 /// is split between its lines (a single line too large is cut into fragments marked like the
 /// runner's), a `TaskExited` with an overlong error gets it shortened; anything else too large
 /// cannot be sent.
-pub(super) fn fit_frames(
-    message: AgentMessage,
-    limit: usize,
-) -> Result<Vec<(AgentMessage, String)>, Unsendable> {
+pub(super) fn fit_frames(message: AgentMessage, limit: usize) -> Result<Vec<(AgentMessage, String)>, Unsendable> {
     let mut frames = Vec::new();
     let mut pending = vec![message];
     // A stack, last piece first, so the frames come out in order.
@@ -49,26 +46,13 @@ pub(super) fn fit_frames(
         }
         let bytes = text.len();
         match message {
-            AgentMessage::TaskLogs {
-                allocation_id,
-                mut lines,
-            } if lines.len() > 1 => {
+            AgentMessage::TaskLogs { allocation_id, mut lines } if lines.len() > 1 => {
                 let second = lines.split_off(lines.len() / 2);
-                pending.push(AgentMessage::TaskLogs {
-                    allocation_id: allocation_id.clone(),
-                    lines: second,
-                });
-                pending.push(AgentMessage::TaskLogs {
-                    allocation_id,
-                    lines,
-                });
+                pending.push(AgentMessage::TaskLogs { allocation_id: allocation_id.clone(), lines: second });
+                pending.push(AgentMessage::TaskLogs { allocation_id, lines });
             }
-            AgentMessage::TaskLogs {
-                allocation_id,
-                mut lines,
-            } if lines.len() == 1
-                && lines[0].line.len()
-                    > 2 * (SPLIT_START_MARKER.len() + SPLIT_END_MARKER.len()) =>
+            AgentMessage::TaskLogs { allocation_id, mut lines }
+                if lines.len() == 1 && lines[0].line.len() > 2 * (SPLIT_START_MARKER.len() + SPLIT_END_MARKER.len()) =>
             {
                 let line = lines.remove(0);
                 let mut middle = line.line.len() / 2;
@@ -78,21 +62,12 @@ pub(super) fn fit_frames(
                 let (head, tail) = line.line.split_at(middle);
                 let piece = |text: String| AgentMessage::TaskLogs {
                     allocation_id: allocation_id.clone(),
-                    lines: vec![LogLine {
-                        ts_ms: line.ts_ms,
-                        stream: line.stream.clone(),
-                        line: text,
-                    }],
+                    lines: vec![LogLine { ts_ms: line.ts_ms, stream: line.stream.clone(), line: text }],
                 };
                 pending.push(piece(format!("{SPLIT_START_MARKER}{tail}")));
                 pending.push(piece(format!("{head}{SPLIT_END_MARKER}")));
             }
-            AgentMessage::TaskExited {
-                allocation_id,
-                exit_code,
-                signal,
-                error: Some(error),
-            } if error.len() > MAX_EXIT_ERROR_BYTES => {
+            AgentMessage::TaskExited { allocation_id, exit_code, signal, error: Some(error) } if error.len() > MAX_EXIT_ERROR_BYTES => {
                 let mut end = MAX_EXIT_ERROR_BYTES;
                 while !error.is_char_boundary(end) {
                     end -= 1;
@@ -101,11 +76,7 @@ pub(super) fn fit_frames(
                     allocation_id,
                     exit_code,
                     signal,
-                    error: Some(format!(
-                        "{}… ({} bytes in all; shortened by the agent)",
-                        &error[..end],
-                        error.len()
-                    )),
+                    error: Some(format!("{}… ({} bytes in all; shortened by the agent)", &error[..end], error.len())),
                 });
             }
             other => return Err(unsendable(&other, bytes)),
@@ -139,13 +110,7 @@ fn log_bytes(message: &AgentMessage) -> usize {
 
 impl Outbox {
     pub(super) fn new(capacity: usize, log_capacity: usize) -> Self {
-        Outbox {
-            queue: VecDeque::new(),
-            capacity,
-            log_capacity,
-            log_bytes: 0,
-            dropped_lines: BTreeMap::new(),
-        }
+        Outbox { queue: VecDeque::new(), capacity, log_capacity, log_bytes: 0, dropped_lines: BTreeMap::new() }
     }
 
     pub(super) fn push(&mut self, message: AgentMessage) {
@@ -161,10 +126,7 @@ impl Outbox {
         if self.drop_oldest_logs() {
             return;
         }
-        let victim = self
-            .queue
-            .iter()
-            .position(|m| !matches!(m, AgentMessage::TaskExited { .. }));
+        let victim = self.queue.iter().position(|m| !matches!(m, AgentMessage::TaskExited { .. }));
         // With only exit reports queued, nothing goes: they are all kept, over capacity.
         if let Some(other) = victim.and_then(|index| self.queue.remove(index)) {
             tracing::warn!(message = ?other, "outbox full: dropped a message");
@@ -173,18 +135,11 @@ impl Outbox {
 
     /// Drops the oldest log batch, counting its lines; false if there is none.
     fn drop_oldest_logs(&mut self) -> bool {
-        let oldest_logs = self
-            .queue
-            .iter()
-            .position(|m| matches!(m, AgentMessage::TaskLogs { .. }));
+        let oldest_logs = self.queue.iter().position(|m| matches!(m, AgentMessage::TaskLogs { .. }));
         match oldest_logs.and_then(|index| self.queue.remove(index)) {
             Some(message) => {
                 self.log_bytes -= log_bytes(&message);
-                if let AgentMessage::TaskLogs {
-                    allocation_id,
-                    lines,
-                } = message
-                {
+                if let AgentMessage::TaskLogs { allocation_id, lines } = message {
                     *self.dropped_lines.entry(allocation_id).or_default() += lines.len();
                 }
                 true

@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::RwLock;
 
 use super::{
-    ContextError, ExtractLimits, MAX_CONTEXT_DOWNLOAD_BYTES, check_raw_headers, copy_tree_unless,
-    download_context, extract_context_from,
+    ContextError, ExtractLimits, MAX_CONTEXT_DOWNLOAD_BYTES, check_raw_headers, copy_tree_unless, download_context, extract_context_from,
 };
 
 /// The cache's directory under the work root. It cannot be an allocation id (those are UUIDs,
@@ -110,11 +109,7 @@ fn remove_abandoned(parent: &Path, own: &Path) -> std::io::Result<()> {
         if held {
             continue;
         }
-        let removed = if path.symlink_metadata()?.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
+        let removed = if path.symlink_metadata()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         match removed {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -156,25 +151,15 @@ impl ContextCache {
     /// Claims this process's cache directory and removes what agent processes that are gone
     /// left beside it (a directory whose lock nobody holds). Call before any task starts.
     pub async fn clear(&self) -> std::io::Result<()> {
-        let parent = self
-            .root
-            .parent()
-            .expect("the cache root has a parent")
-            .to_path_buf();
+        let parent = self.root.parent().expect("the cache root has a parent").to_path_buf();
         tokio::fs::create_dir_all(&parent).await?;
         let lock_path = lock_path_of(&self.root);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
         // Blocking, not try: another agent's clear may hold it for an instant while checking.
         file.lock()?;
         *self.lock.lock().expect("lock poisoned") = Some(file);
         let own = self.root.clone();
-        tokio::task::spawn_blocking(move || remove_abandoned(&parent, &own))
-            .await
-            .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || remove_abandoned(&parent, &own)).await.map_err(std::io::Error::other)?
     }
 
     /// Puts the context of `experiment_id` into `work_dir` (an existing, empty directory):
@@ -197,9 +182,7 @@ impl ContextCache {
                 drop(read);
                 let mut write = entry.dir.clone().write_owned().await;
                 if write.is_none() {
-                    let dir = self
-                        .download_and_unpack(experiment_id, master_url, context_path, token)
-                        .await?;
+                    let dir = self.download_and_unpack(experiment_id, master_url, context_path, token).await?;
                     *write = Some(dir);
                     self.evict_except(&key);
                 }
@@ -237,10 +220,7 @@ impl ContextCache {
 
     fn entry(&self, key: &CacheKey) -> Arc<CacheEntry> {
         let tick = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(|poison| poison.into_inner());
         let entry = entries.entry(key.clone()).or_default().clone();
         entry.last_used.store(tick, Ordering::Relaxed);
         entry
@@ -257,27 +237,12 @@ impl ContextCache {
             let path = path.to_path_buf();
             move |source| ContextError::Cache { path, source }
         };
-        tokio::fs::create_dir_all(&self.root)
-            .await
-            .map_err(cache_error(&self.root))?;
+        tokio::fs::create_dir_all(&self.root).await.map_err(cache_error(&self.root))?;
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let tarball = TempFile(self.root.join(format!("download-{nonce}.tar.gz")));
-        let downloaded = download_context(
-            master_url,
-            context_path,
-            token,
-            &tarball.0,
-            MAX_CONTEXT_DOWNLOAD_BYTES,
-        )
-        .await?;
-        let sha256: String = downloaded
-            .sha256
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        let tree = self
-            .root
-            .join(format!("experiment-{experiment_id}-{sha256}"));
+        let downloaded = download_context(master_url, context_path, token, &tarball.0, MAX_CONTEXT_DOWNLOAD_BYTES).await?;
+        let sha256: String = downloaded.sha256.iter().map(|byte| format!("{byte:02x}")).collect();
+        let tree = self.root.join(format!("experiment-{experiment_id}-{sha256}"));
         let unpacking = self.root.join(format!("unpacking-{nonce}"));
         let tarball_path = tarball.0.clone();
         let limits = self.limits;
@@ -294,9 +259,7 @@ impl ContextCache {
             let result = open()
                 .and_then(|file| check_raw_headers(std::io::BufReader::new(file), &limits))
                 .and_then(|()| open())
-                .and_then(|file| {
-                    extract_context_from(std::io::BufReader::new(file), &unpacking, &limits)
-                })
+                .and_then(|file| extract_context_from(std::io::BufReader::new(file), &unpacking, &limits))
                 .and_then(|()| std::fs::rename(&unpacking, &tree).map_err(cache_error(&tree)));
             if result.is_err() {
                 let _ = std::fs::remove_dir_all(&unpacking);
@@ -320,15 +283,8 @@ impl ContextCache {
     /// any being unpacked or copied.
     fn evict_except(&self, keep_key: &CacheKey) {
         let mut others: Vec<Arc<CacheEntry>> = {
-            let entries = self
-                .entries
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            entries
-                .iter()
-                .filter(|(key, _)| *key != keep_key)
-                .map(|(_, entry)| entry.clone())
-                .collect()
+            let entries = self.entries.lock().unwrap_or_else(|poison| poison.into_inner());
+            entries.iter().filter(|(key, _)| *key != keep_key).map(|(_, entry)| entry.clone()).collect()
         };
         others.sort_by_key(|entry| std::cmp::Reverse(entry.last_used.load(Ordering::Relaxed)));
         let mut kept = 1; // the one just unpacked

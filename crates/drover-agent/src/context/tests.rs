@@ -10,10 +10,7 @@ async fn agents_sharing_a_work_root_keep_their_own_caches() {
     std::fs::create_dir_all(a.root().join("experiment-1-abc")).unwrap();
     let b = ContextCache::new(work.path());
     b.clear().await.unwrap();
-    assert!(
-        a.root().join("experiment-1-abc").is_dir(),
-        "a live agent's cache survives another's start"
-    );
+    assert!(a.root().join("experiment-1-abc").is_dir(), "a live agent's cache survives another's start");
     assert_ne!(a.root(), b.root());
     let a_root = a.root().to_path_buf();
     drop(a);
@@ -46,16 +43,10 @@ fn raw_tar(entries: &[(&str, EntryType, Option<&str>, &[u8])]) -> Vec<u8> {
     builder.into_inner().expect("finish")
 }
 
-fn extract_raw(
-    entries: &[(&str, EntryType, Option<&str>, &[u8])],
-) -> (tempfile::TempDir, Result<(), ContextError>) {
+fn extract_raw(entries: &[(&str, EntryType, Option<&str>, &[u8])]) -> (tempfile::TempDir, Result<(), ContextError>) {
     let root = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(root.path().join("work")).expect("mkdir");
-    let result = extract_tar(
-        &raw_tar(entries)[..],
-        &root.path().join("work"),
-        &ExtractLimits::default(),
-    );
+    let result = extract_tar(&raw_tar(entries)[..], &root.path().join("work"), &ExtractLimits::default());
     (root, result)
 }
 
@@ -72,35 +63,19 @@ fn extracts_files_directories_and_inner_symlinks() {
         ("./", EntryType::Directory, None, b""),
         ("src/", EntryType::Directory, None, b""),
         ("src/train.py", EntryType::Regular, None, b"print('hi')\n"),
-        (
-            "data/link",
-            EntryType::Symlink,
-            Some("../src/train.py"),
-            b"",
-        ),
+        ("data/link", EntryType::Symlink, Some("../src/train.py"), b""),
     ]);
     result.expect("extract");
     let work = root.path().join("work");
-    assert_eq!(
-        std::fs::read_to_string(work.join("src/train.py")).expect("read"),
-        "print('hi')\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(work.join("data/link")).expect("read through link"),
-        "print('hi')\n"
-    );
+    assert_eq!(std::fs::read_to_string(work.join("src/train.py")).expect("read"), "print('hi')\n");
+    assert_eq!(std::fs::read_to_string(work.join("data/link")).expect("read through link"), "print('hi')\n");
 }
 
 #[test]
 fn skips_pax_global_headers() {
     // `git archive` starts with one, named `pax_global_header`; it is metadata, not a file.
     let (root, result) = extract_raw(&[
-        (
-            "pax_global_header",
-            EntryType::XGlobalHeader,
-            None,
-            b"52 comment=0123456789abcdef0123456789abcdef01234567\n",
-        ),
+        ("pax_global_header", EntryType::XGlobalHeader, None, b"52 comment=0123456789abcdef0123456789abcdef01234567\n"),
         ("train.py", EntryType::Regular, None, b"x"),
     ]);
     result.expect("extract");
@@ -134,10 +109,7 @@ fn refuses_symlinks_pointing_outside() {
 fn refuses_dotdot_through_an_archive_symlink() {
     // Lexically `b -> a/..` stays at the root, but `a` is `.`, so physically `b` is the
     // parent of the working directory.
-    let (_root, result) = extract_raw(&[
-        ("a", EntryType::Symlink, Some("."), b""),
-        ("b", EntryType::Symlink, Some("a/.."), b""),
-    ]);
+    let (_root, result) = extract_raw(&[("a", EntryType::Symlink, Some("."), b""), ("b", EntryType::Symlink, Some("a/.."), b"")]);
     assert!(refusal_reason(result).contains("through the symlink"));
 }
 
@@ -158,15 +130,10 @@ fn refuses_writing_through_a_symlink_to_outside() {
 
 #[test]
 fn refuses_fifo_and_device_entries_naming_them() {
-    for (name, entry_type, what) in [
-        ("pipe", EntryType::Fifo, "fifos"),
-        ("null", EntryType::Char, "character devices"),
-        ("sda", EntryType::Block, "block devices"),
-    ] {
-        let (root, result) = extract_raw(&[
-            ("ok.txt", EntryType::Regular, None, b"x"),
-            (name, entry_type, None, b""),
-        ]);
+    for (name, entry_type, what) in
+        [("pipe", EntryType::Fifo, "fifos"), ("null", EntryType::Char, "character devices"), ("sda", EntryType::Block, "block devices")]
+    {
+        let (root, result) = extract_raw(&[("ok.txt", EntryType::Regular, None, b"x"), (name, entry_type, None, b"")]);
         match result {
             Err(error @ ContextError::UnsafeEntry { .. }) => {
                 let message = error.to_string();
@@ -181,16 +148,10 @@ fn refuses_fifo_and_device_entries_naming_them() {
 
 #[test]
 fn refuses_too_many_entries() {
-    let limits = ExtractLimits {
-        max_entries: 3,
-        ..ExtractLimits::default()
-    };
+    let limits = ExtractLimits { max_entries: 3, ..ExtractLimits::default() };
     let root = tempfile::tempdir().expect("tempdir");
-    let three = raw_tar(&[
-        ("a", EntryType::Regular, None, b"a"),
-        ("b", EntryType::Regular, None, b"b"),
-        ("c", EntryType::Regular, None, b"c"),
-    ]);
+    let three =
+        raw_tar(&[("a", EntryType::Regular, None, b"a"), ("b", EntryType::Regular, None, b"b"), ("c", EntryType::Regular, None, b"c")]);
     extract_tar(&three[..], root.path(), &limits).expect("three entries are fine");
     let four = raw_tar(&[
         ("a", EntryType::Regular, None, b"a"),
@@ -221,36 +182,18 @@ fn refuses_the_default_entry_limit_plus_one() {
     tarball.extend_from_slice(&[0u8; 1024]);
     let root = tempfile::tempdir().expect("tempdir");
     let result = extract_tar(&tarball[..], root.path(), &ExtractLimits::default());
-    assert!(
-        matches!(
-            result,
-            Err(ContextError::TooManyEntries {
-                limit: MAX_CONTEXT_ENTRIES
-            })
-        ),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ContextError::TooManyEntries { limit: MAX_CONTEXT_ENTRIES })), "{result:?}");
     let exactly = &tarball[512..];
-    extract_tar(exactly, root.path(), &ExtractLimits::default())
-        .expect("exactly the limit is accepted");
+    extract_tar(exactly, root.path(), &ExtractLimits::default()).expect("exactly the limit is accepted");
 }
 
 #[test]
 fn refuses_contexts_unpacking_past_the_size_bound() {
-    let limits = ExtractLimits {
-        max_unpacked_bytes: 10,
-        ..ExtractLimits::default()
-    };
+    let limits = ExtractLimits { max_unpacked_bytes: 10, ..ExtractLimits::default() };
     let root = tempfile::tempdir().expect("tempdir");
-    let fits = raw_tar(&[
-        ("a", EntryType::Regular, None, b"12345"),
-        ("b", EntryType::Regular, None, b"12345"),
-    ]);
+    let fits = raw_tar(&[("a", EntryType::Regular, None, b"12345"), ("b", EntryType::Regular, None, b"12345")]);
     extract_tar(&fits[..], root.path(), &limits).expect("10 bytes are fine");
-    let over = raw_tar(&[
-        ("a", EntryType::Regular, None, b"12345"),
-        ("big", EntryType::Regular, None, b"123456"),
-    ]);
+    let over = raw_tar(&[("a", EntryType::Regular, None, b"12345"), ("big", EntryType::Regular, None, b"123456")]);
     match extract_tar(&over[..], root.path(), &limits) {
         Err(error @ ContextError::TooLarge { limit: 10, .. }) => {
             assert!(error.to_string().contains("\"big\""), "{error}");
@@ -281,42 +224,20 @@ fn copy_tree_copies_files_links_and_shares_hard_links() {
     std::os::unix::fs::symlink("d/e/file", source.join("sym")).expect("symlink");
     std::fs::write(source.join("run.sh"), "#!/bin/sh\n").expect("write");
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        source.join("run.sh"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .expect("chmod");
+    std::fs::set_permissions(source.join("run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     copy_tree(&source, &copy).expect("copy");
-    assert_eq!(
-        std::fs::read_to_string(copy.join("d/e/file")).expect("read"),
-        "data"
-    );
-    assert_eq!(
-        std::fs::read_link(copy.join("sym")).expect("readlink"),
-        Path::new("d/e/file")
-    );
+    assert_eq!(std::fs::read_to_string(copy.join("d/e/file")).expect("read"), "data");
+    assert_eq!(std::fs::read_link(copy.join("sym")).expect("readlink"), Path::new("d/e/file"));
     let file = std::fs::metadata(copy.join("d/e/file")).expect("stat");
     let twin = std::fs::metadata(copy.join("twin")).expect("stat");
     assert_eq!(file.ino(), twin.ino(), "hard links stay links in the copy");
-    assert_ne!(
-        file.ino(),
-        std::fs::metadata(source.join("d/e/file"))
-            .expect("stat")
-            .ino(),
-        "but not to the source"
-    );
-    let mode = std::fs::metadata(copy.join("run.sh"))
-        .expect("stat")
-        .permissions()
-        .mode();
+    assert_ne!(file.ino(), std::fs::metadata(source.join("d/e/file")).expect("stat").ino(), "but not to the source");
+    let mode = std::fs::metadata(copy.join("run.sh")).expect("stat").permissions().mode();
     assert_eq!(mode & 0o111, 0o111, "executable bits kept");
     // Writing to the copy leaves the source alone.
     std::fs::write(copy.join("d/e/file"), "changed").expect("write");
-    assert_eq!(
-        std::fs::read_to_string(source.join("d/e/file")).expect("read"),
-        "data"
-    );
+    assert_eq!(std::fs::read_to_string(source.join("d/e/file")).expect("read"), "data");
 }
 
 #[test]
@@ -329,8 +250,5 @@ fn refuses_hard_links_leaving_the_root() {
 fn reports_garbage_as_corrupt() {
     let root = tempfile::tempdir().expect("tempdir");
     let result = extract_context(b"definitely not gzip", root.path());
-    assert!(
-        matches!(result, Err(ContextError::Corrupt(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ContextError::Corrupt(_))), "{result:?}");
 }

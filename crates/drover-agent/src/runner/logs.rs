@@ -37,16 +37,11 @@ pub const SPLIT_END_MARKER: &str = "…[continued]";
 /// Starts the continuation of a line that was cut (see the module doc).
 pub const SPLIT_START_MARKER: &str = "[continued]…";
 /// Bytes of output per fragment, leaving room for both markers.
-pub(super) const FRAGMENT_BYTES: usize =
-    MAX_LINE_BYTES - SPLIT_END_MARKER.len() - SPLIT_START_MARKER.len();
+pub(super) const FRAGMENT_BYTES: usize = MAX_LINE_BYTES - SPLIT_END_MARKER.len() - SPLIT_START_MARKER.len();
 
 /// Reads `reader` line by line into `lines`, cutting lines longer than [`MAX_LINE_BYTES`] into
 /// marked fragments (see the module doc).
-pub(super) async fn read_lines(
-    reader: impl AsyncRead + Unpin,
-    stream: &'static str,
-    lines: mpsc::Sender<LogLine>,
-) {
+pub(super) async fn read_lines(reader: impl AsyncRead + Unpin, stream: &'static str, lines: mpsc::Sender<LogLine>) {
     let mut reader = BufReader::new(reader);
     let mut splitter = LineSplitter::default();
     loop {
@@ -73,18 +68,8 @@ pub(super) async fn read_lines(
     }
 }
 
-async fn send_line(
-    lines: &mpsc::Sender<LogLine>,
-    stream: &'static str,
-    line: String,
-) -> Result<(), mpsc::error::SendError<LogLine>> {
-    lines
-        .send(LogLine {
-            ts_ms: now_ms(),
-            stream: stream.to_owned(),
-            line,
-        })
-        .await
+async fn send_line(lines: &mpsc::Sender<LogLine>, stream: &'static str, line: String) -> Result<(), mpsc::error::SendError<LogLine>> {
+    lines.send(LogLine { ts_ms: now_ms(), stream: stream.to_owned(), line }).await
 }
 
 /// Turns a byte stream into lines (lossily decoded, without `\n` or `\r\n`), cutting lines
@@ -140,8 +125,7 @@ impl LineSplitter {
             bytes.pop();
         }
         let text = String::from_utf8_lossy(&bytes);
-        let mut line =
-            String::with_capacity(text.len() + SPLIT_START_MARKER.len() + SPLIT_END_MARKER.len());
+        let mut line = String::with_capacity(text.len() + SPLIT_START_MARKER.len() + SPLIT_END_MARKER.len());
         if self.continuing {
             line.push_str(SPLIT_START_MARKER);
         }
@@ -191,8 +175,7 @@ impl LogBatch {
         }
         self.bytes += line.line.len();
         self.lines.push(line);
-        if full.is_none() && (self.lines.len() >= LOG_BATCH_LINES || self.bytes >= LOG_BATCH_BYTES)
-        {
+        if full.is_none() && (self.lines.len() >= LOG_BATCH_LINES || self.bytes >= LOG_BATCH_BYTES) {
             full = self.take();
         }
         full
@@ -225,10 +208,7 @@ pub(super) async fn batch_logs(
     let _readers = AbortOnDrop(readers);
 
     let send = |lines: Vec<LogLine>| {
-        let _ = outgoing.send(AgentMessage::TaskLogs {
-            allocation_id: allocation_id.clone(),
-            lines,
-        });
+        let _ = outgoing.send(AgentMessage::TaskLogs { allocation_id: allocation_id.clone(), lines });
     };
     let mut batch = LogBatch::default();
     let mut flush_at: Option<Instant> = None;

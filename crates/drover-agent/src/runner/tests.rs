@@ -4,13 +4,7 @@ use super::logs::{FRAGMENT_BYTES, LineSplitter, LogBatch, utf8_cut};
 use super::*;
 
 fn slot(id: &str, kind: SlotKind, device_index: Option<&str>) -> SlotSpec {
-    SlotSpec {
-        id: id.to_owned(),
-        kind,
-        device: "test".to_owned(),
-        device_index: device_index.map(str::to_owned),
-        memory_mb: None,
-    }
+    SlotSpec { id: id.to_owned(), kind, device: "test".to_owned(), device_index: device_index.map(str::to_owned), memory_mb: None }
 }
 
 fn spec(slot_ids: &[&str]) -> TaskSpec {
@@ -37,12 +31,7 @@ fn gpu_agent() -> Vec<SlotSpec> {
 
 #[test]
 fn cuda_devices_are_deduplicated_in_slot_order() {
-    let env = task_environment(
-        &spec(&["gpu1.0", "gpu0.1", "gpu0.0"]),
-        &gpu_agent(),
-        "http://m:8080/",
-    )
-    .expect("environment");
+    let env = task_environment(&spec(&["gpu1.0", "gpu0.1", "gpu0.0"]), &gpu_agent(), "http://m:8080/").expect("environment");
     assert_eq!(env["CUDA_VISIBLE_DEVICES"], "1,0");
     assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
     assert_eq!(env["DROVER_SLOT_IDS"], "gpu1.0,gpu0.1,gpu0.0");
@@ -68,8 +57,7 @@ fn cpu_only_agent_leaves_cuda_variables_alone() {
 #[test]
 fn master_given_drover_master_wins() {
     let mut task = spec(&[]);
-    task.env
-        .insert("DROVER_MASTER".to_owned(), "http://public:1".to_owned());
+    task.env.insert("DROVER_MASTER".to_owned(), "http://public:1".to_owned());
     let env = task_environment(&task, &gpu_agent(), "http://m").expect("environment");
     assert_eq!(env["DROVER_MASTER"], "http://public:1");
 }
@@ -119,9 +107,7 @@ fn join_fragments(lines: &[String]) -> Vec<String> {
     for line in lines {
         let mut text = line.as_str();
         if open {
-            text = text
-                .strip_prefix(SPLIT_START_MARKER)
-                .expect("a continuation is marked");
+            text = text.strip_prefix(SPLIT_START_MARKER).expect("a continuation is marked");
         }
         let cut = text.ends_with(SPLIT_END_MARKER);
         if cut {
@@ -148,24 +134,10 @@ async fn long_lines_are_split_and_partial_last_line_kept() {
     while let Some(line) = rx.recv().await {
         lines.push(line.line);
     }
-    assert_eq!(
-        lines.len(),
-        4,
-        "{:?}",
-        lines.iter().map(String::len).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        lines[0],
-        format!("{}{SPLIT_END_MARKER}", "a".repeat(FRAGMENT_BYTES))
-    );
+    assert_eq!(lines.len(), 4, "{:?}", lines.iter().map(String::len).collect::<Vec<_>>());
+    assert_eq!(lines[0], format!("{}{SPLIT_END_MARKER}", "a".repeat(FRAGMENT_BYTES)));
     assert!(lines[0].len() <= MAX_LINE_BYTES);
-    assert_eq!(
-        lines[1],
-        format!(
-            "{SPLIT_START_MARKER}{}",
-            "a".repeat(MAX_LINE_BYTES + 10 - FRAGMENT_BYTES)
-        )
-    );
+    assert_eq!(lines[1], format!("{SPLIT_START_MARKER}{}", "a".repeat(MAX_LINE_BYTES + 10 - FRAGMENT_BYTES)));
     assert_eq!(lines[2], "second");
     assert_eq!(lines[3], "no newline at end");
 }
@@ -196,11 +168,7 @@ fn a_line_of_exactly_the_fragment_size_is_not_cut() {
 fn lines_are_cut_on_character_boundaries() {
     for prefix in 0..4 {
         // Multi-byte characters straddle the cut at every offset.
-        let text = format!(
-            "{}{}",
-            "a".repeat(prefix),
-            "é€😀".repeat(FRAGMENT_BYTES / 4)
-        );
+        let text = format!("{}{}", "a".repeat(prefix), "é€😀".repeat(FRAGMENT_BYTES / 4));
         let lines = split_all(text.as_bytes());
         assert!(lines.len() > 1);
         for line in &lines {
@@ -223,11 +191,7 @@ fn utf8_cut_finds_incomplete_sequences() {
 }
 
 fn log_line(text: String) -> LogLine {
-    LogLine {
-        ts_ms: 1_700_000_000_000,
-        stream: "stdout".to_owned(),
-        line: text,
-    }
+    LogLine { ts_ms: 1_700_000_000_000, stream: "stdout".to_owned(), line: text }
 }
 
 #[test]
@@ -252,16 +216,10 @@ fn batches_are_bounded_by_lines_and_bytes() {
     for lines in sent {
         let bytes: usize = lines.iter().map(|l| l.line.len()).sum();
         assert!(bytes <= LOG_BATCH_BYTES, "{bytes} bytes in a batch");
-        let encoded = serde_json::to_string(&AgentMessage::TaskLogs {
-            allocation_id: "0195d3a4-0000-7000-8000-000000000000".to_owned(),
-            lines,
-        })
-        .expect("encode");
-        assert!(
-            encoded.len() < drover_api::agent::MAX_MESSAGE_BYTES / 2,
-            "a batch encodes to {} bytes",
-            encoded.len()
-        );
+        let encoded =
+            serde_json::to_string(&AgentMessage::TaskLogs { allocation_id: "0195d3a4-0000-7000-8000-000000000000".to_owned(), lines })
+                .expect("encode");
+        assert!(encoded.len() < drover_api::agent::MAX_MESSAGE_BYTES / 2, "a batch encodes to {} bytes", encoded.len());
     }
 }
 

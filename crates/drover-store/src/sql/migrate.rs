@@ -73,10 +73,11 @@ const SQLITE_NEVER_REUSED_PK: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
 fn migrations(d: Dialect) -> Vec<(i64, Migration)> {
     let (pk, blob, f64_, clustered) = (d.ident_pk(), d.blob(), d.double(), d.clustered());
     let (experiments, trials) = (experiments_table("experiments", pk, blob), trials_table("trials", pk));
-    vec![(
-        1,
-        format!(
-            "{experiments}
+    vec![
+        (
+            1,
+            format!(
+                "{experiments}
             {trials}
             CREATE TABLE allocations (
                 id TEXT PRIMARY KEY,
@@ -131,13 +132,14 @@ fn migrations(d: Dialect) -> Vec<(i64, Migration)> {
                 created_at BIGINT NOT NULL
             );
             CREATE INDEX checkpoints_trial ON checkpoints (trial_id, step);"
+            ),
         ),
-    ), (
-        2,
-        // Per-bucket extremes of every series at several step widths, kept at write time so
-        // that a chart of a million points reads a thousand rows instead of scanning them all.
-        format!(
-            "CREATE TABLE metric_rollups (
+        (
+            2,
+            // Per-bucket extremes of every series at several step widths, kept at write time so
+            // that a chart of a million points reads a thousand rows instead of scanning them all.
+            format!(
+                "CREATE TABLE metric_rollups (
                 trial_id BIGINT NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
                 grp TEXT NOT NULL,
                 name TEXT NOT NULL,
@@ -150,13 +152,14 @@ fn migrations(d: Dialect) -> Vec<(i64, Migration)> {
                 max_value {f64_} NOT NULL,
                 PRIMARY KEY (trial_id, grp, name, level, bucket)
             ){clustered};"
+            ),
         ),
-    ), (
-        3,
-        // The parameter database: immutable versions of named blobs (the bytes live in the
-        // parameter storage under `storage_key`) and movable tags. A tag can only name a
-        // version that exists.
-        "CREATE TABLE param_versions (
+        (
+            3,
+            // The parameter database: immutable versions of named blobs (the bytes live in the
+            // parameter storage under `storage_key`) and movable tags. A tag can only name a
+            // version that exists.
+            "CREATE TABLE param_versions (
                 name TEXT NOT NULL,
                 version BIGINT NOT NULL,
                 created_at BIGINT NOT NULL,
@@ -175,14 +178,16 @@ fn migrations(d: Dialect) -> Vec<(i64, Migration)> {
                 FOREIGN KEY (name, version) REFERENCES param_versions (name, version) ON DELETE CASCADE
             );
             CREATE INDEX param_tags_version ON param_tags (name, version);"
-            .to_string(),
-    ), (
-        4,
-        // A pinned checkpoint (a model being served, one a user keeps) survives every GC.
-        "ALTER TABLE checkpoints ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0;
+                .to_string(),
+        ),
+        (
+            4,
+            // A pinned checkpoint (a model being served, one a user keeps) survives every GC.
+            "ALTER TABLE checkpoints ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0;
          CREATE INDEX checkpoints_experiment ON checkpoints (experiment_id);"
-            .to_string(),
-    )]
+                .to_string(),
+        ),
+    ]
     .into_iter()
     .map(|(version, sql)| (version, Migration::Sql(sql)))
     .chain([(

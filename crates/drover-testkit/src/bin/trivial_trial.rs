@@ -166,7 +166,11 @@ fn checkpoint_bench(ctx: Context, mb: u64) -> Result<ExitCode, SdkError> {
         let mut left = per_file;
         while left > 0 {
             let n = left.min(block.len() as u64) as usize;
-            std::io::Write::write_all(&mut f, &block[..n]).map_err(|source| SdkError::Io { action: "write", path: path.clone(), source })?;
+            std::io::Write::write_all(&mut f, &block[..n]).map_err(|source| SdkError::Io {
+                action: "write",
+                path: path.clone(),
+                source,
+            })?;
             left -= n as u64;
         }
     }
