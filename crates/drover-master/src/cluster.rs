@@ -2,8 +2,7 @@
 //! the scheduler that places queued trials on free slots.
 //!
 //! This file holds the state ([`Master`], its [`Inner`] view under the lock) and opening; the
-//! work on it lives beside it, one concern each: `config` (the master's configuration),
-//! `recovery` (rebuilding the view at start), `experiments` (the experiment and trial
+//! work on it lives beside it, one concern each: `recovery` (rebuilding the view at start), `experiments` (the experiment and trial
 //! lifecycle), `placement` (queued trials onto slots, the task a trial becomes, allocations
 //! ending), `agents` (agent sessions and their views), `trials` (what trials ask: tokens,
 //! validations, checkpoints), `pbt` (family trees) and `advisor` (a custom search's advisor).
@@ -17,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use drover_api::agent::{AgentMessage, MasterMessage, SlotSpec, TaskSpec};
 use drover_api::env;
@@ -34,14 +33,15 @@ use drover_storage::StorageSpec;
 
 mod advisor;
 mod agents;
-mod config;
 mod experiments;
 mod pbt;
 mod placement;
 mod recovery;
 mod trials;
 
-pub use config::MasterConfig;
+pub use crate::clock::now_ms;
+pub use crate::config::MasterConfig;
+use crate::secret::random_token;
 
 /// Grace given to a task between SIGTERM and SIGKILL when it is stopped politely.
 const STOP_GRACE_MS: u64 = 10_000;
@@ -193,14 +193,6 @@ pub enum ExperimentCommand {
     Activate,
     Cancel,
     Kill,
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-pub(crate) fn random_token() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 impl Master {

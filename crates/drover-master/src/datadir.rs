@@ -100,7 +100,7 @@ pub fn load_or_create_join_token(dir: &Path) -> Result<String, DataDirError> {
         Err(e) => return Err(io("reading", e)),
     }
     std::fs::create_dir_all(dir).map_err(|source| DataDirError::Io { action: "creating", path: dir.into(), source })?;
-    let token = crate::cluster::random_token();
+    let token = crate::secret::random_token();
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

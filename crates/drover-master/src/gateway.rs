@@ -15,11 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::cluster::Master;
 use crate::error::Error;
+use crate::secret::constant_time_eq;
 
-const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
-/// A connection silent this long (three heartbeats) is taken for dead and closed: a half-open
-/// TCP connection (the agent's host lost power) must not hold the agent's id and slots forever.
-pub const SILENCE_LIMIT: Duration = Duration::from_millis(3 * HEARTBEAT_INTERVAL_MS);
+use crate::config::HEARTBEAT_INTERVAL_MS;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The upgrade is refused (401) unless it carries the cluster's join secret: tasks carry trial
@@ -38,11 +36,6 @@ pub async fn connect(State(master): State<Arc<Master>>, headers: HeaderMap, upgr
         Some(_) => {}
     }
     upgrade.max_message_size(MAX_MESSAGE_BYTES).max_frame_size(MAX_MESSAGE_BYTES).on_upgrade(move |socket| serve_agent(master, socket))
-}
-
-/// Compares secrets without leaking through timing how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What a hello may announce: bounded, so one frame cannot make the master hold or scan
@@ -185,13 +178,5 @@ mod tests {
         assert!(check_hello(&"x".repeat(129), "h", "v", &[], &[], "i").is_err());
         assert!(check_hello("a\u{1b}[31m", "h", "v", &[], &[], "i").is_err());
         assert!(check_hello("a", &"h".repeat(1000), "v", &[], &[], "i").is_err());
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret-and-more"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

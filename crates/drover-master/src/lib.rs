@@ -9,7 +9,9 @@
 
 pub mod api;
 mod checkpoints;
+pub mod clock;
 pub mod cluster;
+pub mod config;
 mod context;
 pub mod datadir;
 pub mod error;
@@ -19,6 +21,7 @@ mod lineage;
 mod lttb;
 pub mod params;
 mod probe;
+mod secret;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

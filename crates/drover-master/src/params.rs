@@ -33,7 +33,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{MasterConfig, now_ms};
+use crate::clock::now_ms;
+use crate::config::MasterConfig;
 use crate::error::{Error, Result};
 
 /// Longest name or tag.

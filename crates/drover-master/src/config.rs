@@ -1,6 +1,19 @@
-//! The master's configuration.
+//! The master's configuration: what `drover master`, `up` and `run` (and the tests) decide
+//! before it starts. Read by the control plane and the parameter database alike, and depending
+//! on neither.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_storage::StorageSpec;
+
+use crate::secret::random_token;
+
+/// How often agents send a heartbeat (told in the `Welcome`).
+pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+/// A connection silent this long (three heartbeats) is taken for dead and closed: a half-open
+/// TCP connection (the agent's host lost power) must not hold the agent's id and slots forever.
+pub const SILENCE_LIMIT: Duration = Duration::from_millis(3 * HEARTBEAT_INTERVAL_MS);
 
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -31,7 +44,7 @@ pub struct MasterConfig {
     /// Host names a master bound to a non-loopback address answers (besides IP addresses,
     /// loopback names and the machine's own host name); see `guard.rs`.
     pub allowed_hosts: Vec<String>,
-    /// An agent connection silent this long is closed (see `gateway::SILENCE_LIMIT`).
+    /// An agent connection silent this long is closed (default [`SILENCE_LIMIT`]).
     pub agent_silence_limit: Duration,
 }
 
@@ -51,7 +64,7 @@ impl MasterConfig {
             join_token: random_token(),
             storage_probe_timeout: Duration::from_secs(15),
             allowed_hosts: Vec::new(),
-            agent_silence_limit: crate::gateway::SILENCE_LIMIT,
+            agent_silence_limit: SILENCE_LIMIT,
         }
     }
 }
