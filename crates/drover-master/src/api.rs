@@ -27,6 +27,7 @@ use crate::cluster::{ExperimentCommand, Master, now_ms};
 use crate::error::{Error, Result};
 use crate::lttb::lttb;
 
+pub mod http_error;
 mod params;
 
 /// Most points one metrics report may carry.

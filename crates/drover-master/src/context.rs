@@ -100,7 +100,7 @@ mod tests {
         assert!(e.body.message.contains("outside"), "{:?}", e.body);
         assert!(validate(&tarball(&[("/etc/passwd", b"x")]), 100).is_err());
         let e = validate(&tarball(&[("big", &[0u8; 500])]), 100).unwrap_err();
-        assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.kind, crate::error::ErrorKind::TooLarge);
         assert!(validate(b"not gzip at all", 100).is_err());
     }
 

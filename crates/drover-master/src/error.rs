@@ -1,28 +1,48 @@
-//! The one place where failures become HTTP statuses and JSON bodies.
+//! The master's errors as the control plane sees them: a kind (what went wrong, in the
+//! domain's terms) and the message and location a client is shown. Nothing here knows HTTP:
+//! `api/http_error.rs` is the one place a kind becomes a status code.
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use drover_api::rest::{ApiError, ErrorLocation};
 use drover_core::ConfigError;
 use drover_search::SearchError;
 use drover_store::StoreError;
 
+/// What went wrong, as the domain says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or names something invalid (a field, a parameter).
+    BadRequest,
+    /// The body's media type is not one the endpoint takes.
+    UnsupportedMediaType,
+    /// No credentials, or ones nobody issued.
+    Unauthorized,
+    /// Credentials, but not for this (another trial's token, a foreign page's request).
+    Forbidden,
+    NotFound,
+    /// The state does not allow it now (still running, pinned, already exists).
+    Conflict,
+    /// Over a size limit.
+    TooLarge,
+    /// A fault of the master or what it depends on, not of the request.
+    Internal,
+}
+
 #[derive(Debug)]
 pub struct Error {
-    pub status: StatusCode,
+    pub kind: ErrorKind,
+    /// What the client is shown: `{error, message, location}`.
     pub body: ApiError,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Error {
-        Error { status, body: ApiError { error: kind.into(), message: message.into(), location: None } }
+    pub fn new(kind: ErrorKind, name: &str, message: impl Into<String>) -> Error {
+        Error { kind, body: ApiError { error: name.into(), message: message.into(), location: None } }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Error {
-        Error::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Error::new(ErrorKind::BadRequest, "bad_request", message)
     }
 
     /// A bad request about one named field or parameter.
@@ -32,28 +52,32 @@ impl Error {
         e
     }
 
+    pub fn unsupported_media_type(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::UnsupportedMediaType, "unsupported_media_type", message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Error {
-        Error::new(StatusCode::NOT_FOUND, "not_found", message)
+        Error::new(ErrorKind::NotFound, "not_found", message)
     }
 
     pub fn conflict(message: impl Into<String>) -> Error {
-        Error::new(StatusCode::CONFLICT, "conflict", message)
+        Error::new(ErrorKind::Conflict, "conflict", message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Error {
-        Error::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Error::new(ErrorKind::Unauthorized, "unauthorized", message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Error {
-        Error::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Error::new(ErrorKind::Forbidden, "forbidden", message)
     }
 
     pub fn too_large(message: impl Into<String>) -> Error {
-        Error::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        Error::new(ErrorKind::TooLarge, "payload_too_large", message)
     }
 
     pub fn internal(message: impl Into<String>) -> Error {
-        Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Error::new(ErrorKind::Internal, "internal", message)
     }
 }
 
@@ -88,11 +112,5 @@ impl From<SearchError> for Error {
             SearchError::Closed(message) => Error::conflict(message),
             SearchError::Snapshot(message) => Error::internal(message),
         }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
     }
 }

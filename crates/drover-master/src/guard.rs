@@ -118,10 +118,7 @@ fn check(listening: &Listening, method: &Method, path: &str, headers: &HeaderMap
 }
 
 fn unsupported(what: &str) -> Error {
-    let mut e = Error::bad_request(format!("this endpoint takes application/json, not {what}"));
-    e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-    e.body.error = "unsupported_media_type".into();
-    e
+    Error::unsupported_media_type(format!("this endpoint takes application/json, not {what}"))
 }
 
 /// The name or address of a `Host` value, without its port or IPv6 brackets.
@@ -183,6 +180,7 @@ async fn json_errors(response: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -210,10 +208,10 @@ mod tests {
     #[test]
     fn foreign_host_refused_on_loopback_only() {
         let h = headers(&[("host", "evil.example:8080")]);
-        assert_eq!(check(&loopback(), &Method::GET, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check(&loopback(), &Method::GET, "/", &h).unwrap_err().kind, ErrorKind::Forbidden);
         // Bound elsewhere: IP addresses, loopback names and the allowed names only.
         let public = Listening { addr: "0.0.0.0:8080".parse().unwrap(), names: std::sync::Arc::new(vec!["master.lab".into()]) };
-        assert_eq!(check(&public, &Method::GET, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check(&public, &Method::GET, "/", &h).unwrap_err().kind, ErrorKind::Forbidden);
         for ok in ["10.0.0.5:8080", "[fe80::1]:8080", "MASTER.lab:8080", "master.lab", "localhost:8080"] {
             assert!(check(&public, &Method::GET, "/", &headers(&[("host", ok)])).is_ok(), "{ok}");
         }
@@ -223,13 +221,10 @@ mod tests {
     fn foreign_origin_refused_for_changes_only() {
         let h = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")]);
         assert!(check(&loopback(), &Method::GET, "/", &h).is_ok());
-        assert_eq!(check(&loopback(), &Method::POST, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
-        assert_eq!(check(&loopback(), &Method::DELETE, "/", &h).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check(&loopback(), &Method::POST, "/", &h).unwrap_err().kind, ErrorKind::Forbidden);
+        assert_eq!(check(&loopback(), &Method::DELETE, "/", &h).unwrap_err().kind, ErrorKind::Forbidden);
         // Reading a custom search's events acknowledges them: guarded like a change.
-        assert_eq!(
-            check(&loopback(), &Method::GET, "/api/v1/experiments/3/searcher/events", &h).unwrap_err().status,
-            StatusCode::FORBIDDEN
-        );
+        assert_eq!(check(&loopback(), &Method::GET, "/api/v1/experiments/3/searcher/events", &h).unwrap_err().kind, ErrorKind::Forbidden);
         let same = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
         assert!(check(&loopback(), &Method::DELETE, "/", &same).is_ok());
     }
@@ -237,10 +232,10 @@ mod tests {
     #[test]
     fn simple_content_types_refused() {
         let text = headers(&[("host", "127.0.0.1:1"), ("content-type", "text/plain;charset=UTF-8"), ("content-length", "5")]);
-        assert_eq!(check(&loopback(), &Method::POST, "/", &text).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert_eq!(check(&loopback(), &Method::PUT, "/", &text).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(check(&loopback(), &Method::POST, "/", &text).unwrap_err().kind, ErrorKind::UnsupportedMediaType);
+        assert_eq!(check(&loopback(), &Method::PUT, "/", &text).unwrap_err().kind, ErrorKind::UnsupportedMediaType);
         let none = headers(&[("host", "127.0.0.1:1"), ("content-length", "5")]);
-        assert_eq!(check(&loopback(), &Method::POST, "/", &none).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(check(&loopback(), &Method::POST, "/", &none).unwrap_err().kind, ErrorKind::UnsupportedMediaType);
         let empty = headers(&[("host", "127.0.0.1:1"), ("content-length", "0")]);
         assert!(check(&loopback(), &Method::POST, "/", &empty).is_ok());
         let json = headers(&[("host", "127.0.0.1:1"), ("content-type", "application/json"), ("content-length", "2")]);
