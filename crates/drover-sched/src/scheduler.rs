@@ -1,0 +1,411 @@
+//! The scheduler's state and the events that change it. A pass (`schedule`) lives in `pass.rs`;
+//! this module only keeps the books: who is queued where, who holds which slot, which pool has
+//! which agents.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AgentError, ConfigError, RequestError, RestoreError, SubmitError};
+use crate::model::{
+    Agent, Allocation, AllocationId, Cancelled, Decision, Ended, MAX_MEMBERS, MAX_PRIORITY, MAX_SLOTS_PER_AGENT, MAX_WEIGHT, MIN_WEIGHT,
+    Pool, Request, RequestId, Resources, SlotKind, UNITS_PER_SLOT, WaitReason, Waiting, fraction_units,
+};
+
+/// Where a pending request sits: pools, then priority, then fair-share group, then arrival.
+/// The pass walks this order, so keeping the queue in a `BTreeMap` under it costs no sort.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct QueueKey {
+    pub pool: u32,
+    pub priority: u8,
+    pub group: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PendingEntry {
+    pub request: Request,
+    /// Passes in which something behind it started while it could not (the starvation count).
+    pub overtaken: u32,
+    /// Set by a pass that started it, which then drops it from the queue.
+    #[serde(skip)]
+    pub started: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Status {
+    Pending(QueueKey),
+    Running(AllocationId),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AgentState {
+    pub agent: Agent,
+    /// Units in use, per slot (same order as `agent.slots`).
+    pub used: Vec<u16>,
+}
+
+/// What a pool could hold were all its agents idle; kept up to date as agents come and go so
+/// that `submit` can refuse the impossible without walking every agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PoolCapacity {
+    pub agents: u32,
+    /// Per slot kind: number of agents having n slots of that kind, by n (n > 0).
+    pub by_kind: [BTreeMap<u32, u32>; 2],
+}
+
+impl PoolCapacity {
+    fn add(&mut self, agent: &Agent, sign: i64) {
+        self.agents = (i64::from(self.agents) + sign) as u32;
+        for kind in [SlotKind::Cpu, SlotKind::Gpu] {
+            let n = agent.slots.iter().filter(|s| s.kind == kind).count() as u32;
+            if n == 0 {
+                continue;
+            }
+            let map = &mut self.by_kind[kind.index()];
+            let c = map.entry(n).or_insert(0);
+            *c = (i64::from(*c) + sign) as u32;
+            if *c == 0 {
+                map.remove(&n);
+            }
+        }
+    }
+
+    pub fn max_slots(&self, kind: SlotKind) -> u32 {
+        self.by_kind[kind.index()].keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// How many members needing `count` slots of `kind` each fit the idle pool.
+    pub fn whole_members(&self, kind: SlotKind, count: u32) -> u64 {
+        self.by_kind[kind.index()].iter().map(|(&n, &agents)| u64::from(n / count) * u64::from(agents)).sum()
+    }
+
+    /// How many members needing `units` of a GPU each fit the idle pool.
+    pub fn fraction_members(&self, units: u32) -> u64 {
+        let gpus: u64 = self.by_kind[SlotKind::Gpu.index()].iter().map(|(&n, &agents)| u64::from(n) * u64::from(agents)).sum();
+        gpus * u64::from(UNITS_PER_SLOT / units)
+    }
+
+    /// Whether the request fits the pool were every agent idle (false with no agent at all).
+    pub fn fits_idle(&self, request: &Request, zero_slot_budget: u32) -> bool {
+        let m = u64::from(request.members);
+        match request.resources {
+            Resources::Slots { kind, count } => self.whole_members(kind, count) >= m,
+            Resources::Gpu { fraction } => self.fraction_members(fraction_units(fraction)) >= m,
+            Resources::ZeroSlot => self.agents > 0 && u64::from(zero_slot_budget) >= m,
+        }
+    }
+}
+
+/// The whole scheduler: plain data, so `snapshot` is a serialisation of `self`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scheduler {
+    pub(crate) pools: Vec<Pool>,
+    pub(crate) capacity: Vec<PoolCapacity>,
+    pub(crate) agents: BTreeMap<String, AgentState>,
+    #[serde(with = "as_pairs")]
+    pub(crate) pending: BTreeMap<QueueKey, PendingEntry>,
+    pub(crate) requests: BTreeMap<RequestId, Status>,
+    pub(crate) allocations: BTreeMap<AllocationId, Allocation>,
+    pub(crate) next_allocation: AllocationId,
+    pub(crate) next_seq: u64,
+    pub(crate) now_ms: u64,
+    /// The pending requests of the last pass, in queue order, with why each waits.
+    pub(crate) last_pass: Vec<Waiting>,
+}
+
+impl Scheduler {
+    /// A scheduler with these pools (names unique and non-empty), no agent and an empty queue.
+    pub fn new(pools: Vec<Pool>) -> Result<Scheduler, ConfigError> {
+        for (i, p) in pools.iter().enumerate() {
+            if p.name.is_empty() {
+                return Err(ConfigError::EmptyPoolName);
+            }
+            if pools[..i].iter().any(|q| q.name == p.name) {
+                return Err(ConfigError::DuplicatePool(p.name.clone()));
+            }
+        }
+        Ok(Scheduler {
+            capacity: vec![PoolCapacity::default(); pools.len()],
+            pools,
+            agents: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            allocations: BTreeMap::new(),
+            next_allocation: 1,
+            next_seq: 0,
+            now_ms: 0,
+            last_pass: Vec::new(),
+        })
+    }
+
+    pub(crate) fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+
+    /// Queues a request, or refuses it (naming the field) when it is malformed or can never fit
+    /// the pool's current agents. A pool with no agent yet accepts anything well-formed: agents
+    /// may still join, and `why_waiting` says `no_agents` meanwhile.
+    pub fn submit(&mut self, request: Request) -> Result<(), SubmitError> {
+        if self.requests.contains_key(&request.id) {
+            return Err(SubmitError::Duplicate(request.id));
+        }
+        let pool = self.pool_index(&request.pool).ok_or_else(|| SubmitError::UnknownPool(request.pool.clone()))?;
+        if request.priority > MAX_PRIORITY {
+            return Err(SubmitError::Priority(request.priority));
+        }
+        if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&request.weight) {
+            return Err(SubmitError::Weight(request.weight));
+        }
+        if request.members == 0 || request.members > MAX_MEMBERS {
+            return Err(SubmitError::Members(request.members));
+        }
+        let cap = &self.capacity[pool];
+        let name = || request.pool.clone();
+        let members = u64::from(request.members);
+        match request.resources {
+            Resources::Slots { count: 0, .. } => return Err(SubmitError::ZeroSlots),
+            Resources::Slots { kind, count } if cap.agents > 0 => {
+                let max = cap.max_slots(kind);
+                if count > max {
+                    return Err(SubmitError::TooManySlots { pool: name(), asked: count, max });
+                }
+                let fit = cap.whole_members(kind, count);
+                if fit < members {
+                    return Err(SubmitError::GangTooLarge { pool: name(), asked: request.members, max: fit });
+                }
+            }
+            Resources::Slots { .. } => {}
+            Resources::Gpu { fraction } => {
+                // NaN fails both comparisons.
+                if !(fraction > 0.0 && fraction <= 1.0) || fraction * f64::from(UNITS_PER_SLOT) < 0.5 {
+                    return Err(SubmitError::Fraction(fraction));
+                }
+                if cap.agents > 0 {
+                    if cap.max_slots(SlotKind::Gpu) == 0 {
+                        return Err(SubmitError::NoGpu { pool: name() });
+                    }
+                    let fit = cap.fraction_members(fraction_units(fraction));
+                    if fit < members {
+                        return Err(SubmitError::GangTooLarge { pool: name(), asked: request.members, max: fit });
+                    }
+                }
+            }
+            Resources::ZeroSlot => {
+                let budget = self.pools[pool].zero_slot_budget;
+                if request.members > budget {
+                    return Err(SubmitError::ZeroSlotBudget { pool: name(), asked: request.members, budget });
+                }
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.enqueue(pool as u32, seq, request);
+        Ok(())
+    }
+
+    pub(crate) fn enqueue(&mut self, pool: u32, seq: u64, request: Request) {
+        let key = QueueKey { pool, priority: request.priority, group: request.group.clone(), seq };
+        self.requests.insert(request.id, Status::Pending(key.clone()));
+        self.pending.insert(key, PendingEntry { request, overtaken: 0, started: false });
+    }
+
+    /// Drops a waiting request, or marks a running one so that it is not requeued when its
+    /// allocation ends (the master stops it).
+    pub fn cancel(&mut self, id: RequestId) -> Result<Cancelled, RequestError> {
+        match self.requests.get(&id) {
+            None => Err(RequestError::UnknownRequest(id)),
+            Some(Status::Pending(key)) => {
+                self.pending.remove(key);
+                self.requests.remove(&id);
+                Ok(Cancelled::Dequeued)
+            }
+            Some(Status::Running(alloc)) => {
+                let alloc = *alloc;
+                if let Some(a) = self.allocations.get_mut(&alloc) {
+                    a.cancelled = true;
+                }
+                Ok(Cancelled::Running { allocation: alloc })
+            }
+        }
+    }
+
+    /// Adds an agent with all its slots free. Refused (naming the field) for an unknown pool, an
+    /// id already present (an agent that changes its slots must leave first), duplicate slot ids
+    /// or more than `MAX_SLOTS_PER_AGENT` slots.
+    pub fn agent_joined(&mut self, agent: Agent) -> Result<(), AgentError> {
+        if agent.id.is_empty() {
+            return Err(AgentError::EmptyId);
+        }
+        if self.agents.contains_key(&agent.id) {
+            return Err(AgentError::AlreadyJoined(agent.id));
+        }
+        let pool = self.pool_index(&agent.pool).ok_or_else(|| AgentError::UnknownPool(agent.pool.clone()))?;
+        if agent.slots.len() > MAX_SLOTS_PER_AGENT {
+            return Err(AgentError::TooManySlots(agent.slots.len()));
+        }
+        let mut ids: Vec<&str> = agent.slots.iter().map(|s| s.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(AgentError::DuplicateSlot(w[0].to_string()));
+        }
+        self.capacity[pool].add(&agent, 1);
+        let used = vec![0; agent.slots.len()];
+        self.agents.insert(agent.id.clone(), AgentState { agent, used });
+        Ok(())
+    }
+
+    /// Removes an agent. Every allocation with a member on it is lost; they are returned so the
+    /// master can stop their other members and then report `allocation_ended` for each. Until
+    /// then their members on other agents keep their slots (the processes may still run).
+    pub fn agent_left(&mut self, id: &str) -> Result<Vec<AllocationId>, AgentError> {
+        let state = self.agents.remove(id).ok_or_else(|| AgentError::Unknown(id.to_string()))?;
+        if let Some(pool) = self.pool_index(&state.agent.pool) {
+            self.capacity[pool].add(&state.agent, -1);
+        }
+        let mut lost = Vec::new();
+        for a in self.allocations.values_mut() {
+            let mut hit = false;
+            for (p, l) in a.placements.iter().zip(a.lost.iter_mut()) {
+                if p.agent == id && !*l {
+                    *l = true;
+                    hit = true;
+                }
+            }
+            if hit {
+                lost.push(a.id);
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Frees an allocation's slots. A preempted request goes back to its old place in the queue
+    /// (unless it was lost or cancelled); any other is finished as far as the scheduler goes.
+    pub fn allocation_ended(&mut self, id: AllocationId) -> Result<Ended, RequestError> {
+        let alloc = self.allocations.remove(&id).ok_or(RequestError::UnknownAllocation(id))?;
+        for (p, &lost) in alloc.placements.iter().zip(&alloc.lost) {
+            if lost {
+                continue;
+            }
+            let Some(state) = self.agents.get_mut(&p.agent) else { continue };
+            for slot in &p.slots {
+                if let Some(i) = state.agent.slots.iter().position(|s| &s.id == slot) {
+                    state.used[i] = state.used[i].saturating_sub(p.units as u16);
+                }
+            }
+        }
+        let preempted = alloc.preempted.is_some();
+        let lost = alloc.lost.iter().any(|&l| l);
+        let requeued = preempted && !lost && !alloc.cancelled;
+        let request = alloc.request.id;
+        self.requests.remove(&request);
+        if requeued && let Some(pool) = self.pool_index(&alloc.request.pool) {
+            self.enqueue(pool as u32, alloc.seq, alloc.request);
+        }
+        Ok(Ended { request, preempted, lost, requeued })
+    }
+
+    /// Advances the scheduler's clock; time never goes back (an earlier `now_ms` is ignored).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// One scheduling pass at `now_ms`: kills overdue preemptions, starts what fits, preempts for
+    /// what waits. The decisions are already applied to the state when they are returned (the
+    /// master must carry them out; a start that fails is reported as `allocation_ended`). A pure
+    /// function of the state and `now_ms`: no clock, no randomness, no hash order.
+    pub fn schedule(&mut self, now_ms: u64) -> Vec<Decision> {
+        self.tick(now_ms);
+        crate::pass::run(self)
+    }
+
+    /// Why a pending request waits (as of the last pass); `None` when it is not pending. Linear in
+    /// the queue: for a `drover job list`, not for a loop.
+    pub fn why_waiting(&self, id: RequestId) -> Option<WaitReason> {
+        match self.requests.get(&id)? {
+            Status::Running(_) => None,
+            Status::Pending(_) => {
+                Some(self.last_pass.iter().find(|w| w.request == id).map(|w| w.reason.clone()).unwrap_or(WaitReason::NotConsideredYet))
+            }
+        }
+    }
+
+    /// In how many passes requests behind this one started while it could not (it fits its pool):
+    /// never more than the pool's `max_overtaking_passes`. `None` when it is not pending.
+    pub fn passed_over(&self, id: RequestId) -> Option<u32> {
+        match self.requests.get(&id)? {
+            Status::Pending(key) => self.pending.get(key).map(|e| e.overtaken),
+            Status::Running(_) => None,
+        }
+    }
+
+    /// The queue as the last pass saw it (requests cancelled since are left out).
+    pub fn queue(&self) -> impl Iterator<Item = &Waiting> {
+        self.last_pass.iter().filter(|w| matches!(self.requests.get(&w.request), Some(Status::Pending(_))))
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    pub fn allocation(&self, id: AllocationId) -> Option<&Allocation> {
+        self.allocations.get(&id)
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &Request> {
+        self.pending.values().map(|e| &e.request)
+    }
+
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values().map(|s| &s.agent)
+    }
+
+    /// Units in use per slot of an agent, in the order of its slots.
+    pub fn slot_usage(&self, agent: &str) -> Option<&[u16]> {
+        self.agents.get(agent).map(|s| s.used.as_slice())
+    }
+
+    /// Whether `request` would fit its pool were every agent idle (false for an unknown pool).
+    pub fn fits_idle_pool(&self, request: &Request) -> bool {
+        self.pool_index(&request.pool).is_some_and(|p| self.capacity[p].fits_idle(request, self.pools[p].zero_slot_budget))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The whole state as JSON; `restore` of it then the same events give the same decisions.
+    pub fn snapshot(&self) -> String {
+        serde_json::to_string(self).expect("the scheduler is plain data")
+    }
+
+    /// The scheduler `snapshot` was taken of. The snapshot is trusted (the master's own store):
+    /// it is parsed, not checked for consistency.
+    pub fn restore(snapshot: &str) -> Result<Scheduler, RestoreError> {
+        serde_json::from_str(snapshot).map_err(|e| RestoreError::Malformed(e.to_string()))
+    }
+}
+
+/// JSON maps need string keys; the queue's keys are structs, so it is stored as a list of pairs.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(map: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
