@@ -32,10 +32,7 @@ impl Digits {
     pub fn load(path: &Path) -> anyhow::Result<Digits> {
         let file = std::fs::File::open(path).with_context(|| {
             let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
-            format!(
-                "cannot open the digits data {} (working directory {cwd}); run from examples/digits or set DIGITS_DATA",
-                path.display()
-            )
+            format!("cannot open the digits data {} (working directory {cwd}); run from examples/digits or set DIGITS_DATA", path.display())
         })?;
         Digits::parse(flate2::read::GzDecoder::new(file)).with_context(|| format!("reading {}", path.display()))
     }

@@ -48,20 +48,13 @@ impl Hparams {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "lr={} hidden={} epochs={} batch_size={} seed={}",
-            self.learning_rate, self.hidden, self.epochs, self.batch_size, self.seed
-        )
+        format!("lr={} hidden={} epochs={} batch_size={} seed={}", self.learning_rate, self.hidden, self.epochs, self.batch_size, self.seed)
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let data_path = std::env::var_os("DIGITS_DATA").map(PathBuf::from).unwrap_or_else(|| DEFAULT_DATA.into());
-    if std::env::var_os(drover_sdk::env::TRIAL_ID).is_some() {
-        run_trial(&data_path)
-    } else {
-        run_standalone(&data_path)
-    }
+    if std::env::var_os(drover_sdk::env::TRIAL_ID).is_some() { run_trial(&data_path) } else { run_standalone(&data_path) }
 }
 
 fn run_trial(data_path: &Path) -> anyhow::Result<()> {
@@ -103,10 +96,7 @@ fn run_trial(data_path: &Path) -> anyhow::Result<()> {
         let result = run_epoch(&model, &mut optimizer, &split, &hp, epoch)?;
         let step = epoch as i64;
         ctx.report_training(step, &[("loss", result.train_loss)]);
-        ctx.report_validation(
-            step,
-            &[("validation_loss", result.validation_loss), ("validation_accuracy", result.validation_accuracy)],
-        );
+        ctx.report_validation(step, &[("validation_loss", result.validation_loss), ("validation_accuracy", result.validation_accuracy)]);
         last_epoch = epoch;
         // An epoch takes milliseconds: wait for this validation to reach the master, so that an
         // adaptive searcher's verdict on it is seen before the next epoch starts.
@@ -125,26 +115,13 @@ fn run_trial(data_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_epoch(
-    model: &Mlp,
-    optimizer: &mut AdamW,
-    split: &Split,
-    hp: &Hparams,
-    epoch: u64,
-) -> anyhow::Result<model::EpochResult> {
+fn run_epoch(model: &Mlp, optimizer: &mut AdamW, split: &Split, hp: &Hparams, epoch: u64) -> anyhow::Result<model::EpochResult> {
     let train_loss = model::train_epoch(model, optimizer, &split.train, hp.batch_size, hp.seed, epoch)?;
     let (validation_loss, validation_accuracy) = model::evaluate(model, &split.validation)?;
     Ok(model::EpochResult { train_loss, validation_loss, validation_accuracy })
 }
 
-fn save_checkpoint(
-    ctx: &Context,
-    model: &Mlp,
-    optimizer: &AdamW,
-    hp: &Hparams,
-    epoch: u64,
-    scratch: &Path,
-) -> anyhow::Result<()> {
+fn save_checkpoint(ctx: &Context, model: &Mlp, optimizer: &AdamW, hp: &Hparams, epoch: u64, scratch: &Path) -> anyhow::Result<()> {
     let dir = scratch.join(format!("save-{epoch}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     model::save(model, optimizer, &dir)?;
@@ -189,12 +166,7 @@ fn run_standalone(data_path: &Path) -> anyhow::Result<()> {
             best = (r.validation_accuracy, epoch);
         }
     }
-    println!(
-        "best validation_accuracy {:.4} at epoch {}; trained in {:.2}s",
-        best.0,
-        best.1,
-        started.elapsed().as_secs_f64()
-    );
+    println!("best validation_accuracy {:.4} at epoch {}; trained in {:.2}s", best.0, best.1, started.elapsed().as_secs_f64());
     Ok(())
 }
 

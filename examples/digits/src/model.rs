@@ -45,11 +45,7 @@ impl Mlp {
 
     fn from_params(params: Vec<(&'static str, Var)>) -> Mlp {
         let tensor = |i: usize| params[i].1.as_tensor().clone();
-        Mlp {
-            hidden_layer: Linear::new(tensor(0), Some(tensor(1))),
-            output_layer: Linear::new(tensor(2), Some(tensor(3))),
-            params,
-        }
+        Mlp { hidden_layer: Linear::new(tensor(0), Some(tensor(1))), output_layer: Linear::new(tensor(2), Some(tensor(3))), params }
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -73,11 +69,7 @@ const WEIGHT_DECAY: f64 = 1e-4;
 
 impl AdamW {
     pub fn new(model: &Mlp, learning_rate: f64) -> anyhow::Result<AdamW> {
-        let moments = model
-            .params
-            .iter()
-            .map(|(_, var)| Ok((var.zeros_like()?, var.zeros_like()?)))
-            .collect::<candle_core::Result<_>>()?;
+        let moments = model.params.iter().map(|(_, var)| Ok((var.zeros_like()?, var.zeros_like()?))).collect::<candle_core::Result<_>>()?;
         Ok(AdamW { learning_rate, step: 0, moments })
     }
 
@@ -110,14 +102,7 @@ pub struct EpochResult {
 }
 
 /// One pass over the training set in a shuffled order that depends only on (seed, epoch).
-pub fn train_epoch(
-    model: &Mlp,
-    optimizer: &mut AdamW,
-    train: &Examples,
-    batch_size: usize,
-    seed: u64,
-    epoch: u64,
-) -> anyhow::Result<f64> {
+pub fn train_epoch(model: &Mlp, optimizer: &mut AdamW, train: &Examples, batch_size: usize, seed: u64, epoch: u64) -> anyhow::Result<f64> {
     let mut order: Vec<u32> = (0..train.len as u32).collect();
     SplitMix64::derived(seed, SHUFFLE_STREAM_BASE + epoch).shuffle(&mut order);
     let device = train.x.device();
@@ -155,24 +140,12 @@ pub fn save(model: &Mlp, optimizer: &AdamW, dir: &Path) -> anyhow::Result<()> {
 
 /// Reads what [`save`] wrote into a model and optimiser of the same shape; `optimizer_step` is
 /// the optimiser's step count at the save, which Adam's bias correction needs.
-pub fn load(
-    dir: &Path,
-    hidden: usize,
-    learning_rate: f64,
-    optimizer_step: u64,
-    device: &Device,
-) -> anyhow::Result<(Mlp, AdamW)> {
+pub fn load(dir: &Path, hidden: usize, learning_rate: f64, optimizer_step: u64, device: &Device) -> anyhow::Result<(Mlp, AdamW)> {
     let path = dir.join(WEIGHTS_FILE);
-    let mut tensors =
-        candle_core::safetensors::load(&path, device).with_context(|| format!("reading {}", path.display()))?;
+    let mut tensors = candle_core::safetensors::load(&path, device).with_context(|| format!("reading {}", path.display()))?;
     let mut take = |name: &str, shape: &[usize]| -> anyhow::Result<Tensor> {
         let tensor = tensors.remove(name).with_context(|| format!("{} has no tensor {name}", path.display()))?;
-        ensure!(
-            tensor.dims() == shape,
-            "{name} in {} has shape {:?}, but hidden={hidden} needs {shape:?}",
-            path.display(),
-            tensor.dims()
-        );
+        ensure!(tensor.dims() == shape, "{name} in {} has shape {:?}, but hidden={hidden} needs {shape:?}", path.display(), tensor.dims());
         Ok(tensor)
     };
     let shapes: [(&'static str, Vec<usize>); 4] =
@@ -203,9 +176,8 @@ mod tests {
         let run = |epochs: u64| {
             let model = Mlp::new(hidden, seed, &Device::Cpu).unwrap();
             let mut optimizer = AdamW::new(&model, lr).unwrap();
-            let losses: Vec<f64> = (1..=epochs)
-                .map(|epoch| train_epoch(&model, &mut optimizer, &data.train, batch, seed, epoch).unwrap())
-                .collect();
+            let losses: Vec<f64> =
+                (1..=epochs).map(|epoch| train_epoch(&model, &mut optimizer, &data.train, batch, seed, epoch).unwrap()).collect();
             (model, optimizer, losses)
         };
         let (_, _, straight) = run(3);
