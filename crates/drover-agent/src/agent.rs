@@ -260,7 +260,12 @@ impl Agent {
                     Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response)))
                         if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) =>
                     {
-                        Connected::Refused(self.refusal(response.status()))
+                        let said = response
+                            .body()
+                            .as_deref()
+                            .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+                            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned));
+                        Connected::Refused(self.refusal(response.status(), said))
                     }
                     Ok(Err(error)) => Connected::Failed(error.to_string()),
                     Err(_) => Connected::Failed(format!("no connection within {CONNECT_TIMEOUT:?}")),
@@ -270,12 +275,17 @@ impl Agent {
         }
     }
 
-    fn refusal(&self, status: StatusCode) -> String {
-        let sent = if self.authorization.is_some() { "this agent sent one" } else { "this agent sent none" };
-        format!(
-            "the master answered {status} to the connection: the join token is missing or wrong \
-             ({sent}; give the agent the cluster's join secret in {JOIN_TOKEN_ENV})"
-        )
+    /// Why the master refused the upgrade: its own words when it gave them (a wrong join
+    /// token, or a host name it does not answer), with what this agent sent.
+    fn refusal(&self, status: StatusCode, said: Option<String>) -> String {
+        let sent = if self.authorization.is_some() { "this agent sent a join token" } else { "this agent sent no join token" };
+        match said {
+            Some(message) => format!("the master answered {status} to the connection: {message} ({sent})"),
+            None => format!(
+                "the master answered {status} to the connection: the join token is missing or wrong \
+                 ({sent}; give the agent the cluster's join secret in {JOIN_TOKEN_ENV})"
+            ),
+        }
     }
 
     /// Waits `duration`, buffering task messages meanwhile. False on shutdown.
