@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use drover_sched::sim::SplitMix64;
+use drover_sched::sim::Rng;
 use drover_sched::{Agent, Pool, Request, Resources, Scheduler, Slot, SlotKind, UNITS_PER_SLOT};
 
 const AGENTS: usize = 10_000;
@@ -19,7 +19,7 @@ const GROUPS: u64 = 200;
 const RUNS: usize = 7;
 
 fn main() {
-    let mut rng = SplitMix64::new(42);
+    let mut rng = Rng::new(42);
     let mut sched = Scheduler::new(vec![Pool::new("default")]).expect("one pool");
     for a in 0..AGENTS {
         let slots = (0..SLOTS).map(|i| Slot { id: format!("gpu{i}"), kind: SlotKind::Gpu }).collect();

@@ -25,35 +25,27 @@ use crate::model::{
 };
 use crate::scheduler::Scheduler;
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a whole generator in one `u64`, seedable, portable.
+/// The simulator's draws, over drover-core's seedable generator (the one the searchers use).
 #[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
+pub struct Rng(drover_core::SplitMix64);
 
-impl SplitMix64 {
-    pub fn new(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(drover_core::SplitMix64::new(seed))
     }
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.0.next_f64()
     }
 
     /// Uniform in [lo, hi], both inclusive.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
+        lo + self.0.next_u64() % (hi - lo + 1)
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.next_u64() as usize % items.len()]
+        &items[self.0.index(items.len())]
     }
 }
 
@@ -110,7 +102,7 @@ struct Running {
 }
 
 struct World {
-    rng: SplitMix64,
+    rng: Rng,
     sched: Scheduler,
     now: u64,
     step: u32,
@@ -132,7 +124,7 @@ fn pools() -> Vec<Pool> {
 /// Runs one simulation; the first broken invariant is returned as a `Violation`.
 pub fn simulate(config: &SimConfig) -> Result<SimReport, Violation> {
     let mut w = World {
-        rng: SplitMix64::new(config.seed),
+        rng: Rng::new(config.seed),
         sched: Scheduler::new(pools()).expect("valid pools"),
         now: 0,
         step: 0,

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{agent, gpus, pool};
-use drover_sched::sim::SplitMix64;
+use drover_sched::sim::Rng;
 use drover_sched::{Request, Scheduler};
 use proptest::prelude::*;
 
@@ -19,7 +19,7 @@ proptest! {
         weights in prop::collection::vec(prop::sample::select(vec![0.5, 1.0, 2.0, 3.0]), 2..5),
         slots in 4usize..24,
     ) {
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = Rng::new(seed);
         let mut s = Scheduler::new(vec![pool("default")]).unwrap();
         s.agent_joined(agent("a", "default", slots, 0)).unwrap();
         let mut id = 0;
