@@ -232,12 +232,13 @@ impl Storage {
     pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<()> {
         let (store, prefix) = match &self.backend {
             Backend::Local { root, prefix } => {
-                let key = &*under(prefix, key);
-                validate_key(key)?;
-                let (root, key) = (root.clone(), key.to_string());
-                return blocking(&key.clone(), move || {
-                    storage_tree(&root).write_with(&key, |file| {
-                        file.write_all(&bytes).map_err(|source| StorageError::Io { action: "writing", path: root.join(&key), source })?;
+                return on_local(root, prefix, key, move |tree, key| {
+                    tree.write_with(key, |file| {
+                        file.write_all(&bytes).map_err(|source| StorageError::Io {
+                            action: "writing",
+                            path: tree.root.join(key),
+                            source,
+                        })?;
                         Ok(bytes.len() as u64)
                     })
                 })
@@ -254,13 +255,14 @@ impl Storage {
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes> {
         let (store, prefix) = match &self.backend {
             Backend::Local { root, prefix } => {
-                let key = &*under(prefix, key);
-                validate_key(key)?;
-                let (root, key) = (root.clone(), key.to_string());
-                return blocking(&key.clone(), move || {
-                    let mut file = storage_tree(&root).open_file(&key)?;
+                return on_local(root, prefix, key, |tree, key| {
+                    let mut file = tree.open_file(key)?;
                     let mut out = Vec::new();
-                    file.read_to_end(&mut out).map_err(|source| StorageError::Io { action: "reading", path: root.join(&key), source })?;
+                    file.read_to_end(&mut out).map_err(|source| StorageError::Io {
+                        action: "reading",
+                        path: tree.root.join(key),
+                        source,
+                    })?;
                     Ok(Bytes::from(out))
                 })
                 .await;
@@ -276,12 +278,7 @@ impl Storage {
     /// `key` or on the way to it is [`StorageError::Link`].
     pub async fn head(&self, key: &str) -> Result<Option<u64>> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root, prefix } => {
-                let key = &*under(prefix, key);
-                validate_key(key)?;
-                let (root, key) = (root.clone(), key.to_string());
-                return blocking(&key.clone(), move || storage_tree(&root).head(&key)).await;
-            }
+            Backend::Local { root, prefix } => return on_local(root, prefix, key, |tree, key| tree.head(key)).await,
             Backend::Object { store, prefix } => (store, prefix),
         };
         let path = Self::path(prefix, key)?;
@@ -296,13 +293,11 @@ impl Storage {
     pub async fn put_file(&self, key: &str, from: &Path) -> Result<u64> {
         let (store, prefix) = match &self.backend {
             Backend::Local { root, prefix } => {
-                let key = &*under(prefix, key);
-                validate_key(key)?;
-                let (root, key, from) = (root.clone(), key.to_string(), from.to_path_buf());
+                let from = from.to_path_buf();
                 // A kernel copy (io::copy between files is copy_file_range) into a temporary
                 // name beside the target, then a rename: the `cp` floor, atomic for readers.
-                return blocking(&key.clone(), move || {
-                    storage_tree(&root).write_with(&key, |out| {
+                return on_local(root, prefix, key, move |tree, key| {
+                    tree.write_with(key, |out| {
                         let io = |action, source| StorageError::Io { action, path: from.clone(), source };
                         let mut file = std::fs::File::open(&from).map_err(|e| io("opening", e))?;
                         std::io::copy(&mut file, out).map_err(|e| io("copying", e))
@@ -562,12 +557,7 @@ impl Storage {
     /// itself (never what it points to), and a key beyond a link is [`StorageError::Link`].
     pub async fn delete(&self, key: &str) -> Result<()> {
         let (store, prefix) = match &self.backend {
-            Backend::Local { root, prefix } => {
-                let key = &*under(prefix, key);
-                validate_key(key)?;
-                let (root, key) = (root.clone(), key.to_string());
-                return blocking(&key.clone(), move || storage_tree(&root).delete(&key)).await;
-            }
+            Backend::Local { root, prefix } => return on_local(root, prefix, key, |tree, key| tree.delete(key)).await,
             Backend::Object { store, prefix } => (store, prefix),
         };
         let path = Self::path(prefix, key)?;
@@ -649,6 +639,20 @@ impl Storage {
 
 fn storage_tree(root: &Path) -> local::Tree<'_> {
     local::Tree { root, in_storage: true }
+}
+
+/// Runs `op` on a file-system storage's tree for `key` (put under the storage's prefix and
+/// validated), off the async threads.
+async fn on_local<T: Send + 'static>(
+    root: &Path,
+    prefix: &Option<String>,
+    key: &str,
+    op: impl FnOnce(local::Tree<'_>, &str) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let key = under(prefix, key).into_owned();
+    validate_key(&key)?;
+    let root = root.to_path_buf();
+    blocking(&key.clone(), move || op(storage_tree(&root), &key)).await
 }
 
 /// Runs file-system work off the async threads.
