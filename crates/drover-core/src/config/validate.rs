@@ -143,18 +143,10 @@ pub(super) fn searcher(
         "single" if searcher.max_trials.is_some_and(|n| n != 1) => {
             return Err(loc.at("searcher.max_trials", "the `single` searcher runs exactly one trial"));
         }
-        "random" => match searcher.max_trials {
-            None => return Err(loc.at("searcher", "the `random` searcher needs `max_trials`")),
-            Some(0) => return Err(loc.at("searcher.max_trials", "must be at least 1")),
-            Some(_) => {}
-        },
+        "random" => required_positive(loc, "random", "max_trials", searcher.max_trials.map(|n| n as u64))?,
         "async_halving" | "adaptive_asha" => asha(loc, searcher)?,
         "tpe" => {
-            match searcher.max_trials {
-                None => return Err(loc.at("searcher", "the `tpe` searcher needs `max_trials`")),
-                Some(0) => return Err(loc.at("searcher.max_trials", "must be at least 1")),
-                Some(_) => {}
-            }
+            required_positive(loc, "tpe", "max_trials", searcher.max_trials.map(|n| n as u64))?;
             if searcher.n_ei_candidates == 0 {
                 return Err(loc.at("searcher.n_ei_candidates", "must be at least 1"));
             }
@@ -192,30 +184,28 @@ pub(super) fn searcher(
     Ok(())
 }
 
+/// A searcher field the named searcher needs, at least 1: missing is named on `searcher`, zero
+/// on the field itself.
+fn required_positive(loc: &Locator, searcher: &str, field: &str, value: Option<u64>) -> Result<(), ConfigError> {
+    match value {
+        None => Err(loc.at("searcher", format!("the `{searcher}` searcher needs `{field}`"))),
+        Some(0) => Err(loc.at(&format!("searcher.{field}"), "must be at least 1")),
+        Some(_) => Ok(()),
+    }
+}
+
 fn asha(loc: &Locator, searcher: &SearcherConfig) -> Result<(), ConfigError> {
     let name = &searcher.name;
-    match searcher.max_trials {
-        None => return Err(loc.at("searcher", format!("the `{name}` searcher needs `max_trials`"))),
-        Some(0) => return Err(loc.at("searcher.max_trials", "must be at least 1")),
-        Some(_) => {}
-    }
+    required_positive(loc, name, "max_trials", searcher.max_trials.map(|n| n as u64))?;
     if searcher.time_metric.as_deref().is_none_or(|m| m.trim().is_empty()) {
         return Err(loc.at("searcher", format!("the `{name}` searcher needs `time_metric` (e.g. epochs)")));
     }
-    match searcher.max_time {
-        None => return Err(loc.at("searcher", format!("the `{name}` searcher needs `max_time`"))),
-        Some(0) => return Err(loc.at("searcher.max_time", "must be at least 1")),
-        Some(_) => {}
-    }
+    required_positive(loc, name, "max_time", searcher.max_time)?;
     if !(searcher.divisor.is_finite() && searcher.divisor > 1.0) {
         return Err(loc.at("searcher.divisor", format!("must be greater than 1, not {}", searcher.divisor)));
     }
     if name == "async_halving" {
-        match searcher.num_rungs {
-            None => return Err(loc.at("searcher", "the `async_halving` searcher needs `num_rungs`")),
-            Some(0) => return Err(loc.at("searcher.num_rungs", "must be at least 1")),
-            Some(_) => {}
-        }
+        required_positive(loc, name, "num_rungs", searcher.num_rungs.map(|n| n as u64))?;
     } else {
         if !ASHA_MODES.contains(&searcher.mode.as_str()) {
             return Err(loc.at(
@@ -236,14 +226,9 @@ fn asha(loc: &Locator, searcher: &SearcherConfig) -> Result<(), ConfigError> {
 }
 
 fn pbt(loc: &Locator, searcher: &SearcherConfig, storage: &CheckpointStorageConfig) -> Result<(), ConfigError> {
-    let positive = |field: &str, value: Option<u64>| match value {
-        None => Err(loc.at("searcher", format!("the `pbt` searcher needs `{field}`"))),
-        Some(0) => Err(loc.at(&format!("searcher.{field}"), "must be at least 1")),
-        Some(_) => Ok(()),
-    };
-    positive("population_size", searcher.population_size.map(|n| n as u64))?;
-    positive("max_generations", searcher.max_generations.map(|n| n as u64))?;
-    positive("generation_length", searcher.generation_length)?;
+    required_positive(loc, "pbt", "population_size", searcher.population_size.map(|n| n as u64))?;
+    required_positive(loc, "pbt", "max_generations", searcher.max_generations.map(|n| n as u64))?;
+    required_positive(loc, "pbt", "generation_length", searcher.generation_length)?;
     if searcher.population_size == Some(1) {
         return Err(loc.at("searcher.population_size", "a population needs at least 2 members to exploit one another"));
     }
