@@ -531,7 +531,17 @@ async fn a_directory_swapped_for_a_link_mid_operation_never_leads_out() {
                 while !stop.load(Ordering::Relaxed) {
                     if renameat2(AT_FDCWD, &sub, AT_FDCWD, &link, RenameFlags::RENAME_EXCHANGE).is_err() {
                         // The storage deleted one of them: make both again. Errors are
-                        // expected, the storage is deleting what this makes.
+                        // expected, the storage is deleting what this makes. `sub` may be
+                        // the link just now (the storage deleted the real directory under
+                        // `swap`): take the link away first, or these writes would go
+                        // through it into the decoy. Only this thread makes links, so
+                        // `sub` stays a real directory until the next exchange.
+                        if std::fs::symlink_metadata(&sub).is_ok_and(|m| m.file_type().is_symlink()) {
+                            let _ = std::fs::remove_file(&sub);
+                        }
+                        if std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
+                            let _ = std::fs::remove_dir_all(&link);
+                        }
                         let _ = std::fs::create_dir_all(sub.join("nested"));
                         let _ = std::fs::write(sub.join("f"), b"real f");
                         let _ = std::fs::write(sub.join("nested/shadow"), b"real shadow");
