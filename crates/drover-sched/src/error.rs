@@ -55,6 +55,31 @@ pub enum AgentError {
     DuplicateSlot(String),
     #[error("slots: {0} slots, at most {max} per agent", max = crate::model::MAX_SLOTS_PER_AGENT)]
     TooManySlots(usize),
+    #[error("slots: slot `{0}` is held by running work and must stay as it is until that work ends")]
+    SlotInUse(String),
+    #[error("pool: the agent runs work in pool `{from}` and cannot move to `{to}` until it ends")]
+    PoolChangeUnderWork { from: String, to: String },
+}
+
+/// Why running work could not be taken back after a master restart.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum AdoptError {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("placements: {placements} placements for {members} members")]
+    Placements { members: u32, placements: usize },
+    #[error("placements: {units} units on agent `{agent}`, the request takes {expected} per slot")]
+    Units { agent: String, units: u32, expected: u32 },
+    #[error("placements: agent `{0}` has no room on slot `{1}`")]
+    NoRoom(String, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Submit(SubmitError),
+    #[error(transparent)]
+    Request(RequestError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

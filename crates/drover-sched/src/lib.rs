@@ -24,7 +24,11 @@
 //! within `1 / min weight` slots (`tests/fair_share.rs`); with mixed sizes the benchmark measures
 //! the spread (it stays within the largest request, 32 slots, there), nothing proves it.
 //!
-//! Not yet: an agent changing its slots under running work (it must leave and join again), fair
+//! An agent may change its slots (`agent_changed`) but not from under running work, and an agent
+//! out of touch (`set_schedulable(false)`) keeps its work and gets nothing new. After a master
+//! restart, running work is taken back with `adopt` before its agents have joined again.
+//!
+//! Not yet: fair
 //! share between priorities or by preemption (a group over its share keeps what runs), a
 //! reservation narrower than the whole pool (a starving request drains its pool, it does not pick
 //! the agents it will use), preemption for zero-slot requests.
@@ -42,6 +46,6 @@ mod pass;
 mod scheduler;
 pub mod sim;
 
-pub use error::{AgentError, ConfigError, RequestError, RestoreError, SubmitError};
+pub use error::{AdoptError, AgentError, ConfigError, RequestError, RestoreError, SubmitError, UpdateError};
 pub use model::*;
 pub use scheduler::Scheduler;

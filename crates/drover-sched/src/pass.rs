@@ -39,7 +39,7 @@ pub(crate) fn run(s: &mut Scheduler) -> Vec<Decision> {
     }
     let Scheduler { pools, capacity, agents, pending, requests, allocations, next_allocation, last_pass, .. } = s;
     let mut by_pool: Vec<Vec<&mut AgentState>> = pools.iter().map(|_| Vec::new()).collect();
-    for state in agents.values_mut() {
+    for state in agents.values_mut().filter(|s| s.schedulable) {
         if let Some(p) = pools.iter().position(|p| p.name == state.agent.pool) {
             by_pool[p].push(state);
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AgentError, ConfigError, RequestError, RestoreError, SubmitError};
+use crate::error::{AdoptError, AgentError, ConfigError, RequestError, RestoreError, SubmitError, UpdateError};
 use crate::model::{
     Agent, Allocation, AllocationId, Cancelled, Decision, Ended, MAX_MEMBERS, MAX_PRIORITY, MAX_SLOTS_PER_AGENT, MAX_WEIGHT, MIN_WEIGHT,
     Pool, Request, RequestId, Resources, SlotKind, UNITS_PER_SLOT, WaitReason, Waiting, fraction_units,
@@ -43,6 +43,14 @@ pub(crate) struct AgentState {
     pub agent: Agent,
     /// Units in use, per slot (same order as `agent.slots`).
     pub used: Vec<u16>,
+    /// False while the agent is out of touch (its connection dropped, it may come back): it keeps
+    /// what runs on it but gets nothing new.
+    #[serde(default = "yes")]
+    pub schedulable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a pool could hold were all its agents idle; kept up to date as agents come and go so
@@ -147,6 +155,36 @@ impl Scheduler {
     /// the pool's current agents. A pool with no agent yet accepts anything well-formed: agents
     /// may still join, and `why_waiting` says `no_agents` meanwhile.
     pub fn submit(&mut self, request: Request) -> Result<(), SubmitError> {
+        let pool = self.check(&request)?;
+        self.enqueue_next(pool, request);
+        Ok(())
+    }
+
+    /// Queues a well-formed request even when the pool's current agents cannot hold it: for a
+    /// request accepted earlier that comes back (a restart after a failure, a master that
+    /// restarted) while agents are away. It waits, saying `cannot_fit_current_agents`.
+    pub fn submit_waiting(&mut self, request: Request) -> Result<(), SubmitError> {
+        let pool = self.check_form(&request)?;
+        self.enqueue_next(pool, request);
+        Ok(())
+    }
+
+    fn enqueue_next(&mut self, pool: usize, request: Request) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.enqueue(pool as u32, seq, request);
+    }
+
+    /// What `submit` would refuse, without queueing anything: for a master that checks a whole
+    /// experiment before writing any of it. Returns the pool's index.
+    pub fn check(&self, request: &Request) -> Result<usize, SubmitError> {
+        let pool = self.check_form(request)?;
+        self.check_fit(pool, request)?;
+        Ok(pool)
+    }
+
+    /// The request is well-formed: known pool, id not in use, every field in range.
+    fn check_form(&self, request: &Request) -> Result<usize, SubmitError> {
         if self.requests.contains_key(&request.id) {
             return Err(SubmitError::Duplicate(request.id));
         }
@@ -160,11 +198,27 @@ impl Scheduler {
         if request.members == 0 || request.members > MAX_MEMBERS {
             return Err(SubmitError::Members(request.members));
         }
+        match request.resources {
+            Resources::Slots { count: 0, .. } => return Err(SubmitError::ZeroSlots),
+            Resources::Slots { count, .. } if count as usize > MAX_SLOTS_PER_AGENT => {
+                return Err(SubmitError::TooManySlots { pool: request.pool.clone(), asked: count, max: MAX_SLOTS_PER_AGENT as u32 });
+            }
+            // NaN fails both comparisons.
+            Resources::Gpu { fraction } if !(fraction > 0.0 && fraction <= 1.0) || fraction * f64::from(UNITS_PER_SLOT) < 0.5 => {
+                return Err(SubmitError::Fraction(fraction));
+            }
+            _ => {}
+        }
+        Ok(pool)
+    }
+
+    /// The request fits the pool's current agents were they idle (any request fits a pool with
+    /// no agent yet: agents may still join).
+    fn check_fit(&self, pool: usize, request: &Request) -> Result<(), SubmitError> {
         let cap = &self.capacity[pool];
         let name = || request.pool.clone();
         let members = u64::from(request.members);
         match request.resources {
-            Resources::Slots { count: 0, .. } => return Err(SubmitError::ZeroSlots),
             Resources::Slots { kind, count } if cap.agents > 0 => {
                 let max = cap.max_slots(kind);
                 if count > max {
@@ -177,10 +231,6 @@ impl Scheduler {
             }
             Resources::Slots { .. } => {}
             Resources::Gpu { fraction } => {
-                // NaN fails both comparisons.
-                if !(fraction > 0.0 && fraction <= 1.0) || fraction * f64::from(UNITS_PER_SLOT) < 0.5 {
-                    return Err(SubmitError::Fraction(fraction));
-                }
                 if cap.agents > 0 {
                     if cap.max_slots(SlotKind::Gpu) == 0 {
                         return Err(SubmitError::NoGpu { pool: name() });
@@ -198,9 +248,6 @@ impl Scheduler {
                 }
             }
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.enqueue(pool as u32, seq, request);
         Ok(())
     }
 
@@ -241,18 +288,159 @@ impl Scheduler {
             return Err(AgentError::AlreadyJoined(agent.id));
         }
         let pool = self.pool_index(&agent.pool).ok_or_else(|| AgentError::UnknownPool(agent.pool.clone()))?;
-        if agent.slots.len() > MAX_SLOTS_PER_AGENT {
-            return Err(AgentError::TooManySlots(agent.slots.len()));
+        check_slots(&agent)?;
+        // Work adopted after a master restart may already hold slots here.
+        let used = self.used_by_allocations(&agent)?;
+        self.capacity[pool].add(&agent, 1);
+        self.agents.insert(agent.id.clone(), AgentState { agent, used, schedulable: true });
+        Ok(())
+    }
+
+    /// An agent that has joined reports its slots again (it reconnected, or its devices
+    /// changed). Slots may come and go, but not from under running work: a slot that an
+    /// allocation holds must still be there with the same kind, and an agent with work on it
+    /// cannot move to another pool. Refused naming the slot; nothing changes then.
+    pub fn agent_changed(&mut self, agent: Agent) -> Result<(), AgentError> {
+        let old = self.agents.get(&agent.id).ok_or_else(|| AgentError::Unknown(agent.id.clone()))?;
+        let pool = self.pool_index(&agent.pool).ok_or_else(|| AgentError::UnknownPool(agent.pool.clone()))?;
+        check_slots(&agent)?;
+        if old.agent.pool != agent.pool && old.used.iter().any(|&u| u > 0) {
+            return Err(AgentError::PoolChangeUnderWork { from: old.agent.pool.clone(), to: agent.pool.clone() });
         }
-        let mut ids: Vec<&str> = agent.slots.iter().map(|s| s.id.as_str()).collect();
-        ids.sort_unstable();
-        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-            return Err(AgentError::DuplicateSlot(w[0].to_string()));
+        for (slot, &used) in old.agent.slots.iter().zip(&old.used) {
+            if used > 0 && !agent.slots.iter().any(|s| s.id == slot.id && s.kind == slot.kind) {
+                return Err(AgentError::SlotInUse(slot.id.clone()));
+            }
+        }
+        let used = self.used_by_allocations(&agent)?;
+        let old = self.agents.remove(&agent.id).expect("checked above");
+        if let Some(p) = self.pool_index(&old.agent.pool) {
+            self.capacity[p].add(&old.agent, -1);
         }
         self.capacity[pool].add(&agent, 1);
-        let used = vec![0; agent.slots.len()];
-        self.agents.insert(agent.id.clone(), AgentState { agent, used });
+        self.agents.insert(agent.id.clone(), AgentState { agent, used, schedulable: old.schedulable });
         Ok(())
+    }
+
+    /// Units the live allocations hold on each of `agent`'s slots; refused when one holds a slot
+    /// the agent does not have (any more) or more than a slot's capacity.
+    fn used_by_allocations(&self, agent: &Agent) -> Result<Vec<u16>, AgentError> {
+        let mut used = vec![0u32; agent.slots.len()];
+        for a in self.allocations.values() {
+            for (p, &lost) in a.placements.iter().zip(&a.lost) {
+                if lost || p.agent != agent.id {
+                    continue;
+                }
+                for slot in &p.slots {
+                    let i = agent.slots.iter().position(|s| &s.id == slot).ok_or_else(|| AgentError::SlotInUse(slot.clone()))?;
+                    used[i] += p.units;
+                    if used[i] > UNITS_PER_SLOT {
+                        return Err(AgentError::SlotInUse(slot.clone()));
+                    }
+                }
+            }
+        }
+        Ok(used.into_iter().map(|u| u as u16).collect())
+    }
+
+    /// An agent out of touch keeps its work but gets no new work until it is schedulable again.
+    pub fn set_schedulable(&mut self, id: &str, schedulable: bool) -> Result<(), AgentError> {
+        let state = self.agents.get_mut(id).ok_or_else(|| AgentError::Unknown(id.to_string()))?;
+        state.schedulable = schedulable;
+        Ok(())
+    }
+
+    /// Takes back work that was running before a master restart, on the slots it holds (the
+    /// master's store says where). Its agents may not have joined yet: their slots are charged
+    /// when they do. Refused when the request is malformed, its id is in use, the placements do
+    /// not match its members, or a joined agent lacks the room.
+    pub fn adopt(
+        &mut self,
+        request: Request,
+        placements: Vec<crate::model::Placement>,
+        started_ms: u64,
+    ) -> Result<AllocationId, AdoptError> {
+        let pool = self.check_form(&request)?;
+        if placements.len() != request.members as usize {
+            return Err(AdoptError::Placements { members: request.members, placements: placements.len() });
+        }
+        let units = request.units_per_member() as u32;
+        let mut charges: Vec<(String, usize)> = Vec::new();
+        for p in &placements {
+            if p.units != units {
+                return Err(AdoptError::Units { agent: p.agent.clone(), units: p.units, expected: units });
+            }
+            let Some(state) = self.agents.get(&p.agent) else { continue };
+            for slot in &p.slots {
+                let i = state
+                    .agent
+                    .slots
+                    .iter()
+                    .position(|s| &s.id == slot)
+                    .ok_or_else(|| AdoptError::NoRoom(p.agent.clone(), slot.clone()))?;
+                let already = charges.iter().filter(|(a, j)| a == &p.agent && *j == i).count() as u32 * units;
+                if u32::from(state.used[i]) + already + units > UNITS_PER_SLOT {
+                    return Err(AdoptError::NoRoom(p.agent.clone(), slot.clone()));
+                }
+                charges.push((p.agent.clone(), i));
+            }
+        }
+        for (agent, i) in charges {
+            let state = self.agents.get_mut(&agent).expect("checked above");
+            state.used[i] += units as u16;
+        }
+        let id = self.next_allocation;
+        self.next_allocation += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let _ = pool;
+        self.requests.insert(request.id, Status::Running(id));
+        let lost = vec![false; placements.len()];
+        self.allocations.insert(id, Allocation { id, request, placements, lost, started_ms, preempted: None, cancelled: false, seq });
+        Ok(id)
+    }
+
+    /// Changes a request's priority and fair-share weight, queued or running (a running one's
+    /// priority decides whether it may be preempted). A queued request keeps its arrival.
+    pub fn update_request(&mut self, id: RequestId, priority: u8, weight: f64) -> Result<(), UpdateError> {
+        if priority > MAX_PRIORITY {
+            return Err(UpdateError::Submit(SubmitError::Priority(priority)));
+        }
+        if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
+            return Err(UpdateError::Submit(SubmitError::Weight(weight)));
+        }
+        match self.requests.get(&id).cloned() {
+            None => Err(UpdateError::Request(RequestError::UnknownRequest(id))),
+            Some(Status::Pending(key)) => {
+                let mut entry = self.pending.remove(&key).expect("a pending status has its entry");
+                entry.request.priority = priority;
+                entry.request.weight = weight;
+                let key = QueueKey { priority, ..key };
+                self.requests.insert(id, Status::Pending(key.clone()));
+                self.pending.insert(key, entry);
+                Ok(())
+            }
+            Some(Status::Running(alloc)) => {
+                if let Some(a) = self.allocations.get_mut(&alloc) {
+                    a.request.priority = priority;
+                    a.request.weight = weight;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The allocation a request runs as, if it runs.
+    pub fn running_allocation(&self, id: RequestId) -> Option<AllocationId> {
+        match self.requests.get(&id)? {
+            Status::Running(a) => Some(*a),
+            Status::Pending(_) => None,
+        }
+    }
+
+    /// Whether the request waits in the queue.
+    pub fn is_pending(&self, id: RequestId) -> bool {
+        matches!(self.requests.get(&id), Some(Status::Pending(_)))
     }
 
     /// Removes an agent. Every allocation with a member on it is lost; they are returned so the
@@ -388,6 +576,19 @@ impl Scheduler {
     pub fn restore(snapshot: &str) -> Result<Scheduler, RestoreError> {
         serde_json::from_str(snapshot).map_err(|e| RestoreError::Malformed(e.to_string()))
     }
+}
+
+/// At most `MAX_SLOTS_PER_AGENT` slots, each id once.
+fn check_slots(agent: &Agent) -> Result<(), AgentError> {
+    if agent.slots.len() > MAX_SLOTS_PER_AGENT {
+        return Err(AgentError::TooManySlots(agent.slots.len()));
+    }
+    let mut ids: Vec<&str> = agent.slots.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(AgentError::DuplicateSlot(w[0].to_string()));
+    }
+    Ok(())
 }
 
 /// JSON maps need string keys; the queue's keys are structs, so it is stored as a list of pairs.
