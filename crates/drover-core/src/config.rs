@@ -132,13 +132,51 @@ pub struct SearcherConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesConfig {
+    /// Whole slots per trial, of the pool's kind (GPUs where the pool has them, else CPUs).
+    /// More than one agent holds becomes a gang across agents, each member on a whole agent.
     #[serde(default = "default_one")]
     pub slots_per_trial: u32,
+    /// The resource pool the trials run in (`drover agent --pool NAME`).
+    #[serde(default = "default_pool")]
+    pub resource_pool: String,
+    /// 0 ..= `limits::MAX_PRIORITY`, lower first (Determined's convention and default, 42).
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+    /// The experiment's weight in fair share against the others of its pool and priority.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// GPUs per trial instead of `slots_per_trial`: a fraction in (0, 1) shares one GPU
+    /// (`0.25` puts four trials on it), a whole number takes that many GPUs.
+    #[serde(default)]
+    pub gpu: Option<f64>,
+}
+
+/// The pool agents join when they name none, and experiments run in when they name none.
+pub const DEFAULT_POOL: &str = "default";
+/// Determined's default priority.
+pub const DEFAULT_PRIORITY: i64 = 42;
+
+fn default_pool() -> String {
+    DEFAULT_POOL.into()
+}
+
+fn default_priority() -> i64 {
+    DEFAULT_PRIORITY
+}
+
+fn default_weight() -> f64 {
+    1.0
 }
 
 impl Default for ResourcesConfig {
     fn default() -> Self {
-        ResourcesConfig { slots_per_trial: 1 }
+        ResourcesConfig {
+            slots_per_trial: 1,
+            resource_pool: default_pool(),
+            priority: DEFAULT_PRIORITY,
+            weight: default_weight(),
+            gpu: None,
+        }
     }
 }
 

@@ -29,7 +29,10 @@
 //! | [`MAX_EI_CANDIDATES`] | 10,000 | `searcher.n_ei_candidates` |
 //! | [`MAX_TPE_WORK`] | 2^30 | `tpe`: `n_ei_candidates` x `max_trials` x hyperparameters |
 //! | [`MAX_RESTARTS`] | 1000 | `max_restarts` |
-//! | [`MAX_SLOTS_PER_TRIAL`] | 1024 | `resources.slots_per_trial` (and at least 1) |
+//! | [`MAX_SLOTS_PER_TRIAL`] | 1024 | `resources.slots_per_trial` (and at least 1), `resources.gpu` |
+//! | [`MAX_PRIORITY`] | 99 | `resources.priority` (from 0) |
+//! | [`MIN_WEIGHT`], [`MAX_WEIGHT`] | 0.001, 1000 | `resources.weight` |
+//! | [`MIN_GPU_FRACTION`] | 0.001 | `resources.gpu` below 1 |
 //! | [`MAX_CHECKPOINTS_KEPT`] | 10,000 | `checkpoint_storage.save_experiment_best`, `save_trial_best`, `save_trial_latest` |
 //! | [`MAX_STORAGE_FIELD_BYTES`] | 4096 | `checkpoint_storage.path`, `storage_path`, `bucket`, `prefix`, `endpoint_url`, `region`, `access_key_id`, `secret_access_key` |
 //!
@@ -119,6 +122,17 @@ pub const MAX_RESTARTS: u32 = 1000;
 /// Slots one trial may ask for; at least 1, since a trial of no slots would escape the
 /// scheduler's accounting.
 pub const MAX_SLOTS_PER_TRIAL: u32 = 1024;
+
+/// Priorities run from 0 (first) to this.
+pub const MAX_PRIORITY: u8 = 99;
+
+/// Fair-share weights lie in `[MIN_WEIGHT, MAX_WEIGHT]`: a weight of 1e300 or 1e-300 is a typo,
+/// and would make every other experiment's share round to nothing.
+pub const MIN_WEIGHT: f64 = 0.001;
+pub const MAX_WEIGHT: f64 = 1000.0;
+
+/// The smallest GPU fraction a task may ask for: a slot is shared in thousandths.
+pub const MIN_GPU_FRACTION: f64 = 0.001;
 
 /// Each of `save_experiment_best`, `save_trial_best` and `save_trial_latest`.
 pub const MAX_CHECKPOINTS_KEPT: u32 = 10_000;

@@ -14,12 +14,12 @@ pub type AllocationId = u64;
 /// floats, so that four quarters fill a GPU exactly and never "1.0000000002".
 pub const UNITS_PER_SLOT: u32 = 1000;
 /// Priorities run from 0 (first) to this, inclusive; Determined's default is 42.
-pub const MAX_PRIORITY: u8 = 99;
-pub const DEFAULT_PRIORITY: u8 = 42;
+pub const MAX_PRIORITY: u8 = drover_core::limits::MAX_PRIORITY;
+pub const DEFAULT_PRIORITY: u8 = drover_core::config::DEFAULT_PRIORITY as u8;
 /// Fair-share weights lie in `[MIN_WEIGHT, MAX_WEIGHT]`: a weight of 1e300 or 1e-300 is a typo,
 /// and would make every other group's share round to nothing.
-pub const MIN_WEIGHT: f64 = 0.001;
-pub const MAX_WEIGHT: f64 = 1000.0;
+pub const MIN_WEIGHT: f64 = drover_core::limits::MIN_WEIGHT;
+pub const MAX_WEIGHT: f64 = drover_core::limits::MAX_WEIGHT;
 /// The largest gang, and the most slots an agent may report (slot usage is kept in `u16`s).
 pub const MAX_MEMBERS: u32 = 4096;
 pub const MAX_SLOTS_PER_AGENT: usize = 1024;

@@ -254,6 +254,7 @@ fn hyperparameter_limits_are_refused_naming_the_field() {
 #[test]
 fn nul_bytes_are_refused_in_every_string() {
     let random = "{name: random, metric: m, max_trials: 4}";
+    let long = |n: usize| "x".repeat(n);
     let cases: Vec<(String, &str)> = vec![
         (GOOD.replace("name: digits", "name: \"dig\\0its\""), "name"),
         (format!("{GOOD}description: \"a\\x00b\"\n"), "description"),
@@ -404,4 +405,44 @@ fn tpe_work_per_proposal_is_bounded() {
     let e = ExperimentConfig::parse(&tpe(10_000, 100_000, 10), None).unwrap_err();
     assert_eq!(e.field.as_deref(), Some("searcher.n_ei_candidates"), "{e}");
     assert!(e.message.contains(&MAX_TPE_WORK.to_string()), "{e}");
+}
+
+#[test]
+fn resources_default_to_the_default_pool_and_take_pool_priority_weight_and_gpu() {
+    let c = ExperimentConfig::parse(GOOD, None).unwrap();
+    assert_eq!(c.resources, crate::config::ResourcesConfig::default());
+    assert_eq!((c.resources.resource_pool.as_str(), c.resources.priority, c.resources.weight), ("default", 42, 1.0));
+    let c =
+        ExperimentConfig::parse(&format!("{GOOD}resources: {{resource_pool: gpus, priority: 0, weight: 2.5, gpu: 0.25}}\n"), None).unwrap();
+    assert_eq!(
+        (c.resources.resource_pool.as_str(), c.resources.priority, c.resources.weight, c.resources.gpu),
+        ("gpus", 0, 2.5, Some(0.25))
+    );
+    let c = ExperimentConfig::parse(&format!("{GOOD}resources: {{gpu: 2}}\n"), None).unwrap();
+    assert_eq!(c.resources.gpu, Some(2.0));
+}
+
+#[test]
+fn resource_fields_out_of_range_are_refused_naming_the_field() {
+    let random = "{name: random, metric: m, max_trials: 4}";
+    let long = |n: usize| "x".repeat(n);
+    let cases: Vec<(String, &str)> = vec![
+        (with_searcher(random, "resources: {priority: 100}\n"), "resources.priority"),
+        (with_searcher(random, "resources: {priority: -1}\n"), "resources.priority"),
+        (with_searcher(random, "resources: {weight: .nan}\n"), "resources.weight"),
+        (with_searcher(random, "resources: {weight: 0}\n"), "resources.weight"),
+        (with_searcher(random, "resources: {weight: 1e300}\n"), "resources.weight"),
+        (with_searcher(random, "resources: {gpu: -0.25}\n"), "resources.gpu"),
+        (with_searcher(random, "resources: {gpu: .nan}\n"), "resources.gpu"),
+        (with_searcher(random, "resources: {gpu: 1.5}\n"), "resources.gpu"),
+        (with_searcher(random, "resources: {gpu: 0.0001}\n"), "resources.gpu"),
+        (with_searcher(random, "resources: {gpu: 1e9}\n"), "resources.gpu"),
+        (with_searcher(random, "resources: {gpu: 0.5, slots_per_trial: 2}\n"), "resources.gpu"),
+        (with_searcher(random, "resources: {resource_pool: ''}\n"), "resources.resource_pool"),
+        (with_searcher(random, &format!("resources: {{resource_pool: {}}}\n", long(MAX_NAME_BYTES + 1))), "resources.resource_pool"),
+    ];
+    for (text, field) in cases {
+        let e = refused(&text);
+        assert_eq!(e.field.as_deref(), Some(field), "{text}: {e}");
+    }
 }

@@ -77,6 +77,29 @@ pub(super) fn resources(loc: &Locator, resources: &ResourcesConfig, max_restarts
         return Err(loc.at("resources.slots_per_trial", "must be at least 1: every trial runs on at least one slot"));
     }
     at_most(loc, "resources.slots_per_trial", resources.slots_per_trial, MAX_SLOTS_PER_TRIAL)?;
+    text(loc, "resources.resource_pool", &resources.resource_pool, MAX_NAME_BYTES)?;
+    if resources.resource_pool.is_empty() {
+        return Err(loc.at("resources.resource_pool", "must name a pool (the default one is `default`)"));
+    }
+    if !(0..=i64::from(MAX_PRIORITY)).contains(&resources.priority) {
+        return Err(loc.at("resources.priority", format!("{} is out of range 0..={MAX_PRIORITY} (lower runs first)", resources.priority)));
+    }
+    // NaN fails the range test.
+    if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&resources.weight) {
+        return Err(loc.at("resources.weight", format!("{} is not in [{MIN_WEIGHT}, {MAX_WEIGHT}]", resources.weight)));
+    }
+    if let Some(gpu) = resources.gpu {
+        let whole = gpu >= 1.0 && gpu.fract() == 0.0 && gpu <= f64::from(MAX_SLOTS_PER_TRIAL);
+        if !(whole || (MIN_GPU_FRACTION..1.0).contains(&gpu)) {
+            return Err(loc.at(
+                "resources.gpu",
+                format!("{gpu} is neither a fraction in [{MIN_GPU_FRACTION}, 1) nor a whole number of GPUs up to {MAX_SLOTS_PER_TRIAL}"),
+            ));
+        }
+        if resources.slots_per_trial != 1 {
+            return Err(loc.at("resources.gpu", "give either `gpu` or `slots_per_trial`, not both"));
+        }
+    }
     at_most(loc, "max_restarts", max_restarts, MAX_RESTARTS)
 }
 
