@@ -74,6 +74,8 @@ pub struct AgentConfig {
     /// (`drover agent` reads it from `DROVER_JOIN_TOKEN`). `None`, or only whitespace, sends
     /// no header; surrounding whitespace is not part of the token.
     pub join_token: Option<String>,
+    /// The resource pool the slots belong to (`drover agent --pool`).
+    pub pool: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +318,7 @@ impl Agent {
             slots: self.config.slots.clone(),
             running: self.running_allocations(),
             instance: self.instance.clone(),
+            pool: self.config.pool.clone(),
         };
         if let Err(reason) = send(&mut socket, &hello).await {
             return SessionEnd::Lost { welcomed: false, reason };

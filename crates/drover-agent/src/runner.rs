@@ -211,7 +211,7 @@ async fn start(
     if let Some(context_path) = &spec.context_path {
         // A kill may arrive while a large context downloads; it must not wait for it.
         tokio::select! {
-            prepared = config.contexts.populate(spec.experiment_id, &config.master_url, context_path, &spec.token, &work_dir) => prepared?,
+            prepared = config.contexts.populate(&config.master_url, context_path, &spec.token, &work_dir) => prepared?,
             () = kill_requested(kill_requests) => return Err(StartError::KilledBeforeStart),
         }
     }

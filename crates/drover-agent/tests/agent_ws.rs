@@ -38,6 +38,7 @@ async fn start_agent_with_token(join_token: Option<&str>) -> Harness {
     let work_root = tempfile::tempdir().expect("tempdir");
     let config = AgentConfig {
         join_token: join_token.map(str::to_owned),
+        pool: "default".into(),
         master_url: format!("http://{}", listener.local_addr().expect("addr")),
         agent_id: "agent-under-test".to_owned(),
         work_root: work_root.path().to_owned(),
@@ -127,8 +128,7 @@ async fn recv_until_exit(socket: &mut MasterSide) -> Vec<AgentMessage> {
 fn task(allocation_id: &str, script: &str) -> TaskSpec {
     TaskSpec {
         allocation_id: allocation_id.to_owned(),
-        experiment_id: 1,
-        trial_id: 1,
+        labels: Default::default(),
         argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()],
         env: BTreeMap::new(),
         slot_ids: vec!["cpu0".to_owned()],
@@ -153,7 +153,7 @@ fn hello_running(message: AgentMessage) -> Vec<String> {
 
 fn hello_running_and_instance(message: AgentMessage) -> (Vec<String>, String) {
     match message {
-        AgentMessage::Hello { agent_id, version, slots, running, hostname, instance } => {
+        AgentMessage::Hello { agent_id, version, slots, running, hostname, instance, .. } => {
             assert_eq!(agent_id, "agent-under-test");
             assert_eq!(version, env!("CARGO_PKG_VERSION"));
             assert!(!hostname.is_empty());
@@ -362,6 +362,7 @@ async fn retries_until_the_master_is_up() {
             work_root: work_root.path().to_owned(),
             slots: Vec::new(),
             join_token: None,
+            pool: "default".into(),
         },
         shutdown.clone(),
     ));
@@ -383,6 +384,7 @@ async fn invalid_master_url_is_an_error() {
         work_root: work_root.path().to_owned(),
         slots: Vec::new(),
         join_token: None,
+        pool: "default".into(),
     };
     let result = run_agent(config, CancellationToken::new()).await;
     assert!(matches!(result, Err(AgentError::InvalidMasterUrl { .. })), "{result:?}");

@@ -32,8 +32,7 @@ fn cpu_slot() -> SlotSpec {
 fn spec(allocation_id: &str, argv: &[&str]) -> TaskSpec {
     TaskSpec {
         allocation_id: allocation_id.to_owned(),
-        experiment_id: 1,
-        trial_id: 1,
+        labels: Default::default(),
         argv: argv.iter().map(|s| (*s).to_owned()).collect(),
         env: BTreeMap::new(),
         slot_ids: vec!["cpu0".to_owned()],
@@ -418,7 +417,6 @@ fn serve_counting(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
 }
 
 fn in_experiment(mut task: TaskSpec, experiment_id: i64) -> TaskSpec {
-    task.experiment_id = experiment_id;
     task.context_path = Some(format!("/api/v1/experiments/{experiment_id}/context"));
     task
 }
@@ -459,7 +457,10 @@ async fn the_context_is_downloaded_and_unpacked_once_per_experiment() {
         .collect();
     cached.sort();
     assert_eq!(cached.len(), 2, "{cached:?}");
-    assert!(cached[0].starts_with("experiment-1-") && cached[1].starts_with("experiment-2-"));
+    // One tree per experiment, though the bytes are the same: `context-{path hash}-{sha256}`.
+    assert!(cached.iter().all(|c| c.starts_with("context-")), "{cached:?}");
+    assert_ne!(cached[0][..24], cached[1][..24], "{cached:?}");
+    assert_eq!(cached[0][25..], cached[1][25..], "{cached:?}");
 }
 
 /// A gzip'd tar of one entry of another type than a file (written raw).
@@ -533,5 +534,10 @@ async fn least_recently_used_contexts_are_evicted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(trees.len(), 1, "{trees:?}");
-    assert!(trees[0].starts_with("experiment-1-"), "{trees:?}");
+    // Experiment 1's: its tree is named by the hash of its context path.
+    let path_hash: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(b"/api/v1/experiments/1/context").iter().take(8).map(|b| format!("{b:02x}")).collect()
+    };
+    assert!(trees[0].starts_with(&format!("context-{path_hash}-")), "{trees:?}");
 }

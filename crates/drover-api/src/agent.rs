@@ -23,6 +23,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The pool of an agent that names none (`drover_core::config::DEFAULT_POOL`).
+pub const DEFAULT_POOL: &str = "default";
+
+fn default_pool() -> String {
+    DEFAULT_POOL.into()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotKind {
@@ -61,6 +68,9 @@ pub enum AgentMessage {
         /// instance), so no one can take over a live agent's id and its trials.
         #[serde(default)]
         instance: String,
+        /// The resource pool this agent's slots belong to (`drover agent --pool`).
+        #[serde(default = "default_pool")]
+        pool: String,
     },
     Heartbeat,
     TaskStarted {
@@ -105,9 +115,12 @@ pub enum MasterMessage {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
+    /// The task's id: one member of an allocation (a gang of one is the allocation itself).
     pub allocation_id: String,
-    pub experiment_id: i64,
-    pub trial_id: i64,
+    /// What the task is, for people and logs (`kind: trial`, `experiment`, `trial`, `rank`);
+    /// the agent runs every kind of task alike and never reads them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub slot_ids: Vec<String>,

@@ -27,4 +27,12 @@ pub mod env {
     pub const LATEST_CHECKPOINT: &str = "DROVER_LATEST_CHECKPOINT";
     pub const SEARCHER_METRIC: &str = "DROVER_SEARCHER_METRIC";
     pub const SLOT_IDS: &str = "DROVER_SLOT_IDS";
+    /// This member's rank in its gang, 0-based (0 for a task of one).
+    pub const RANK: &str = "DROVER_RANK";
+    /// How many members the gang has, all started together.
+    pub const WORLD_SIZE: &str = "DROVER_WORLD_SIZE";
+    /// The host names of the members' agents, comma-separated, in rank order. A member that
+    /// listens on a port it chose tells the others through the master's rendezvous
+    /// (`POST /api/v1/allocations/rendezvous`, `drover_sdk::rendezvous`).
+    pub const PEER_HOSTS: &str = "DROVER_PEER_HOSTS";
 }

@@ -232,6 +232,9 @@ pub struct PatchCheckpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Agent {
     pub id: String,
+    /// The resource pool its slots belong to.
+    #[serde(default)]
+    pub pool: String,
     pub hostname: String,
     pub version: String,
     pub connected: bool,
@@ -240,14 +243,77 @@ pub struct Agent {
     pub slots: Vec<Slot>,
 }
 
+/// A job as `drover job list` shows it: an experiment today.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: i64,
+    /// `experiment`.
+    pub kind: String,
+    pub name: String,
+    pub state: String,
+    pub resource_pool: String,
+    /// 0 (first) to 99.
+    pub priority: i64,
+    /// Its weight in fair share against the other jobs of its pool and priority.
+    pub weight: f64,
+    /// Trials holding slots.
+    pub running: usize,
+    /// Trials waiting for slots, by their place in the pool's queue.
+    pub queued: Vec<JobWaiting>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobWaiting {
+    pub trial_id: i64,
+    /// 0-based place in the pool's queue at the last scheduling pass (`4294967295` when it
+    /// came after it).
+    pub position: u32,
+    /// Why it waits, in words.
+    pub reason: String,
+}
+
+/// `POST /api/v1/allocations/rendezvous`, with the member's task token: the address (e.g.
+/// `host:port`) it listens on for its peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RendezvousRequest {
+    pub address: String,
+}
+
+/// The gang's addresses by rank; `complete` once every member has announced its own (until
+/// then the missing ones are `null`, and the member calls again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Rendezvous {
+    pub rank: usize,
+    pub world_size: usize,
+    pub addresses: Vec<Option<String>>,
+    pub complete: bool,
+}
+
+/// Longest address a gang member may announce at the rendezvous (bytes).
+pub const MAX_RENDEZVOUS_ADDRESS: usize = 512;
+
+/// `PATCH /api/v1/jobs/{id}`: either or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateJobRequest {
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub weight: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Slot {
     pub id: String,
     /// `cpu` or `cuda`.
     pub kind: String,
     pub device: String,
-    /// The allocation using this slot, if any.
+    /// The task using this slot, if any (the first, when fractions share it).
     pub allocation_id: Option<String>,
+    /// Every task using this slot: several when fractional GPU tasks share it.
+    #[serde(default)]
+    pub allocation_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

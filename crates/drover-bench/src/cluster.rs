@@ -107,6 +107,7 @@ impl Cluster {
             master_url: master.url(),
             agent_id: "bench-agent".into(),
             join_token: Some(master.master.config.join_token.clone()),
+            pool: "default".into(),
             work_root: dir.path().join("work"),
             slots: drover_agent::discover(&drover_agent::SlotOptions {
                 cpu_slots: Some(slots as u32),

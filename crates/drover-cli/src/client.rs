@@ -145,4 +145,20 @@ impl Client {
     pub async fn agents(&self) -> Result<Vec<Agent>> {
         self.get("/api/v1/agents").await
     }
+
+    pub async fn jobs(&self) -> Result<Vec<Job>> {
+        self.get("/api/v1/jobs").await
+    }
+
+    pub async fn update_job(&self, id: i64, priority: Option<i64>, weight: Option<f64>) -> Result<Job> {
+        let url = format!("{}/api/v1/jobs/{id}", self.base);
+        let response = self
+            .http
+            .patch(&url)
+            .json(&UpdateJobRequest { priority, weight })
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the master at {}", self.base))?;
+        self.decode(response).await
+    }
 }

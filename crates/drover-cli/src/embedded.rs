@@ -25,6 +25,8 @@ pub struct EmbeddedOptions {
     /// Host names answered when bound beyond loopback (see `MasterConfig::allowed_hosts`).
     pub allowed_hosts: Vec<String>,
     pub slots: SlotOptions,
+    /// The master's pools (default: one, `default`); the agent joins the first.
+    pub pools: Option<Vec<drover_sched::Pool>>,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -43,12 +45,17 @@ impl Embedded {
         let mut config = MasterConfig::new(db, opts.data_dir.join("checkpoints"));
         config.join_token = datadir::load_or_create_join_token(&opts.data_dir)?;
         config.allowed_hosts = opts.allowed_hosts;
+        if let Some(pools) = opts.pools {
+            config.pools = pools;
+        }
+        let agent_pool = config.pools[0].name.clone();
         let join_token = config.join_token.clone();
         let listener = TcpListener::bind(&opts.bind).await.with_context(|| format!("cannot listen on {}", opts.bind))?;
         let master = drover_master::start(config, listener).await?;
         lock.record(Some(&master.url()))?;
         let agent_config = AgentConfig {
             join_token: Some(join_token),
+            pool: agent_pool,
             master_url: master.url(),
             agent_id: format!("{}-local", drover_agent::agent::hostname()),
             work_root: opts.data_dir.join("work"),

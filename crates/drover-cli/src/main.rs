@@ -81,6 +81,10 @@ enum Command {
         /// refused, so a web page cannot reach the master by re-pointing its own name at it.
         #[arg(long = "allow-host", env = "DROVER_ALLOW_HOSTS", value_delimiter = ',')]
         allow_hosts: Vec<String>,
+        /// Resource pools (a YAML list: name, fit, preemption, preemption_timeout_s,
+        /// zero_slot_budget); the agent in this process joins the first.
+        #[arg(long)]
+        pools: Option<PathBuf>,
         #[command(flatten)]
         data: DataDirArg,
         #[command(flatten)]
@@ -109,6 +113,10 @@ enum Command {
         /// (default: `params/` in the data directory).
         #[arg(long, env = "DROVER_PARAM_STORAGE")]
         param_storage: Option<String>,
+        /// Resource pools (a YAML list: name, fit, preemption, preemption_timeout_s,
+        /// zero_slot_budget); agents join one with `--pool`. Default: one pool, `default`.
+        #[arg(long)]
+        pools: Option<PathBuf>,
         #[command(flatten)]
         data: DataDirArg,
     },
@@ -130,6 +138,10 @@ enum Command {
         /// A file holding the cluster's join secret (e.g. a copy of the master's `DATA/join-token`).
         #[arg(long, conflicts_with = "join_token")]
         join_token_file: Option<PathBuf>,
+        /// The resource pool this agent's slots belong to (the master's `--pools` file names
+        /// them; without one there is only `default`).
+        #[arg(long, default_value = "default")]
+        pool: String,
         #[command(flatten)]
         slots: SlotArgs,
     },
@@ -167,6 +179,24 @@ enum Command {
     /// Checkpoints: list, download, delete, pin, and garbage collection.
     #[command(subcommand, alias = "c")]
     Checkpoint(CheckpointCommand),
+    /// The scheduler's jobs: the queue and why each waits, priorities and weights.
+    #[command(subcommand, alias = "j")]
+    Job(JobCommand),
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Unfinished jobs with pool, priority, weight, what runs, and each waiting trial's place
+    /// in the queue with the reason it waits.
+    List,
+    /// Change a job's priority (0 first, 99 last) or fair-share weight.
+    Update {
+        id: i64,
+        #[arg(long)]
+        priority: Option<i64>,
+        #[arg(long)]
+        weight: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -364,26 +394,30 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let client = Client::new(&cli.master);
     let output = cli.output;
     match cli.command {
-        Command::Up { port, bind, db, allow_hosts, data, slots } => {
+        Command::Up { port, bind, db, allow_hosts, pools, data, slots } => {
             let cluster = Embedded::start(EmbeddedOptions {
                 data_dir: data_dir(&data),
                 bind: format!("{bind}:{port}"),
                 db,
                 allowed_hosts: allow_hosts,
                 slots: slots.options(),
+                pools: pools.as_deref().map(read_pools).transpose()?,
             })
             .await?;
             eprintln!("drover is up at {} (data in {})", cluster.url(), data_dir(&data).display());
             shutdown_on_signal().cancelled().await;
             cluster.stop().await?;
         }
-        Command::Master { port, bind, db, allow_hosts, join_token, param_storage, data } => {
+        Command::Master { port, bind, db, allow_hosts, join_token, param_storage, pools, data } => {
             let dir = data_dir(&data);
             let mut lock = drover_master::datadir::DataDirLock::acquire(&dir)?;
             let db = db.unwrap_or_else(|| embedded::sqlite_url(&dir));
             let mut config = drover_master::MasterConfig::new(db, dir.join("checkpoints"));
             let token_file = dir.join(drover_master::datadir::JOIN_TOKEN_FILE);
             config.allowed_hosts = allow_hosts;
+            if let Some(file) = pools {
+                config.pools = read_pools(&file)?;
+            }
             config.join_token = match join_token {
                 Some(t) if t.trim().is_empty() => bail!("--join-token is empty"),
                 Some(t) => t.trim().to_string(),
@@ -414,7 +448,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::preview(&plan, &config, output);
         }
         Command::Agent { command: Some(AgentCommand::List), .. } => output::agents(&client.agents().await?, output),
-        Command::Agent { command: None, id, work_dir, join_token, join_token_file, slots } => {
+        Command::Agent { command: None, id, work_dir, join_token, join_token_file, pool, slots } => {
             let join_token = match join_token_file {
                 Some(file) => Some(std::fs::read_to_string(&file).with_context(|| format!("--join-token-file {}", file.display()))?),
                 None => join_token,
@@ -432,8 +466,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 agent_id: id.unwrap_or_else(drover_agent::agent::hostname),
                 work_root: work_dir.unwrap_or_else(|| std::env::temp_dir().join("drover-agent")),
                 slots,
+                pool,
             };
-            eprintln!("agent {} with {} slots, master {}", config.agent_id, config.slots.len(), config.master_url);
+            eprintln!("agent {} with {} slots in pool {}, master {}", config.agent_id, config.slots.len(), config.pool, config.master_url);
             drover_agent::run_agent(config, shutdown_on_signal()).await?;
         }
         Command::Run { file, context, top, data, slots } => {
@@ -447,6 +482,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 db: None,
                 allowed_hosts: Vec::new(),
                 slots: slots.options(),
+                pools: None,
             })
             .await;
             let cluster = match started_cluster {
@@ -481,6 +517,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Trial(command) => trial(&client, command, output).await?,
         Command::Checkpoint(command) => checkpoint(&client, command, output).await?,
         Command::Param(command) => params::run(&cli.master, command, output).await?,
+        Command::Job(JobCommand::List) => output::jobs(&client.jobs().await?, output),
+        Command::Job(JobCommand::Update { id, priority, weight }) => {
+            output::jobs(&[client.update_job(id, priority, weight).await?], output)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -534,6 +574,12 @@ async fn experiment(client: &Client, command: ExperimentCommand, output: Output)
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A master's pools file (see `drover_master::config::PoolConfig`).
+fn read_pools(file: &std::path::Path) -> Result<Vec<drover_sched::Pool>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("--pools {}", file.display()))?;
+    drover_master::config::parse_pools(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 async fn checkpoint(client: &Client, command: CheckpointCommand, output: Output) -> Result<()> {

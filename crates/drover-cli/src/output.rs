@@ -2,7 +2,7 @@
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
-use drover_api::rest::{Agent, Checkpoint, Experiment, Lineage, LineageMember, Trial};
+use drover_api::rest::{Agent, Checkpoint, Experiment, Job, JobWaiting, Lineage, LineageMember, Trial};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -148,13 +148,14 @@ pub fn agents(list: &[Agent], output: Output) {
     if output == Output::Json {
         return print_json(&list);
     }
-    let mut t = table(&["Agent", "Host", "Connected", "Slots", "Used", "Devices"]);
+    let mut t = table(&["Agent", "Pool", "Host", "Connected", "Slots", "Used", "Devices"]);
     for a in list {
         let used = a.slots.iter().filter(|s| s.allocation_id.is_some()).count();
         let mut devices: Vec<String> = a.slots.iter().map(|s| format!("{} ({})", s.device, s.kind)).collect();
         devices.dedup();
         t.add_row(vec![
             a.id.clone(),
+            a.pool.clone(),
             a.hostname.clone(),
             a.connected.to_string(),
             a.slots.len().to_string(),
@@ -163,6 +164,41 @@ pub fn agents(list: &[Agent], output: Output) {
         ]);
     }
     println!("{t}");
+}
+
+/// The scheduler's jobs, then every waiting trial with its place in its pool's queue and why
+/// it waits.
+pub fn jobs(list: &[Job], output: Output) {
+    if output == Output::Json {
+        return print_json(&list);
+    }
+    let mut t = table(&["Job", "Kind", "Name", "State", "Pool", "Priority", "Weight", "Running", "Queued"]);
+    for j in list {
+        t.add_row(vec![
+            j.id.to_string(),
+            j.kind.clone(),
+            j.name.clone(),
+            j.state.clone(),
+            j.resource_pool.clone(),
+            j.priority.to_string(),
+            format!("{}", j.weight),
+            j.running.to_string(),
+            j.queued.len().to_string(),
+        ]);
+    }
+    println!("{t}");
+    let waiting: Vec<(&Job, &JobWaiting)> = list.iter().flat_map(|j| j.queued.iter().map(move |w| (j, w))).collect();
+    if waiting.is_empty() {
+        return;
+    }
+    let mut w = table(&["Position", "Pool", "Job", "Trial", "Waits because"]);
+    let mut rows = waiting;
+    rows.sort_by_key(|(j, q)| (j.resource_pool.clone(), q.position, q.trial_id));
+    for (j, q) in rows {
+        let position = if q.position == u32::MAX { "new".to_string() } else { q.position.to_string() };
+        w.add_row(vec![position, j.resource_pool.clone(), j.id.to_string(), q.trial_id.to_string(), q.reason.clone()]);
+    }
+    println!("{w}");
 }
 
 /// The family tree of a PBT experiment: each member under the member it started from, the weak

@@ -29,6 +29,7 @@ use crate::lttb::lttb;
 
 pub mod http_error;
 mod params;
+mod scheduling;
 
 /// Most points one metrics report may carry.
 const MAX_POINTS_PER_REPORT: usize = 200_000;
@@ -64,6 +65,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/agents/connect", get(crate::gateway::connect))
         .route("/metrics", get(prometheus))
         .merge(params::routes())
+        .merge(scheduling::routes())
         .fallback(|| async { Error::not_found("no such endpoint") })
         .with_state(master)
 }
@@ -108,6 +110,7 @@ const TRIAL_TOKEN: &str = "trial_token";
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(params::ParamsDoc::openapi());
+    doc.merge(scheduling::SchedulingDoc::openapi());
     doc
 }
 

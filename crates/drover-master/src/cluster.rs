@@ -13,6 +13,8 @@
 //! token map and writes straight to the store.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use drover_sched::Scheduler;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -34,9 +36,11 @@ use drover_storage::StorageSpec;
 mod advisor;
 mod agents;
 mod experiments;
+mod jobs;
 mod pbt;
 mod placement;
 mod recovery;
+mod rendezvous;
 mod trials;
 
 pub use crate::clock::now_ms;
@@ -70,6 +74,7 @@ pub struct AgentHello {
     pub running: Vec<String>,
     /// Chosen once per agent process; see `drover_api::agent::AgentMessage::Hello`.
     pub instance: String,
+    pub pool: String,
 }
 
 #[derive(Default)]
@@ -110,16 +115,47 @@ pub(crate) struct LineageWrite {
     pub links: Vec<(String, String)>,
 }
 
-#[derive(Default)]
 struct Inner {
     agents: BTreeMap<String, AgentEntry>,
     experiments: HashMap<i64, ExperimentRuntime>,
+    /// Live allocations (gangs) by id; their members run as tasks with ids of their own.
     allocations: HashMap<String, LiveAllocation>,
-    /// Trials waiting for slots, oldest first.
-    queue: VecDeque<i64>,
+    /// A member's task id to its allocation's id.
+    tasks: HashMap<String, String>,
+    /// What waits for slots and what holds them: every placement decision is the scheduler's.
+    sched: Scheduler,
+    /// What each scheduler request stands for.
+    requests: HashMap<TaskRequest, TaskOwner>,
+    next_request: TaskRequest,
     next_connection: u64,
     /// Per custom experiment with an advisor waiting: the last event it has been woken for.
     searcher_watch: HashMap<i64, watch::Sender<u64>>,
+}
+
+impl Inner {
+    fn new(sched: Scheduler) -> Inner {
+        Inner {
+            agents: BTreeMap::new(),
+            experiments: HashMap::new(),
+            allocations: HashMap::new(),
+            tasks: HashMap::new(),
+            sched,
+            requests: HashMap::new(),
+            next_request: 1,
+            next_connection: 0,
+            searcher_watch: HashMap::new(),
+        }
+    }
+}
+
+/// The scheduler's id for one request (one attempt of a trial to get slots).
+type TaskRequest = drover_sched::RequestId;
+
+/// What a scheduler request is for. Trials are the one kind today; worker groups and serving
+/// replicas add theirs without the scheduler knowing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskOwner {
+    Trial { experiment_id: i64, trial_id: i64 },
 }
 
 struct AgentEntry {
@@ -127,9 +163,8 @@ struct AgentEntry {
     instance: String,
     hostname: String,
     version: String,
+    pool: String,
     slots: Vec<SlotSpec>,
-    /// Slot id to the allocation using it.
-    used: HashMap<String, String>,
     sender: Option<mpsc::UnboundedSender<MasterMessage>>,
     connection: u64,
     connected_at: i64,
@@ -172,19 +207,50 @@ struct TrialRuntime {
     state: TrialState,
     restarts: u32,
     allocation: Option<String>,
+    /// The scheduler request standing for it while it waits for slots or holds them.
+    task_request: Option<TaskRequest>,
     hparams: Value,
     seed: i64,
     latest_checkpoint: Option<String>,
 }
 
+/// A gang placed by the scheduler: one member per placement, started together, ended together.
 struct LiveAllocation {
     trial_id: i64,
     experiment_id: i64,
+    /// The scheduler's ids for it and for the request it runs.
+    sched_id: drover_sched::AllocationId,
+    request: TaskRequest,
+    /// In rank order.
+    members: Vec<Member>,
+    /// The scheduler asked it to checkpoint and stop for higher-priority work.
+    preempted: bool,
+    /// The addresses members announced at the rendezvous, by rank, and a wake-up for those
+    /// waiting for the rest.
+    rendezvous: Vec<Option<String>>,
+    rendezvous_watch: watch::Sender<u64>,
+}
+
+struct Member {
+    /// The task id the agent knows: the allocation's id for a gang of one, `{id}.{rank}` else.
+    task_id: String,
     agent_id: Option<String>,
     slot_ids: Vec<String>,
     state: AllocationState,
+    /// Set when its process has ended: (exit code, error).
+    exit: Option<(Option<i32>, Option<String>)>,
     /// Set after a master restart: the agent must report this task alive by then.
     reattach_deadline: Option<Instant>,
+}
+
+impl LiveAllocation {
+    fn member(&self, task_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.task_id == task_id)
+    }
+
+    fn member_mut(&mut self, task_id: &str) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.task_id == task_id)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,12 +269,13 @@ impl Master {
         let (lineage_writes, lineage_receiver) = mpsc::unbounded_channel();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let params = crate::params::Params::open(&config, store.clone(), shutdown.clone())?;
+        let sched = Scheduler::new(config.pools.clone()).map_err(|e| Error::bad_field("pools", e.to_string()))?;
         let master = Arc::new(Master {
             store,
             config,
             counters: Counters::default(),
             started: Instant::now(),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner::new(sched)),
             auth: RwLock::new(HashMap::new()),
             changes,
             shutdown,
@@ -233,6 +300,7 @@ fn trial_runtime(t: &TrialRow) -> Result<TrialRuntime> {
         state: t.state.parse().map_err(Error::internal)?,
         restarts: t.restarts as u32,
         allocation: None,
+        task_request: None,
         hparams: serde_json::from_str(&t.hparams_json).map_err(|e| Error::internal(format!("trial {}: {e}", t.id)))?,
         seed: t.seed,
         latest_checkpoint: t.latest_checkpoint.clone(),

@@ -47,13 +47,14 @@ fn check_hello(
     slots: &[SlotSpec],
     running: &[String],
     instance: &str,
+    pool: &str,
 ) -> Result<(), String> {
     let text_ok = |s: &str| s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
     if agent_id.is_empty() || !text_ok(agent_id) {
         return Err(format!("agent ids must be 1 to {MAX_ID_LEN} bytes without control characters"));
     }
-    if !text_ok(hostname) || !text_ok(version) || !text_ok(instance) {
-        return Err(format!("hostname, version and instance must be at most {MAX_ID_LEN} bytes without control characters"));
+    if !text_ok(hostname) || !text_ok(version) || !text_ok(instance) || !text_ok(pool) {
+        return Err(format!("hostname, version, instance and pool must be at most {MAX_ID_LEN} bytes without control characters"));
     }
     if slots.len() > MAX_SLOTS {
         return Err(format!("{} slots announced; an agent may have at most {MAX_SLOTS}", slots.len()));
@@ -86,26 +87,29 @@ async fn serve_agent(master: Arc<Master>, socket: WebSocket) {
             return;
         }
     };
-    let Ok(AgentMessage::Hello { agent_id, hostname, version, slots, running, instance }) = hello else {
+    let Ok(AgentMessage::Hello { agent_id, hostname, version, slots, running, instance, pool }) = hello else {
         let reject = MasterMessage::Reject { reason: "the first message must be a hello".into(), retry_after_ms: None };
         let _ = sink.send(encode(&reject)).await;
         return;
     };
-    if let Err(reason) = check_hello(&agent_id, &hostname, &version, &slots, &running, &instance) {
+    if let Err(reason) = check_hello(&agent_id, &hostname, &version, &slots, &running, &instance, &pool) {
         tracing::warn!("refused an agent's hello: {reason}");
         let _ = sink.send(encode(&MasterMessage::Reject { reason, retry_after_ms: None })).await;
         return;
     }
     let (sender, mut orders) = mpsc::unbounded_channel::<MasterMessage>();
-    let hello = crate::cluster::AgentHello { hostname, version, slots, running, instance };
+    let hello = crate::cluster::AgentHello { hostname, version, slots, running, instance, pool };
     // Registered before the welcome: a refused claim (the id of a live agent) gets a Reject,
     // never a Welcome followed by tasks.
     let connection = match master.agent_connected(&agent_id, hello, sender).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("agent {agent_id}: {}", e.body.message);
-            // The id may be held by a connection not yet found dead (see `MasterConfig::agent_silence_limit`).
-            let reject = MasterMessage::Reject { reason: e.body.message, retry_after_ms: Some(HEARTBEAT_INTERVAL_MS) };
+            // A conflict may pass: the id may be held by a connection not yet found dead (see
+            // `MasterConfig::agent_silence_limit`), or a slot it dropped by work still ending.
+            // Anything else (an unknown pool) will not, and the agent stops.
+            let retry_after_ms = (e.kind == crate::error::ErrorKind::Conflict).then_some(HEARTBEAT_INTERVAL_MS);
+            let reject = MasterMessage::Reject { reason: e.body.message, retry_after_ms };
             let _ = sink.send(encode(&reject)).await;
             return;
         }
@@ -166,7 +170,7 @@ mod tests {
 
     #[test]
     fn hellos_are_bounded() {
-        let ok = |slots: &[SlotSpec], running: &[String]| check_hello("agent-1", "host", "0.1.0", slots, running, "instance");
+        let ok = |slots: &[SlotSpec], running: &[String]| check_hello("agent-1", "host", "0.1.0", slots, running, "instance", "default");
         assert!(ok(&[slot("cpu0"), slot("cpu1")], &[]).is_ok());
         let many: Vec<SlotSpec> = (0..200_000).map(|i| slot(&format!("cpu{i}"))).collect();
         assert!(ok(&many, &[]).unwrap_err().contains("at most 4096"));
@@ -174,9 +178,10 @@ mod tests {
         assert!(ok(&[slot("")], &[]).is_err());
         let running: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
         assert!(ok(&[], &running).is_err());
-        assert!(check_hello("", "h", "v", &[], &[], "i").is_err());
-        assert!(check_hello(&"x".repeat(129), "h", "v", &[], &[], "i").is_err());
-        assert!(check_hello("a\u{1b}[31m", "h", "v", &[], &[], "i").is_err());
-        assert!(check_hello("a", &"h".repeat(1000), "v", &[], &[], "i").is_err());
+        assert!(check_hello("", "h", "v", &[], &[], "i", "default").is_err());
+        assert!(check_hello(&"x".repeat(129), "h", "v", &[], &[], "i", "default").is_err());
+        assert!(check_hello("a\u{1b}[31m", "h", "v", &[], &[], "i", "default").is_err());
+        assert!(check_hello("a", &"h".repeat(1000), "v", &[], &[], "i", "default").is_err());
+        assert!(check_hello("a", "h", "v", &[], &[], "i", &"p".repeat(129)).is_err());
     }
 }

@@ -70,6 +70,8 @@ pub enum AdoptError {
     Placements { members: u32, placements: usize },
     #[error("placements: {units} units on agent `{agent}`, the request takes {expected} per slot")]
     Units { agent: String, units: u32, expected: u32 },
+    #[error("placements: {slots} slots on agent `{agent}`, a member of the request takes {expected}")]
+    Slots { agent: String, slots: usize, expected: usize },
     #[error("placements: agent `{0}` has no room on slot `{1}`")]
     NoRoom(String, String),
 }

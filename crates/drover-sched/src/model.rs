@@ -137,6 +137,16 @@ impl Request {
         }
     }
 
+    /// Units each placement of this request takes from each of its slots: a whole slot, or the
+    /// fraction of a GPU (0 for zero-slot requests).
+    pub fn units_per_slot(&self) -> u32 {
+        match self.resources {
+            Resources::Slots { .. } => UNITS_PER_SLOT,
+            Resources::Gpu { fraction } => fraction_units(fraction),
+            Resources::ZeroSlot => 0,
+        }
+    }
+
     pub(crate) fn usage_units(&self) -> u64 {
         self.units_per_member() * u64::from(self.members)
     }

@@ -364,11 +364,19 @@ impl Scheduler {
         if placements.len() != request.members as usize {
             return Err(AdoptError::Placements { members: request.members, placements: placements.len() });
         }
-        let units = request.units_per_member() as u32;
+        let units = request.units_per_slot();
         let mut charges: Vec<(String, usize)> = Vec::new();
+        let slots_per_member = match request.resources {
+            Resources::Slots { count, .. } => count as usize,
+            Resources::Gpu { .. } => 1,
+            Resources::ZeroSlot => 0,
+        };
         for p in &placements {
             if p.units != units {
                 return Err(AdoptError::Units { agent: p.agent.clone(), units: p.units, expected: units });
+            }
+            if p.slots.len() != slots_per_member {
+                return Err(AdoptError::Slots { agent: p.agent.clone(), slots: p.slots.len(), expected: slots_per_member });
             }
             let Some(state) = self.agents.get(&p.agent) else { continue };
             for slot in &p.slots {
@@ -550,6 +558,15 @@ impl Scheduler {
 
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
         self.agents.values().map(|s| &s.agent)
+    }
+
+    pub fn has_agent(&self, id: &str) -> bool {
+        self.agents.contains_key(id)
+    }
+
+    /// The most slots of `kind` any agent of `pool` has (0 for an unknown or empty pool).
+    pub fn max_agent_slots(&self, pool: &str, kind: SlotKind) -> u32 {
+        self.pool_index(pool).map_or(0, |p| self.capacity[p].max_slots(kind))
     }
 
     /// Units in use per slot of an agent, in the order of its slots.

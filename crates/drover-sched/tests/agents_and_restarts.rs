@@ -122,3 +122,13 @@ fn check_refuses_like_submit_without_queueing_and_submit_waiting_accepts_what_no
     // Malformed is still malformed.
     assert!(s.submit_waiting(Request { priority: 200, ..gpus(2, 1) }).is_err());
 }
+
+#[test]
+fn an_adopted_multi_slot_member_charges_each_of_its_slots_once() {
+    let mut s = Scheduler::new(vec![pool("default")]).unwrap();
+    let p = Placement { agent: "a".into(), slots: vec!["gpu0".into(), "gpu1".into()], units: UNITS_PER_SLOT };
+    assert!(matches!(s.adopt(gpus(1, 3), vec![p.clone()], 0), Err(AdoptError::Slots { .. })));
+    s.adopt(gpus(1, 2), vec![p], 0).unwrap();
+    s.agent_joined(agent("a", "default", 3, 0)).unwrap();
+    assert_eq!(s.slot_usage("a").unwrap(), [UNITS_PER_SLOT as u16, UNITS_PER_SLOT as u16, 0]);
+}

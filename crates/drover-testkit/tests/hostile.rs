@@ -186,6 +186,7 @@ fn hello(agent_id: &str, instance: &str) -> Message {
         slots: vec![],
         running: vec![],
         instance: instance.into(),
+        pool: "default".into(),
     };
     Message::text(serde_json::to_string(&hello).unwrap())
 }

@@ -44,8 +44,8 @@ pub struct ContextCache {
     unpacks: AtomicUsize,
 }
 
-/// Experiment id and the path the context is served at.
-type CacheKey = (i64, String);
+/// The path the context is served at (one per experiment).
+type CacheKey = String;
 
 #[derive(Default)]
 struct CacheEntry {
@@ -162,17 +162,10 @@ impl ContextCache {
         tokio::task::spawn_blocking(move || remove_abandoned(&parent, &own)).await.map_err(std::io::Error::other)?
     }
 
-    /// Puts the context of `experiment_id` into `work_dir` (an existing, empty directory):
-    /// downloads and unpacks it if this agent has not yet, then copies it.
-    pub async fn populate(
-        &self,
-        experiment_id: i64,
-        master_url: &str,
-        context_path: &str,
-        token: &str,
-        work_dir: &Path,
-    ) -> Result<(), ContextError> {
-        let key = (experiment_id, context_path.to_owned());
+    /// Puts the context at `context_path` (one per experiment) into `work_dir` (an existing,
+    /// empty directory): downloads and unpacks it if this agent has not yet, then copies it.
+    pub async fn populate(&self, master_url: &str, context_path: &str, token: &str, work_dir: &Path) -> Result<(), ContextError> {
+        let key: CacheKey = context_path.to_owned();
         let entry = self.entry(&key);
         let guard = {
             let read = entry.dir.clone().read_owned().await;
@@ -182,7 +175,7 @@ impl ContextCache {
                 drop(read);
                 let mut write = entry.dir.clone().write_owned().await;
                 if write.is_none() {
-                    let dir = self.download_and_unpack(experiment_id, master_url, context_path, token).await?;
+                    let dir = self.download_and_unpack(master_url, context_path, token).await?;
                     *write = Some(dir);
                     self.evict_except(&key);
                 }
@@ -226,13 +219,7 @@ impl ContextCache {
         entry
     }
 
-    async fn download_and_unpack(
-        &self,
-        experiment_id: i64,
-        master_url: &str,
-        context_path: &str,
-        token: &str,
-    ) -> Result<PathBuf, ContextError> {
+    async fn download_and_unpack(&self, master_url: &str, context_path: &str, token: &str) -> Result<PathBuf, ContextError> {
         let cache_error = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ContextError::Cache { path, source }
@@ -242,7 +229,13 @@ impl ContextCache {
         let tarball = TempFile(self.root.join(format!("download-{nonce}.tar.gz")));
         let downloaded = download_context(master_url, context_path, token, &tarball.0, MAX_CONTEXT_DOWNLOAD_BYTES).await?;
         let sha256: String = downloaded.sha256.iter().map(|byte| format!("{byte:02x}")).collect();
-        let tree = self.root.join(format!("experiment-{experiment_id}-{sha256}"));
+        // Named by the context's path as well as its bytes: two experiments with the same bytes
+        // get a tree each, so evicting one never pulls the other's from under it.
+        let key: String = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(context_path.as_bytes()).iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+        };
+        let tree = self.root.join(format!("context-{key}-{sha256}"));
         let unpacking = self.root.join(format!("unpacking-{nonce}"));
         let tarball_path = tarball.0.clone();
         let limits = self.limits;
@@ -271,7 +264,7 @@ impl ContextCache {
         drop(tarball);
         self.unpacks.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            experiment_id,
+            context_path,
             bytes = downloaded.bytes,
             tree = %unpacked.display(),
             "context downloaded and unpacked"

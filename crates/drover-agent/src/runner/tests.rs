@@ -10,8 +10,7 @@ fn slot(id: &str, kind: SlotKind, device_index: Option<&str>) -> SlotSpec {
 fn spec(slot_ids: &[&str]) -> TaskSpec {
     TaskSpec {
         allocation_id: "alloc-1".to_owned(),
-        experiment_id: 1,
-        trial_id: 2,
+        labels: Default::default(),
         argv: vec!["true".to_owned()],
         env: BTreeMap::from([("DROVER_TRIAL_ID".to_owned(), "2".to_owned())]),
         slot_ids: slot_ids.iter().map(|s| (*s).to_owned()).collect(),

@@ -254,7 +254,6 @@ fn hyperparameter_limits_are_refused_naming_the_field() {
 #[test]
 fn nul_bytes_are_refused_in_every_string() {
     let random = "{name: random, metric: m, max_trials: 4}";
-    let long = |n: usize| "x".repeat(n);
     let cases: Vec<(String, &str)> = vec![
         (GOOD.replace("name: digits", "name: \"dig\\0its\""), "name"),
         (format!("{GOOD}description: \"a\\x00b\"\n"), "description"),

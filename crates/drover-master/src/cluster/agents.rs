@@ -12,7 +12,7 @@ impl Master {
     /// `instance`, reconnecting after a broken connection); anyone else claiming it is refused,
     /// so a second agent cannot end the running trials of the first by saying hello.
     pub async fn agent_connected(&self, agent_id: &str, hello: AgentHello, sender: mpsc::UnboundedSender<MasterMessage>) -> Result<u64> {
-        let AgentHello { hostname, version, slots, running, instance } = hello;
+        let AgentHello { hostname, version, slots, running, instance, pool } = hello;
         let mut inner = self.inner.lock().await;
         if let Some(live) = inner.agents.get(agent_id)
             && live.sender.as_ref().is_some_and(|s| !s.is_closed())
@@ -23,18 +23,37 @@ impl Master {
                 live.hostname
             )));
         }
+        // The scheduler checks the slots first: a refusal (an unknown pool, a slot dropped from
+        // under running work) leaves everything as it was.
+        let sched_agent = drover_sched::Agent {
+            id: agent_id.to_string(),
+            pool: pool.clone(),
+            slots: slots.iter().map(|s| drover_sched::Slot { id: s.id.clone(), kind: placement::slot_kind(&s.kind) }).collect(),
+        };
+        let joined = if inner.sched.has_agent(agent_id) {
+            inner.sched.agent_changed(sched_agent).and_then(|()| inner.sched.set_schedulable(agent_id, true))
+        } else {
+            inner.sched.agent_joined(sched_agent)
+        };
+        if let Err(e) = joined {
+            return Err(match e {
+                drover_sched::AgentError::SlotInUse(_) | drover_sched::AgentError::PoolChangeUnderWork { .. } => {
+                    Error::conflict(format!("agent `{agent_id}`: {e}"))
+                }
+                e => Error::bad_request(format!("agent `{agent_id}`: {e}")),
+            });
+        }
         inner.next_connection += 1;
         let connection = inner.next_connection;
         let now = now_ms();
-        let used = inner.agents.get(agent_id).map(|a| a.used.clone()).unwrap_or_default();
         inner.agents.insert(
             agent_id.to_string(),
             AgentEntry {
                 instance,
                 hostname,
                 version,
+                pool,
                 slots,
-                used,
                 sender: Some(sender),
                 connection,
                 connected_at: now,
@@ -43,22 +62,24 @@ impl Master {
             },
         );
         // Reattach what still runs; what the agent no longer has is lost.
-        let mine: Vec<String> =
-            inner.allocations.iter().filter(|(_, a)| a.agent_id.as_deref() == Some(agent_id)).map(|(id, _)| id.clone()).collect();
-        for id in mine {
-            if running.contains(&id) {
-                let alloc = inner.allocations.get_mut(&id).unwrap();
-                alloc.reattach_deadline = None;
-                let slot_ids = alloc.slot_ids.clone();
-                let agent = inner.agents.get_mut(agent_id).unwrap();
-                for s in slot_ids {
-                    agent.used.insert(s, id.clone());
+        let mine: Vec<String> = inner
+            .allocations
+            .values()
+            .flat_map(|a| a.members.iter())
+            .filter(|m| m.exit.is_none() && m.agent_id.as_deref() == Some(agent_id))
+            .map(|m| m.task_id.clone())
+            .collect();
+        for task in mine {
+            if running.contains(&task) {
+                let gang = inner.tasks[&task].clone();
+                if let Some(m) = inner.allocations.get_mut(&gang).and_then(|a| a.member_mut(&task)) {
+                    m.reattach_deadline = None;
                 }
             } else {
-                self.allocation_ended(&mut inner, &id, None, Some("the task was gone when its agent reconnected".into())).await?;
+                self.member_exited(&mut inner, &task, None, Some("the task was gone when its agent reconnected".into())).await?;
             }
         }
-        for id in running.iter().filter(|id| !inner.allocations.contains_key(*id)) {
+        for id in running.iter().filter(|id| !inner.tasks.contains_key(*id)) {
             // Fenced off: the master no longer knows this allocation (it ended or was replaced).
             if let Some(sender) = inner.agents[agent_id].sender.as_ref() {
                 let _ = sender.send(MasterMessage::KillTask { allocation_id: id.clone(), grace_ms: 0 });
@@ -76,6 +97,8 @@ impl Master {
         {
             agent.sender = None;
             agent.disconnected_at = Some(Instant::now());
+            // It keeps its work while it may come back, but gets no new work.
+            let _ = inner.sched.set_schedulable(agent_id, false);
         }
         self.bump();
     }
@@ -108,15 +131,21 @@ impl Master {
             Some(agent) if agent.connection == connection => agent.last_heartbeat = now_ms(),
             _ => return Ok(()),
         }
-        let owned = |inner: &Inner, allocation_id: &str| {
-            inner.allocations.get(allocation_id).is_some_and(|a| a.agent_id.as_deref() == Some(agent_id))
+        let owned = |inner: &Inner, task: &str| {
+            inner
+                .tasks
+                .get(task)
+                .and_then(|gang| inner.allocations.get(gang))
+                .and_then(|a| a.member(task))
+                .is_some_and(|m| m.agent_id.as_deref() == Some(agent_id))
         };
         match message {
             AgentMessage::TaskStarted { allocation_id, .. } => {
                 if owned(&inner, &allocation_id) {
-                    let alloc = inner.allocations.get_mut(&allocation_id).unwrap();
-                    if alloc.state == AllocationState::Assigned {
-                        alloc.state = AllocationState::Running;
+                    let gang = inner.tasks[&allocation_id].clone();
+                    let member = inner.allocations.get_mut(&gang).and_then(|a| a.member_mut(&allocation_id)).expect("owned");
+                    if member.state == AllocationState::Assigned {
+                        member.state = AllocationState::Running;
                         self.store
                             .update_allocation(&allocation_id, AllocationUpdate { state: Some("RUNNING".into()), ..Default::default() })
                             .await?;
@@ -126,7 +155,7 @@ impl Master {
             AgentMessage::TaskExited { allocation_id, exit_code, signal, error } => {
                 if owned(&inner, &allocation_id) {
                     let error = error.or_else(|| signal.map(|s| format!("killed by signal {s}")));
-                    self.allocation_ended(&mut inner, &allocation_id, exit_code, error).await?;
+                    self.member_exited(&mut inner, &allocation_id, exit_code, error).await?;
                     self.schedule(&mut inner).await?;
                 }
             }
@@ -146,14 +175,25 @@ impl Master {
             .filter(|(_, a)| a.disconnected_at.is_some_and(|t| now.duration_since(t) > wait))
             .map(|(id, _)| id.clone())
             .collect();
+        for id in &lost_agents {
+            // Its allocations are found below by their members; the scheduler drops its slots.
+            let _ = inner.sched.agent_left(id);
+        }
         let lost: Vec<String> = inner
             .allocations
             .iter()
-            .filter(|(_, a)| a.reattach_deadline.is_some_and(|d| now > d) || a.agent_id.as_ref().is_some_and(|id| lost_agents.contains(id)))
+            .filter(|(_, a)| {
+                a.members.iter().any(|m| {
+                    m.exit.is_none()
+                        && (m.reattach_deadline.is_some_and(|d| now > d) || m.agent_id.as_ref().is_some_and(|id| lost_agents.contains(id)))
+                })
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
-            self.allocation_ended(&mut inner, &id, None, Some("lost contact with the task's agent".into())).await?;
+            // The members still running elsewhere cannot go on without the lost one.
+            self.send_kill(&mut inner, &id, 0);
+            self.allocation_ended(&mut inner, &id, Some("lost contact with the task's agent".into())).await?;
         }
         for id in lost_agents {
             inner.agents.remove(&id);
@@ -164,11 +204,19 @@ impl Master {
 
     pub async fn agents(&self) -> Vec<drover_api::rest::Agent> {
         let inner = self.inner.lock().await;
+        // (agent, slot) to the tasks holding it (several share a GPU).
+        let mut used: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+        for m in inner.allocations.values().flat_map(|a| a.members.iter()).filter(|m| m.exit.is_none()) {
+            for slot in &m.slot_ids {
+                used.entry((m.agent_id.as_deref().unwrap_or_default(), slot.as_str())).or_default().push(&m.task_id);
+            }
+        }
         inner
             .agents
             .iter()
             .map(|(id, a)| drover_api::rest::Agent {
                 id: id.clone(),
+                pool: a.pool.clone(),
                 hostname: a.hostname.clone(),
                 version: a.version.clone(),
                 connected: a.sender.is_some(),
@@ -184,7 +232,11 @@ impl Master {
                             drover_api::agent::SlotKind::Cuda => "cuda".into(),
                         },
                         device: s.device.clone(),
-                        allocation_id: a.used.get(&s.id).cloned(),
+                        allocation_id: used.get(&(id.as_str(), s.id.as_str())).and_then(|t| t.first()).map(|t| t.to_string()),
+                        allocation_ids: used
+                            .get(&(id.as_str(), s.id.as_str()))
+                            .map(|t| t.iter().map(|t| t.to_string()).collect())
+                            .unwrap_or_default(),
                     })
                     .collect(),
             })
@@ -194,14 +246,17 @@ impl Master {
     /// Trial id to (allocation, agent) of every live allocation.
     pub async fn live_placements(&self) -> HashMap<i64, (String, Option<String>)> {
         let inner = self.inner.lock().await;
-        inner.allocations.iter().map(|(id, a)| (a.trial_id, (id.clone(), a.agent_id.clone()))).collect()
+        inner.allocations.iter().map(|(id, a)| (a.trial_id, (id.clone(), a.members.first().and_then(|m| m.agent_id.clone())))).collect()
     }
 
     /// (total slots, used slots, agents connected, trials queued) for `/metrics`.
     pub async fn gauges(&self) -> (usize, usize, usize, usize) {
         let inner = self.inner.lock().await;
-        let connected = inner.agents.values().filter(|a| a.sender.is_some());
-        let (total, used, n) = connected.fold((0, 0, 0), |acc, a| (acc.0 + a.slots.len(), acc.1 + a.used.len(), acc.2 + 1));
-        (total, used, n, inner.queue.len())
+        let connected = inner.agents.iter().filter(|(_, a)| a.sender.is_some());
+        let (total, used, n) = connected.fold((0, 0, 0), |acc, (id, a)| {
+            let busy = inner.sched.slot_usage(id).map_or(0, |u| u.iter().filter(|&&u| u > 0).count());
+            (acc.0 + a.slots.len(), acc.1 + busy, acc.2 + 1)
+        });
+        (total, used, n, inner.sched.pending().count())
     }
 }

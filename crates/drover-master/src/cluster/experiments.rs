@@ -66,9 +66,11 @@ impl Master {
         inner.experiments.insert(id, ExperimentRuntime::new(config, state, has_context, searcher));
         if let Err(e) = self.apply_actions(&mut inner, id, actions).await {
             // Refused means nothing changed: take back the row and what was queued.
-            if let Some(exp) = inner.experiments.remove(&id) {
-                inner.queue.retain(|t| !exp.trials.contains_key(t));
+            let trials: Vec<i64> = inner.experiments.get(&id).map(|e| e.trials.keys().copied().collect()).unwrap_or_default();
+            for trial_id in trials {
+                self.withdraw_request(&mut inner, id, trial_id);
             }
+            inner.experiments.remove(&id);
             inner.searcher_watch.remove(&id);
             if let Err(undo) = self.store.delete_experiment(id).await {
                 tracing::error!(experiment = id, "cannot take back a failed creation: {}", undo);
@@ -85,17 +87,12 @@ impl Master {
         Ok(id)
     }
 
-    /// Refuses an experiment whose trials no connected agent could ever hold.
+    /// Refuses an experiment whose trials its pool could never hold (an unknown pool, more
+    /// slots than its agents have); one that can fit later is accepted and waits.
     pub(super) fn check_fits(&self, inner: &Inner, config: &ExperimentConfig) -> Result<()> {
-        let need = config.resources.slots_per_trial as usize;
-        let connected: Vec<&AgentEntry> = inner.agents.values().filter(|a| a.sender.is_some()).collect();
-        if !connected.is_empty() && !connected.iter().any(|a| a.slots.len() >= need) {
-            let largest = connected.iter().map(|a| a.slots.len()).max().unwrap_or(0);
-            return Err(Error::bad_field(
-                "resources.slots_per_trial",
-                format!("a trial needs {need} slots but the largest agent has {largest}; it could never be scheduled"),
-            ));
-        }
+        // Request 0 is never issued, so the check cannot clash with a live request.
+        let request = placement::trial_request(&inner.sched, 0, 0, config, true)?;
+        inner.sched.check(&request).map_err(|e| placement::request_error(config, &e))?;
         Ok(())
     }
 
@@ -139,6 +136,7 @@ impl Master {
                             state: trial_state,
                             restarts: 0,
                             allocation: None,
+                            task_request: None,
                             hparams,
                             seed: seed as i64,
                             latest_checkpoint,
@@ -147,7 +145,7 @@ impl Master {
                     exp.by_request.insert(request_id, trial_id);
                     pending.extend(exp.searcher.trial_created(request_id));
                     if trial_state == TrialState::Queued {
-                        inner.queue.push_back(trial_id);
+                        self.enqueue_trial(inner, exp_id, trial_id)?;
                     }
                 }
                 Action::Stop { request_id } => {
@@ -219,8 +217,8 @@ impl Master {
         if to.is_terminal() {
             self.counters.trials_finished.fetch_add(1, Ordering::Relaxed);
         }
-        if to != TrialState::Queued {
-            inner.queue.retain(|t| *t != trial_id);
+        if to != TrialState::Queued && trial.task_request.is_some_and(|r| inner.sched.is_pending(r)) {
+            self.withdraw_request(inner, exp_id, trial_id);
         }
         self.bump();
         Ok(())
@@ -257,6 +255,8 @@ impl Master {
         if state != to && state.can_become(to) {
             self.set_trial_state(inner, exp_id, trial_id, to).await?;
         }
+        // Stopped for good (or paused, which queues it anew): not requeued by a preemption.
+        self.withdraw_request(inner, exp_id, trial_id);
         let grace = match to {
             TrialState::StoppingKilled => Some(0),
             TrialState::StoppingCanceled | TrialState::StoppingPaused => Some(STOP_GRACE_MS),
@@ -269,13 +269,16 @@ impl Master {
         Ok(())
     }
 
+    /// Stops every member of an allocation still running: SIGTERM, then SIGKILL after `grace_ms`.
     pub(super) fn send_kill(&self, inner: &mut Inner, allocation_id: &str, grace_ms: u64) {
         let Some(alloc) = inner.allocations.get_mut(allocation_id) else { return };
-        if let Some(sender) = alloc.agent_id.as_ref().and_then(|a| inner.agents.get(a)).and_then(|a| a.sender.as_ref()) {
-            let _ = sender.send(MasterMessage::KillTask { allocation_id: allocation_id.to_string(), grace_ms });
-        }
-        if alloc.state.can_become(AllocationState::Terminating) {
-            alloc.state = AllocationState::Terminating;
+        for m in alloc.members.iter_mut().filter(|m| m.exit.is_none()) {
+            if let Some(sender) = m.agent_id.as_ref().and_then(|a| inner.agents.get(a)).and_then(|a| a.sender.as_ref()) {
+                let _ = sender.send(MasterMessage::KillTask { allocation_id: m.task_id.clone(), grace_ms });
+            }
+            if m.state.can_become(AllocationState::Terminating) {
+                m.state = AllocationState::Terminating;
+            }
         }
     }
 
@@ -305,7 +308,7 @@ impl Master {
                 if state == TrialState::Paused {
                     self.store.update_trial(trial_id, TrialUpdate { stop_requested: Some(false), ..Default::default() }).await?;
                     self.set_trial_state(&mut inner, exp_id, trial_id, TrialState::Queued).await?;
-                    inner.queue.push_back(trial_id);
+                    self.enqueue_trial(&mut inner, exp_id, trial_id)?;
                 }
             } else if inner.experiments.contains_key(&exp_id) {
                 self.stop_trial(&mut inner, exp_id, trial_id, trial_to).await?;

@@ -3,6 +3,88 @@
 use super::*;
 
 impl Master {
+    /// Takes back a trial's running allocation from its store rows (one per member, in rank
+    /// order): the scheduler holds its slots, the members wait for their agents to reattach
+    /// them by `reattach_by`, and their tokens work again. `None` when the rows do not make a
+    /// request the scheduler accepts (the pools changed): the trial then runs anew.
+    fn adopt(
+        &self,
+        inner: &mut Inner,
+        exp_id: i64,
+        trial_id: i64,
+        runtime: &ExperimentRuntime,
+        rows: &[&drover_store::AllocationRow],
+        stop_requested: bool,
+        reattach_by: Instant,
+    ) -> Option<(String, TaskRequest)> {
+        let id = inner.next_request;
+        let mut request = placement::trial_request(&inner.sched, id, exp_id, &runtime.config, false).ok()?;
+        // With no agent back yet nothing is split: the rows say how the gang was placed. The
+        // slot kind is the agent's naming (`gpuN` for GPUs, drover's own convention).
+        request.members = rows.len() as u32;
+        if let drover_sched::Resources::Slots { kind, count } = &mut request.resources {
+            *count = rows[0].slot_ids.len() as u32;
+            if rows[0].slot_ids.iter().all(|s| s.starts_with("gpu")) {
+                *kind = drover_sched::SlotKind::Gpu;
+            }
+        }
+        let units = request.units_per_slot();
+        let placements = rows
+            .iter()
+            .map(|a| drover_sched::Placement { agent: a.agent_id.clone().unwrap_or_default(), slots: a.slot_ids.clone(), units })
+            .collect();
+        let sched_id = match inner.sched.adopt(request, placements, now_ms().max(0) as u64) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(trial = trial_id, "cannot take back the running allocation: {e}");
+                return None;
+            }
+        };
+        inner.next_request += 1;
+        inner.requests.insert(id, TaskOwner::Trial { experiment_id: exp_id, trial_id });
+        let allocation_id = rows[0].id.split('.').next().unwrap_or_default().to_string();
+        let mut members = Vec::with_capacity(rows.len());
+        for a in rows {
+            inner.tasks.insert(a.id.clone(), allocation_id.clone());
+            self.auth.write().unwrap().insert(
+                a.token.clone(),
+                TrialAuth {
+                    allocation_id: a.id.clone(),
+                    trial_id,
+                    experiment_id: exp_id,
+                    searcher_metric: runtime.config.searcher.metric.as_str().into(),
+                    time_metric: runtime.config.searcher.time_metric.as_deref().map(Into::into),
+                    stop_requested: Arc::new(AtomicBool::new(stop_requested)),
+                    agent_id: a.agent_id.as_deref().map(Into::into),
+                },
+            );
+            members.push(Member {
+                task_id: a.id.clone(),
+                agent_id: a.agent_id.clone(),
+                slot_ids: a.slot_ids.clone(),
+                state: a.state.parse().unwrap_or(AllocationState::Assigned),
+                exit: None,
+                reattach_deadline: Some(reattach_by),
+            });
+        }
+        let (rendezvous_watch, _) = watch::channel(0);
+        let world = members.len();
+        inner.allocations.insert(
+            allocation_id.clone(),
+            LiveAllocation {
+                trial_id,
+                experiment_id: exp_id,
+                sched_id,
+                request: id,
+                members,
+                preempted: false,
+                rendezvous: vec![None; world],
+                rendezvous_watch,
+            },
+        );
+        Some((allocation_id, id))
+    }
+
     /// Rebuilds the in-memory state of unfinished experiments from the store. Trials that were
     /// running wait for their agent to reattach them; the rest are queued again.
     pub(super) async fn recover(&self) -> Result<()> {
@@ -25,35 +107,22 @@ impl Master {
             };
             let has_context = self.store.has_context(row.id).await?;
             let mut runtime = ExperimentRuntime::new(config, state, has_context, searcher);
+            let mut queued = Vec::new();
             for t in self.store.list_trials(row.id).await? {
                 let mut trial = trial_runtime(&t)?;
                 if trial.state.has_process() {
-                    match live_allocations.iter().find(|a| a.trial_id == t.id) {
-                        Some(a) => {
-                            trial.allocation = Some(a.id.clone());
-                            inner.allocations.insert(
-                                a.id.clone(),
-                                LiveAllocation {
-                                    trial_id: t.id,
-                                    experiment_id: row.id,
-                                    agent_id: a.agent_id.clone(),
-                                    slot_ids: a.slot_ids.clone(),
-                                    state: a.state.parse().unwrap_or(AllocationState::Assigned),
-                                    reattach_deadline: Some(reattach_by),
-                                },
-                            );
-                            self.auth.write().unwrap().insert(
-                                a.token.clone(),
-                                TrialAuth {
-                                    allocation_id: a.id.clone(),
-                                    trial_id: t.id,
-                                    experiment_id: row.id,
-                                    searcher_metric: runtime.config.searcher.metric.as_str().into(),
-                                    time_metric: runtime.config.searcher.time_metric.as_deref().map(Into::into),
-                                    stop_requested: Arc::new(AtomicBool::new(t.stop_requested)),
-                                    agent_id: a.agent_id.as_deref().map(Into::into),
-                                },
-                            );
+                    // Its members, in rank order (`{allocation}.{rank}`, or the allocation alone).
+                    let mut rows: Vec<&drover_store::AllocationRow> = live_allocations.iter().filter(|a| a.trial_id == t.id).collect();
+                    rows.sort_by_key(|a| a.id.rsplit_once('.').and_then(|(_, r)| r.parse::<usize>().ok()).unwrap_or(0));
+                    let adopted = if rows.is_empty() {
+                        None
+                    } else {
+                        self.adopt(&mut inner, row.id, t.id, &runtime, &rows, t.stop_requested, reattach_by)
+                    };
+                    match adopted {
+                        Some((allocation_id, request)) => {
+                            trial.allocation = Some(allocation_id);
+                            trial.task_request = Some(request);
                         }
                         None => {
                             // The process cannot be found again; run the trial anew.
@@ -63,16 +132,30 @@ impl Master {
                     }
                 }
                 if trial.state == TrialState::Queued {
-                    inner.queue.push_back(t.id);
+                    queued.push(t.id);
                 }
                 runtime.by_request.insert(trial.request_id, t.id);
                 runtime.trials.insert(t.id, trial);
             }
             inner.experiments.insert(row.id, runtime);
+            // Queued again in the order they were created.
+            for trial_id in queued {
+                if let Err(e) = self.enqueue_trial(&mut inner, row.id, trial_id) {
+                    // The master's pools changed under it: the trial cannot wait anywhere.
+                    let line = LogRow {
+                        id: 0,
+                        ts_ms: now_ms(),
+                        stream: "master".into(),
+                        line: format!("cannot queue the trial: {}", e.body.message),
+                    };
+                    self.store.append_logs(trial_id, "", &[line]).await?;
+                    self.set_trial_state(&mut inner, row.id, trial_id, TrialState::Error).await?;
+                }
+            }
         }
         // Allocations of finished experiments, or never placed, are over.
         for a in live_allocations {
-            if !inner.allocations.contains_key(&a.id) {
+            if !inner.tasks.contains_key(&a.id) {
                 self.store
                     .update_allocation(
                         &a.id,

@@ -39,6 +39,7 @@ impl Cluster {
             master_url: master.url(),
             agent_id: "test-agent".into(),
             join_token: Some(JOIN_TOKEN.into()),
+            pool: "default".into(),
             work_root: dir.path().join("work"),
             slots: drover_agent::discover(&drover_agent::SlotOptions {
                 cpu_slots: Some(slots),
