@@ -225,6 +225,9 @@ struct LiveAllocation {
     members: Vec<Member>,
     /// The scheduler asked it to checkpoint and stop for higher-priority work.
     preempted: bool,
+    /// The first member to end badly, (exit code, error): the cause the trial is told of, not
+    /// the kills of the others that followed.
+    first_failure: Option<(Option<i32>, Option<String>)>,
     /// The addresses members announced at the rendezvous, by rank, and a wake-up for those
     /// waiting for the rest.
     rendezvous: Vec<Option<String>>,

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use drover_api::rest::{ApiError, Checkpoint, RegisterCheckpointRequest, ReportMetricsRequest, ReportMetricsResponse, TrialSignals};
+use drover_api::rest::{
+    ApiError, Checkpoint, RegisterCheckpointRequest, Rendezvous, RendezvousRequest, ReportMetricsRequest, ReportMetricsResponse,
+    TrialSignals,
+};
 use reqwest::blocking::{Client, RequestBuilder};
 use serde::de::DeserializeOwned;
 
@@ -56,6 +59,13 @@ impl MasterClient {
     pub(crate) fn register_checkpoint(&self, request: &RegisterCheckpointRequest) -> Result<Checkpoint, SdkError> {
         let url = self.trial_url("checkpoints");
         self.call("registering a checkpoint", &url, self.http.post(&url).json(request))
+    }
+
+    /// Announces this gang member's address; waits up to `wait_ms` on the master for the rest.
+    pub(crate) fn rendezvous(&self, address: &str, wait_ms: u64) -> Result<Rendezvous, SdkError> {
+        let url = format!("{}/api/v1/allocations/rendezvous?timeout_ms={wait_ms}", self.base);
+        let request = self.http.post(&url).json(&RendezvousRequest { address: address.to_string() });
+        self.call("the rendezvous", &url, request.timeout(Duration::from_millis(wait_ms) + REQUEST_TIMEOUT))
     }
 
     /// `uuid` must have been checked by `checkpoint::validate_uuid`, since it becomes part of the path.

@@ -36,6 +36,10 @@ pub struct Context {
     checkpoint_fsync: bool,
     latest_checkpoint: Option<String>,
     searcher_metric: Option<String>,
+    /// This member's rank in its gang, the gang's size and its members' hosts by rank.
+    rank: usize,
+    world_size: usize,
+    peer_hosts: Vec<String>,
     client: MasterClient,
     reporter: Reporter,
     signals: Mutex<SignalPoll>,
@@ -93,6 +97,17 @@ impl Context {
             return Err(SdkError::BadEnv { var: env::LATEST_CHECKPOINT, value: uuid.clone(), reason: err.to_string() });
         }
 
+        let rank: usize = optional(env::RANK).map_or(Ok(0), |v| parse_number(env::RANK, &v))?;
+        let world_size: usize = optional(env::WORLD_SIZE).map_or(Ok(1), |v| parse_number(env::WORLD_SIZE, &v))?;
+        if rank >= world_size {
+            return Err(SdkError::BadEnv {
+                var: env::RANK,
+                value: rank.to_string(),
+                reason: format!("not below the world size {world_size}"),
+            });
+        }
+        let peer_hosts: Vec<String> = optional(env::PEER_HOSTS).map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default();
+
         let client = MasterClient::new(&master, &token, trial_id)?;
         let reporter = Reporter::start(client.clone(), metrics::CLOSE_GRACE)?;
         Ok(Context {
@@ -114,6 +129,9 @@ impl Context {
             },
             latest_checkpoint,
             searcher_metric: optional(env::SEARCHER_METRIC),
+            rank,
+            world_size,
+            peer_hosts,
             client,
             reporter,
             signals: Mutex::new(SignalPoll::default()),
@@ -181,6 +199,44 @@ impl Context {
     /// only, so a trial whose master is gone still exits.
     pub fn close(mut self) -> Result<(), SdkError> {
         self.reporter.close()
+    }
+
+    /// This process's rank in its gang (0 for a trial of one process): a trial whose slots span
+    /// several agents runs as one process per agent, all started together.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// How many processes the gang has.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// The host names of the gang's agents, by rank.
+    pub fn peer_hosts(&self) -> &[String] {
+        &self.peer_hosts
+    }
+
+    /// Meets the rest of the gang: announces `address` (where this process listens for its
+    /// peers, e.g. `host:port`) through the master and returns every member's, by rank, once
+    /// all have announced theirs. Waits up to `timeout`; no member has to start first.
+    pub fn rendezvous(&self, address: &str, timeout: Duration) -> Result<Vec<String>, SdkError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let wait_ms = deadline.saturating_duration_since(Instant::now()).as_millis().min(30_000) as u64;
+            let answer = self.client.rendezvous(address, wait_ms)?;
+            if answer.complete {
+                return Ok(answer.addresses.into_iter().map(Option::unwrap_or_default).collect());
+            }
+            if Instant::now() >= deadline {
+                let missing: Vec<usize> = answer.addresses.iter().enumerate().filter(|(_, a)| a.is_none()).map(|(r, _)| r).collect();
+                return Err(SdkError::Api {
+                    what: "the rendezvous",
+                    status: 408,
+                    message: format!("ranks {missing:?} did not announce themselves within {timeout:?}"),
+                });
+            }
+        }
     }
 
     /// Whether the master asked this trial to stop (the searcher is done with it, or a user

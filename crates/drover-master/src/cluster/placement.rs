@@ -170,6 +170,7 @@ impl Master {
                 request,
                 members,
                 preempted: false,
+                first_failure: None,
                 rendezvous: vec![None; world],
                 rendezvous_watch,
             },
@@ -255,6 +256,10 @@ impl Master {
         }
         member.exit = Some((exit_code, error.clone()));
         member.state = AllocationState::Terminated;
+        let failed = !(exit_code == Some(0) && error.is_none());
+        if failed && alloc.first_failure.is_none() {
+            alloc.first_failure = Some((exit_code, error.clone()));
+        }
         self.store
             .update_allocation(
                 task_id,
@@ -271,7 +276,7 @@ impl Master {
         if alloc.members.iter().all(|m| m.exit.is_some()) {
             return self.allocation_ended(inner, &gang, None).await;
         }
-        if !(exit_code == Some(0) && error.is_none()) {
+        if failed {
             // A gang is all or nothing: the others cannot go on without this one.
             self.send_kill(inner, &gang, STOP_GRACE_MS);
         }
@@ -303,11 +308,13 @@ impl Master {
         }
         let ended = inner.sched.allocation_ended(alloc.sched_id).ok();
         let requeued = ended.is_some_and(|e| e.requeued);
-        // The first member that did not end well speaks for the gang.
-        let failure = alloc.members.iter().find_map(|m| match &m.exit {
-            Some((Some(0), None)) => None,
-            Some((code, error)) => Some((*code, error.clone())),
-            None => Some((None, forced.clone())),
+        // The first member that ended badly speaks for the gang.
+        let failure = alloc.first_failure.clone().or_else(|| {
+            alloc.members.iter().find_map(|m| match &m.exit {
+                Some((Some(0), None)) => None,
+                Some((code, error)) => Some((*code, error.clone())),
+                None => Some((None, forced.clone())),
+            })
         });
         let (exit_code, error) = match (&forced, failure) {
             (Some(reason), failure) => (failure.and_then(|f| f.0), Some(reason.clone())),

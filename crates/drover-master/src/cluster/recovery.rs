@@ -78,6 +78,7 @@ impl Master {
                 request: id,
                 members,
                 preempted: false,
+                first_failure: None,
                 rendezvous: vec![None; world],
                 rendezvous_watch,
             },

@@ -10,6 +10,11 @@
 //! - `curve` (bool): instead, report `validation_loss = (x - 0.3)^2 + 1/epoch` and `epochs`
 //!   for epochs `1..=n_metrics`, flushing each and stopping when the searcher asks.
 //! - `checkpoint` (bool): save `state.json` = `{"step": n, "x": x}` as a checkpoint at step n.
+//! - `epoch_s` (f64): with `curve`, sleep this long after each epoch (a trial that takes a while,
+//!   for preemption tests).
+//! - `gang` (bool): one member of a gang: prints its rank, world size and peers, listens on a
+//!   port, meets the others at the master's rendezvous; rank 0 then hears from every other rank
+//!   over TCP and reports `peers_heard`.
 //! - `curve` with `checkpoint`: also saves a checkpoint `{"epoch": e}` after every epoch.
 //! - `die_during_checkpoint_mb` (int): writes a checkpoint of that many MiB (in 4 MiB files)
 //!   and SIGKILLs itself as soon as the copy into the checkpoint directory has begun, to
@@ -81,6 +86,10 @@ fn run() -> Result<ExitCode, SdkError> {
     if ctx.hparam_opt::<bool>("pbt")?.unwrap_or(false) {
         return toy_pbt_member(ctx, x, n_metrics);
     }
+    if ctx.hparam_opt::<bool>("gang")?.unwrap_or(false) {
+        return gang_member(ctx);
+    }
+    let epoch_s: f64 = ctx.hparam_opt("epoch_s")?.unwrap_or(0.0);
     println!("trial {} of experiment {}: x={x} n_metrics={n_metrics}", ctx.trial_id(), ctx.experiment_id());
 
     if let Some(uuid) = ctx.latest_checkpoint() {
@@ -128,6 +137,9 @@ fn run() -> Result<ExitCode, SdkError> {
                 println!("epoch {epoch}: checkpoint {uuid}");
                 let _ = std::fs::remove_dir_all(&dir);
             }
+            if epoch_s > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(epoch_s));
+            }
             if ctx.should_stop() {
                 println!("stopped by the searcher after epoch {epoch}");
                 break;
@@ -151,6 +163,34 @@ fn run() -> Result<ExitCode, SdkError> {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    ctx.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gang_member(ctx: Context) -> Result<ExitCode, SdkError> {
+    use std::io::{Read, Write};
+    let io = |action: &'static str| move |source| SdkError::Io { action, path: "a gang socket".into(), source };
+    let (rank, world) = (ctx.rank(), ctx.world_size());
+    println!("rank {rank} of {world} on {:?}", ctx.peer_hosts());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind"))?;
+    let address = listener.local_addr().map_err(io("read the address of"))?.to_string();
+    let addresses = ctx.rendezvous(&address, Duration::from_secs(60))?;
+    println!("rank {rank} met {addresses:?}");
+    if rank == 0 {
+        let mut heard = Vec::new();
+        for _ in 1..world {
+            let (mut stream, _) = listener.accept().map_err(io("accept on"))?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).map_err(io("read"))?;
+            heard.push(text);
+        }
+        heard.sort();
+        println!("rank 0 heard {heard:?}");
+        ctx.report_validation(1, &[("validation_loss", 0.0), ("peers_heard", heard.len() as f64)]);
+    } else {
+        let mut stream = std::net::TcpStream::connect(&addresses[0]).map_err(io("connect"))?;
+        write!(stream, "hello from rank {rank}").map_err(io("write"))?;
+    }
     ctx.close()?;
     Ok(ExitCode::SUCCESS)
 }

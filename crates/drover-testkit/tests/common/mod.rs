@@ -24,16 +24,31 @@ pub struct Cluster {
 
 /// A master on the database in `dir`, listening on `addr` (`127.0.0.1:0` for any port).
 pub async fn start_master(dir: &std::path::Path, addr: &str) -> drover_master::RunningMaster {
+    start_master_with(dir, addr, |_| {}).await
+}
+
+/// [`start_master`] with its configuration changed by `configure` first (pools, say).
+pub async fn start_master_with(
+    dir: &std::path::Path,
+    addr: &str,
+    configure: impl FnOnce(&mut drover_master::MasterConfig),
+) -> drover_master::RunningMaster {
     let mut config = drover_master::MasterConfig::new(format!("sqlite://{}", dir.join("drover.db").display()), dir.join("checkpoints"));
     config.join_token = JOIN_TOKEN.into();
+    configure(&mut config);
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     drover_master::start(config, listener).await.unwrap()
 }
 
 impl Cluster {
     pub async fn start(slots: u32) -> Cluster {
+        Cluster::start_with(slots, |_| {}).await
+    }
+
+    /// A cluster whose master's configuration `configure` changes first.
+    pub async fn start_with(slots: u32, configure: impl FnOnce(&mut drover_master::MasterConfig)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let master = start_master(dir.path(), "127.0.0.1:0").await;
+        let master = start_master_with(dir.path(), "127.0.0.1:0", configure).await;
         let agent_stop = CancellationToken::new();
         let agent_config = drover_agent::AgentConfig {
             master_url: master.url(),
@@ -53,6 +68,40 @@ impl Cluster {
         let cluster = Cluster { master, agent_stop, agent, http: reqwest::Client::new(), dir };
         cluster.wait_for_agent().await;
         cluster
+    }
+
+    /// Starts one more agent in this process, with these slots, in `pool`; the handle ends
+    /// with the agent's own result (a refusal, say).
+    pub fn add_agent(
+        &self,
+        id: &str,
+        pool: &str,
+        slots: Vec<drover_api::agent::SlotSpec>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<Result<(), drover_agent::AgentError>>) {
+        let stop = CancellationToken::new();
+        let config = drover_agent::AgentConfig {
+            master_url: self.master.url(),
+            agent_id: id.into(),
+            join_token: Some(JOIN_TOKEN.into()),
+            pool: pool.into(),
+            work_root: self.dir.path().join(format!("work-{id}")),
+            slots,
+        };
+        let token = stop.clone();
+        (stop, tokio::spawn(async move { drover_agent::run_agent(config, token).await }))
+    }
+
+    /// Waits until `n` agents are connected.
+    pub async fn wait_for_agents(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let agents: Vec<Agent> = self.get("/api/v1/agents").await;
+            if agents.iter().filter(|a| a.connected).count() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {} of {n} agents connected", agents.iter().filter(|a| a.connected).count());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits for the agent to register, so experiments can be placed at once.
