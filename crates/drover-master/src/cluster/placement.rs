@@ -436,10 +436,10 @@ pub(super) fn trial_request(sched: &Scheduler, id: TaskRequest, exp_id: i64, con
 
 fn split(sched: &Scheduler, pool: &str, kind: SlotKind, count: u32, field: &str, strict: bool) -> Result<(Resources, u32)> {
     let largest = sched.max_agent_slots(pool, kind);
-    if largest == 0 || count <= largest || (!strict && count % largest != 0) {
+    if largest == 0 || count <= largest || (!strict && !count.is_multiple_of(largest)) {
         return Ok((Resources::Slots { kind, count }, 1));
     }
-    if count % largest != 0 {
+    if !count.is_multiple_of(largest) {
         let kind = if kind == SlotKind::Gpu { "GPU" } else { "CPU" };
         return Err(Error::bad_field(
             field,

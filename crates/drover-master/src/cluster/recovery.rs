@@ -11,12 +11,12 @@ impl Master {
         &self,
         inner: &mut Inner,
         exp_id: i64,
-        trial_id: i64,
+        trial: &TrialRow,
         runtime: &ExperimentRuntime,
         rows: &[&drover_store::AllocationRow],
-        stop_requested: bool,
         reattach_by: Instant,
     ) -> Option<(String, TaskRequest)> {
+        let (trial_id, stop_requested) = (trial.id, trial.stop_requested);
         let id = inner.next_request;
         let mut request = placement::trial_request(&inner.sched, id, exp_id, &runtime.config, false).ok()?;
         // With no agent back yet nothing is split: the rows say how the gang was placed. The
@@ -118,7 +118,7 @@ impl Master {
                     let adopted = if rows.is_empty() {
                         None
                     } else {
-                        self.adopt(&mut inner, row.id, t.id, &runtime, &rows, t.stop_requested, reattach_by)
+                        self.adopt(&mut inner, row.id, &t, &runtime, &rows, reattach_by)
                     };
                     match adopted {
                         Some((allocation_id, request)) => {
