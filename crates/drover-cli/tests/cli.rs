@@ -289,9 +289,14 @@ impl Up {
     }
 
     fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Up {
+        Up::start_with(data, env, &[])
+    }
+
+    fn start_with(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Up {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(DROVER)
             .args(["up", "--port", &port.to_string(), "--cpu-slots", "1"])
+            .args(args)
             .envs(env.iter().copied())
             .env("DROVER_DATA_DIR", data)
             .stderr(std::process::Stdio::null())
@@ -486,4 +491,61 @@ fn trials_never_see_the_join_secret() {
     let logs = up.run(&["experiment", "logs", "1"]);
     let text = String::from_utf8_lossy(&logs.stdout);
     assert!(text.contains("no-join-secret-here"), "{text}");
+}
+
+/// Pools from a file, the agent of `up` in the first; `job list` shows the queue with reasons
+/// and `job update` changes a job's priority, both with `--output json`.
+#[test]
+fn jobs_list_the_queue_and_take_new_priorities() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-pools.yaml");
+    std::fs::write(&bad, "- {name: batch, preemption_timeout_s: 999999}\n").unwrap();
+    let out = drover(&["master", "--port", "0", "--pools", bad.to_str().unwrap()], &dir.path().join("bad"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("pools[0].preemption_timeout_s"), "{err}");
+
+    let pools = dir.path().join("pools.yaml");
+    std::fs::write(&pools, "- {name: batch}\n- {name: gpus, preemption: true}\n").unwrap();
+    let up = Up::start_with(&dir.path().join("data"), &[], &["--pools", pools.to_str().unwrap()]);
+    let agents = up.json(&["agent", "list", "--output", "json"]);
+    assert_eq!(agents[0]["pool"], "batch", "{agents}");
+    // In a directory of its own: it is the context, uploaded with the experiment.
+    std::fs::create_dir(dir.path().join("exp")).unwrap();
+    let config = dir.path().join("exp/sleep.yaml");
+    let yaml = "name: sleepy\nentrypoint: sleep 30\nhyperparameters: {x: 1}\nsearcher: {name: random, metric: m, max_trials: 2, max_concurrent_trials: 2}\nresources: {resource_pool: batch}\n";
+    std::fs::write(&config, yaml).unwrap();
+    let created = up.json(&["experiment", "create", config.to_str().unwrap(), "--output", "json"]);
+    let id = created["id"].as_i64().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let jobs = loop {
+        let jobs = up.json(&["job", "list", "--output", "json"]);
+        if jobs[0]["running"] == 1 && jobs[0]["queued"].as_array().is_some_and(|q| q.len() == 1 && q[0]["position"] == 0) {
+            break jobs;
+        }
+        assert!(std::time::Instant::now() < deadline, "never one running and one queued: {jobs}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!((jobs[0]["resource_pool"].as_str(), jobs[0]["priority"].as_i64()), (Some("batch"), Some(42)), "{jobs}");
+    assert!(jobs[0]["queued"][0]["reason"].as_str().unwrap().contains("free slots"), "{jobs}");
+    let table = up.run(&["job", "list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("Waits because"), "{}", String::from_utf8_lossy(&table.stdout));
+    let updated = up.json(&["job", "update", &id, "--priority", "7", "--weight", "3", "--output", "json"]);
+    assert_eq!((updated[0]["priority"].as_i64(), updated[0]["weight"].as_f64()), (Some(7), Some(3.0)), "{updated}");
+    let refused = up.run(&["job", "update", &id, "--priority", "100"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("priority"));
+    // A pool no agent has joined accepts the experiment; it says why it waits.
+    std::fs::write(&config, yaml.replace("resource_pool: batch", "resource_pool: gpus")).unwrap();
+    up.json(&["experiment", "create", config.to_str().unwrap(), "--output", "json"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let jobs = up.json(&["job", "list", "--output", "json"]);
+        if jobs[1]["queued"][0]["reason"].as_str().is_some_and(|r| r.contains("no agent")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{jobs}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for job in [id.as_str(), &(id.parse::<i64>().unwrap() + 1).to_string()] {
+        assert!(up.run(&["experiment", "kill", job]).status.success());
+    }
 }

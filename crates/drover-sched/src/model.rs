@@ -203,8 +203,10 @@ pub struct Preemption {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Decision {
-    /// Start every member of the gang; `placements[i]` is rank i.
-    Start { request: RequestId, allocation: AllocationId, placements: Vec<Placement> },
+    /// Start every member of the gang, as `Scheduler::allocation(allocation)` places them
+    /// (`placements[i]` is rank i). The placements live there only: a pass that starts tens of
+    /// thousands of requests does not copy each one.
+    Start { request: RequestId, allocation: AllocationId },
     /// Ask the allocation to checkpoint and stop (`should_stop`) before `deadline_ms`.
     Preempt { allocation: AllocationId, request: RequestId, deadline_ms: u64 },
     /// The deadline of a preemption has passed: stop it now.

@@ -331,7 +331,7 @@ impl PoolPass<'_, '_> {
     fn start(&mut self, request: Request, seq: u64, placements: Vec<crate::model::Placement>) {
         let id = *self.next_allocation;
         *self.next_allocation += 1;
-        self.decisions.push(Decision::Start { request: request.id, allocation: id, placements: placements.clone() });
+        self.decisions.push(Decision::Start { request: request.id, allocation: id });
         let lost = vec![false; placements.len()];
         self.started.push((request.id, id));
         // Ids only grow: each insert is at the end of the map.

@@ -361,13 +361,19 @@ impl World {
 
     fn check(&mut self, d: &Decision) -> Result<(), Violation> {
         match d {
-            Decision::Start { request, allocation, placements } => {
+            Decision::Start { request, allocation } => {
                 self.report.started += 1;
+                let placements = &self
+                    .sched
+                    .allocation(*allocation)
+                    .ok_or_else(|| self.violation(format!("started {allocation}, unknown")))?
+                    .placements
+                    .clone();
                 let req = self.pending.remove(request).ok_or_else(|| self.violation(format!("started {request}, not pending")))?;
                 if placements.len() != req.members as usize {
                     return Err(self.violation(format!("gang {request}: {} of {} members placed", placements.len(), req.members)));
                 }
-                for p in placements {
+                for p in placements.iter() {
                     self.check_placement(&req, p)?;
                 }
                 if req.resources == Resources::ZeroSlot {

@@ -17,7 +17,7 @@ fn slots_can_change_but_not_from_under_running_work() {
     let mut s = cluster();
     s.submit(gpus(1, 1)).unwrap();
     let d = s.schedule(0);
-    assert_eq!(started(&d)[0].1[0].slots, ["gpu0"]);
+    assert_eq!(started(&s, &d)[0].1[0].slots, ["gpu0"]);
     // gpu0 is busy: it cannot go, change kind, nor can the agent change pools.
     let mut without = agent("a", "default", 2, 0);
     without.slots.remove(0);

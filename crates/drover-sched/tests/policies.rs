@@ -112,7 +112,7 @@ fn gangs_are_placed_whole_across_agents_or_not_at_all() {
     s.agent_joined(agent("b", "default", 4, 0)).unwrap();
     s.submit(gpus(1, 2)).unwrap();
     let d = s.schedule(0);
-    assert_eq!(started(&d)[0].1[0].agent, "a");
+    assert_eq!(started(&s, &d)[0].1[0].agent, "a");
     // 2 members × 3 GPUs: `a` has 2 free, `b` 4: one member fits, so neither starts.
     s.submit(Request { members: 2, ..gpus(2, 3) }).unwrap();
     assert!(s.schedule(1).is_empty());
@@ -120,7 +120,7 @@ fn gangs_are_placed_whole_across_agents_or_not_at_all() {
     assert_eq!(s.slot_usage("b").unwrap(), &[0, 0, 0, 0], "no member is held while the gang waits");
     s.allocation_ended(allocation_of(&d, 1)).unwrap();
     let d = s.schedule(2);
-    let placements = &started(&d)[0].1;
+    let placements = &started(&s, &d)[0].1;
     assert_eq!(placements.len(), 2);
     assert_ne!(placements[0].agent, placements[1].agent);
     assert!(placements.iter().all(|p| p.slots.len() == 3));
@@ -133,7 +133,8 @@ fn best_fit_packs_and_worst_fit_spreads() {
         s.agent_joined(agent("big", "default", 8, 0)).unwrap();
         s.agent_joined(agent("small", "default", 4, 0)).unwrap();
         s.submit(gpus(1, 2)).unwrap();
-        assert_eq!(started(&s.schedule(0))[0].1[0].agent, expect, "{fit:?}");
+        let d = s.schedule(0);
+        assert_eq!(started(&s, &d)[0].1[0].agent, expect, "{fit:?}");
     }
 }
 
@@ -144,7 +145,7 @@ fn fractions_share_a_gpu_before_opening_another() {
     s.submit(quarter(1)).unwrap();
     s.submit(gpus(2, 1)).unwrap();
     let d = s.schedule(0);
-    let p = started(&d);
+    let p = started(&s, &d);
     assert_eq!((p[0].1[0].slots[0].as_str(), p[0].1[0].fraction()), ("gpu0", 0.25));
     assert_eq!(p[1].1[0].slots, vec!["gpu1".to_string()], "the whole GPU request takes the idle GPU");
     for id in 3..6 {
@@ -153,7 +154,7 @@ fn fractions_share_a_gpu_before_opening_another() {
     s.submit(Request { resources: Resources::Gpu { fraction: 0.5 }, ..gpus(6, 1) }).unwrap();
     let d = s.schedule(1);
     assert_eq!(started_ids(&d), vec![3, 4, 5]);
-    assert!(started(&d).iter().all(|(_, p)| p[0].slots == vec!["gpu0".to_string()]));
+    assert!(started(&s, &d).iter().all(|(_, p)| p[0].slots == vec!["gpu0".to_string()]));
     assert_eq!(s.slot_usage("a").unwrap()[..2], [UNITS_PER_SLOT as u16; 2]);
     assert_eq!(s.why_waiting(6), Some(WaitReason::NoAgentWithFreeSlots { units_per_member: 500 }));
 }
@@ -169,7 +170,7 @@ fn zero_slot_tasks_run_under_their_budget() {
     assert!(matches!(s.submit(Request { members: 3, ..zero(9) }), Err(SubmitError::ZeroSlotBudget { .. })));
     let d = s.schedule(0);
     assert_eq!(started_ids(&d), vec![1, 2]);
-    assert!(started(&d).iter().all(|(_, p)| p[0].slots.is_empty() && p[0].units == 0));
+    assert!(started(&s, &d).iter().all(|(_, p)| p[0].slots.is_empty() && p[0].units == 0));
     assert_eq!(s.why_waiting(3), Some(WaitReason::ZeroSlotBudgetFull { budget: 2 }));
     s.allocation_ended(allocation_of(&d, 1)).unwrap();
     assert_eq!(started_ids(&s.schedule(1)), vec![3]);
@@ -183,7 +184,7 @@ fn a_big_request_is_overtaken_in_at_most_k_passes() {
     for id in 0..8 {
         s.submit(gpus(id, 1)).unwrap();
     }
-    for (r, _) in started(&s.schedule(0)) {
+    for r in started_ids(&s.schedule(0)) {
         running.push(r);
     }
     s.submit(gpus(100, 8)).unwrap();
@@ -301,7 +302,7 @@ fn an_agent_leaving_loses_whole_gangs_and_keeps_survivors_slots_until_they_end()
     assert!(ended.lost && !ended.requeued);
     assert_eq!(s.slot_usage("b").unwrap(), &[0, 0]);
     let d = s.schedule(2);
-    assert_eq!(started(&d)[0].1[0].agent, "b", "nothing is placed on the lost agent");
+    assert_eq!(started(&s, &d)[0].1[0].agent, "b", "nothing is placed on the lost agent");
     // The agent may come back under the same id with fresh slots.
     s.agent_joined(agent("a", "default", 2, 0)).unwrap();
     assert_eq!(s.slot_usage("a").unwrap(), &[0, 0]);

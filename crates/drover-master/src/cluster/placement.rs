@@ -42,7 +42,8 @@ impl Master {
         let decisions = inner.sched.schedule(now_ms().max(0) as u64);
         for decision in decisions {
             match decision {
-                Decision::Start { request, allocation, placements } => {
+                Decision::Start { request, allocation } => {
+                    let placements = inner.sched.allocation(allocation).map(|a| a.placements.clone()).unwrap_or_default();
                     self.start_allocation(inner, request, allocation, placements).await?
                 }
                 Decision::Preempt { allocation, deadline_ms, .. } => self.preempt(inner, allocation, deadline_ms).await?,

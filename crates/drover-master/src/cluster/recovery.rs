@@ -115,11 +115,7 @@ impl Master {
                     // Its members, in rank order (`{allocation}.{rank}`, or the allocation alone).
                     let mut rows: Vec<&drover_store::AllocationRow> = live_allocations.iter().filter(|a| a.trial_id == t.id).collect();
                     rows.sort_by_key(|a| a.id.rsplit_once('.').and_then(|(_, r)| r.parse::<usize>().ok()).unwrap_or(0));
-                    let adopted = if rows.is_empty() {
-                        None
-                    } else {
-                        self.adopt(&mut inner, row.id, &t, &runtime, &rows, reattach_by)
-                    };
+                    let adopted = if rows.is_empty() { None } else { self.adopt(&mut inner, row.id, &t, &runtime, &rows, reattach_by) };
                     match adopted {
                         Some((allocation_id, request)) => {
                             trial.allocation = Some(allocation_id);

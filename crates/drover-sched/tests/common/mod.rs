@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 
-use drover_sched::{Agent, Decision, Placement, Pool, Request, RequestId, Resources, Slot, SlotKind};
+use drover_sched::{Agent, Decision, Placement, Pool, Request, RequestId, Resources, Scheduler, Slot, SlotKind};
 
 pub fn agent(id: &str, pool: &str, gpus: usize, cpus: usize) -> Agent {
     let mut slots: Vec<Slot> = (0..gpus).map(|i| Slot { id: format!("gpu{i}"), kind: SlotKind::Gpu }).collect();
@@ -25,18 +25,25 @@ pub fn pool(name: &str) -> Pool {
     Pool::new(name)
 }
 
-pub fn started(decisions: &[Decision]) -> Vec<(RequestId, Vec<Placement>)> {
+/// The requests a pass started, with where (as the scheduler now holds them).
+pub fn started(s: &Scheduler, decisions: &[Decision]) -> Vec<(RequestId, Vec<Placement>)> {
     decisions
         .iter()
         .filter_map(|d| match d {
-            Decision::Start { request, placements, .. } => Some((*request, placements.clone())),
+            Decision::Start { request, allocation } => Some((*request, s.allocation(*allocation).expect("started").placements.clone())),
             _ => None,
         })
         .collect()
 }
 
 pub fn started_ids(decisions: &[Decision]) -> Vec<RequestId> {
-    started(decisions).into_iter().map(|(r, _)| r).collect()
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Start { request, .. } => Some(*request),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn allocation_of(decisions: &[Decision], request: RequestId) -> u64 {
