@@ -438,6 +438,24 @@ impl Scheduler {
         }
     }
 
+    /// Changes what a waiting request asks for (its resources per member and its gang size),
+    /// keeping its place in the queue: for a caller whose requests depend on the agents' shape
+    /// (a trial of 16 slots is two members of 8 on agents of 8), when agents come or go.
+    pub fn reshape(&mut self, id: RequestId, resources: Resources, members: u32) -> Result<(), UpdateError> {
+        let Some(Status::Pending(key)) = self.requests.get(&id).cloned() else {
+            return Err(UpdateError::Request(RequestError::UnknownRequest(id)));
+        };
+        let entry = self.pending.get(&key).expect("a pending status has its entry");
+        let reshaped = Request { resources, members, ..entry.request.clone() };
+        // Checked as a new request would be (its own id aside).
+        let status = self.requests.remove(&id).expect("looked up above");
+        let checked = self.check_form(&reshaped);
+        self.requests.insert(id, status);
+        checked.map_err(UpdateError::Submit)?;
+        self.pending.get_mut(&key).expect("looked up above").request = reshaped;
+        Ok(())
+    }
+
     /// The allocation a request runs as, if it runs.
     pub fn running_allocation(&self, id: RequestId) -> Option<AllocationId> {
         match self.requests.get(&id)? {

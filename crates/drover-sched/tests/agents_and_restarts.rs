@@ -132,3 +132,20 @@ fn an_adopted_multi_slot_member_charges_each_of_its_slots_once() {
     s.agent_joined(agent("a", "default", 3, 0)).unwrap();
     assert_eq!(s.slot_usage("a").unwrap(), [UNITS_PER_SLOT as u16, UNITS_PER_SLOT as u16, 0]);
 }
+
+#[test]
+fn a_waiting_request_reshaped_keeps_its_place() {
+    let mut s = cluster();
+    s.submit_waiting(gpus(1, 4)).unwrap();
+    s.submit(gpus(2, 2)).unwrap();
+    // Four GPUs become a gang of two members of two once a second agent of two joins; the gang
+    // starts first, ahead of request 2 that came later and would have fitted alone.
+    s.reshape(1, Resources::Slots { kind: drover_sched::SlotKind::Gpu, count: 2 }, 2).unwrap();
+    assert!(s.reshape(1, Resources::Slots { kind: drover_sched::SlotKind::Gpu, count: 0 }, 2).is_err());
+    assert!(s.reshape(99, Resources::ZeroSlot, 1).is_err());
+    s.agent_joined(agent("b", "default", 2, 0)).unwrap();
+    let d = s.schedule(1);
+    assert_eq!(started_ids(&d), [1]);
+    assert_eq!(started(&s, &d)[0].1.len(), 2);
+    assert!(s.is_pending(2));
+}

@@ -235,3 +235,45 @@ async fn agents_join_pools_and_one_naming_an_unknown_pool_is_refused() {
     assert_eq!(cluster.wait_terminal(exp.id, Duration::from_secs(30)).await.state, "COMPLETED");
     cluster.stop().await;
 }
+
+/// A master restarted under a running gang takes it back whole: both members reattach, the
+/// scheduler holds their slots meanwhile (the queued trial does not take them), and no restart
+/// is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_takes_back_a_running_gang() {
+    let cluster = Cluster::start(1).await;
+    let (second_stop, second) = cluster.add_agent("second", "default", vec![cpu("cpu0")]);
+    cluster.wait_for_agents(2).await;
+    let yaml = config(
+        "{name: random, metric: validation_loss, max_trials: 2, max_concurrent_trials: 2}",
+        "  sleep_s: 4\n  x: 0.5",
+        "resources: {slots_per_trial: 2}\n",
+    );
+    let e = cluster.create(&yaml).await;
+    let mut before = Vec::new();
+    wait_until(Duration::from_secs(20), "both members run", async || {
+        before = cluster.master.master.store.live_allocations().await.unwrap();
+        before.len() == 2 && before.iter().all(|a| a.state == "RUNNING")
+    })
+    .await;
+    let Cluster { master, agent_stop, agent, http, dir } = cluster;
+    let addr = master.addr;
+    master.shutdown().await.unwrap();
+    let master = common::start_master_with(dir.path(), &addr.to_string(), |_| {}).await;
+    let cluster = Cluster { master, agent_stop, agent, http, dir };
+    // While the gang is taken back, the second trial waits: its slots are the gang's.
+    let jobs: Vec<Job> = cluster.get("/api/v1/jobs").await;
+    assert_eq!(jobs[0].queued.len(), 1, "{jobs:?}");
+    let done = cluster.wait_terminal(e.id, Duration::from_secs(60)).await;
+    let logs = cluster.all_logs(e.id).await;
+    assert_eq!(done.state, "COMPLETED", "{logs}");
+    let trials = cluster.trials(e.id).await;
+    assert!(trials.iter().all(|t| t.state == "COMPLETED" && t.restarts == 0), "{trials:?}\n{logs}");
+    for a in &before {
+        let row = cluster.master.master.store.get_allocation(&a.id).await.unwrap();
+        assert_eq!((row.state.as_str(), row.exit_code), ("TERMINATED", Some(0)), "member {} ran to its end", a.id);
+    }
+    second_stop.cancel();
+    second.await.unwrap().unwrap();
+    cluster.stop().await;
+}

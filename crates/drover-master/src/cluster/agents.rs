@@ -79,6 +79,8 @@ impl Master {
                 self.member_exited(&mut inner, &task, None, Some("the task was gone when its agent reconnected".into())).await?;
             }
         }
+        // The pool's shape may have changed: waiting trials that span agents are split anew.
+        self.reshape_waiting(&mut inner);
         for id in running.iter().filter(|id| !inner.tasks.contains_key(*id)) {
             // Fenced off: the master no longer knows this allocation (it ended or was replaced).
             if let Some(sender) = inner.agents[agent_id].sender.as_ref() {

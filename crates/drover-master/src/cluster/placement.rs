@@ -37,6 +37,27 @@ impl Master {
         }
     }
 
+    /// Fits waiting trials to the agents there are now: a trial of 16 slots asked for whole
+    /// while no agent was there (after a master restart, say) becomes two members of 8 once
+    /// agents of 8 join. Each keeps its place in the queue.
+    pub(super) fn reshape_waiting(&self, inner: &mut Inner) {
+        let mut changes = Vec::new();
+        for r in inner.sched.pending() {
+            let Some(TaskOwner::Trial { experiment_id, .. }) = inner.requests.get(&r.id) else { continue };
+            let Some(exp) = inner.experiments.get(experiment_id) else { continue };
+            if let Ok(wanted) = trial_request(&inner.sched, r.id, *experiment_id, &exp.config, false)
+                && (wanted.resources != r.resources || wanted.members != r.members)
+            {
+                changes.push((r.id, wanted.resources, wanted.members));
+            }
+        }
+        for (id, resources, members) in changes {
+            if let Err(e) = inner.sched.reshape(id, resources, members) {
+                tracing::warn!(request = id, "cannot fit a waiting trial to the agents: {e}");
+            }
+        }
+    }
+
     /// One scheduling pass, its decisions carried out.
     pub(super) async fn schedule(&self, inner: &mut Inner) -> Result<()> {
         let decisions = inner.sched.schedule(now_ms().max(0) as u64);
