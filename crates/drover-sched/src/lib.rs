@@ -26,7 +26,9 @@
 //!
 //! An agent may change its slots (`agent_changed`) but not from under running work, and an agent
 //! out of touch (`set_schedulable(false)`) keeps its work and gets nothing new. After a master
-//! restart, running work is taken back with `adopt` before its agents have joined again.
+//! restart, running work is taken back with `adopt` before its agents have joined again. A
+//! waiting request may be re-prioritised (`update_request`) or asked for in another shape
+//! (`reshape`) without losing its place.
 //!
 //! Not yet: fair
 //! share between priorities or by preemption (a group over its share keeps what runs), a
