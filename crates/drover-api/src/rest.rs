@@ -265,9 +265,9 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobWaiting {
     pub trial_id: i64,
-    /// 0-based place in the pool's queue at the last scheduling pass (`4294967295` when it
-    /// came after it).
-    pub position: u32,
+    /// 0-based place in the pool's queue at the last scheduling pass; `null` when it came
+    /// after it.
+    pub position: Option<u32>,
     /// Why it waits, in words.
     pub reason: String,
 }

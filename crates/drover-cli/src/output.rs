@@ -193,9 +193,9 @@ pub fn jobs(list: &[Job], output: Output) {
     }
     let mut w = table(&["Position", "Pool", "Job", "Trial", "Waits because"]);
     let mut rows = waiting;
-    rows.sort_by_key(|(j, q)| (j.resource_pool.clone(), q.position, q.trial_id));
+    rows.sort_by_key(|(j, q)| (j.resource_pool.clone(), q.position.unwrap_or(u32::MAX), q.trial_id));
     for (j, q) in rows {
-        let position = if q.position == u32::MAX { "new".to_string() } else { q.position.to_string() };
+        let position = q.position.map_or_else(|| "new".to_string(), |p| p.to_string());
         w.add_row(vec![position, j.resource_pool.clone(), j.id.to_string(), q.trial_id.to_string(), q.reason.clone()]);
     }
     println!("{w}");

@@ -167,7 +167,7 @@ async fn the_job_queue_says_why_work_waits_and_priorities_change_it() {
     let mut jobs: Vec<Job> = Vec::new();
     wait_until(Duration::from_secs(20), "the second job is queued with a reason", async || {
         jobs = cluster.get("/api/v1/jobs").await;
-        jobs.iter().any(|j| j.id == waiting.id && j.queued.len() == 1 && j.queued[0].position == 0)
+        jobs.iter().any(|j| j.id == waiting.id && j.queued.len() == 1 && j.queued[0].position == Some(0))
     })
     .await;
     let running = jobs.iter().find(|j| j.id == busy.id).unwrap();

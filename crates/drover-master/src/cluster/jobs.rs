@@ -16,7 +16,7 @@ impl Master {
             let Some(TaskOwner::Trial { experiment_id, trial_id }) = inner.requests.get(&w.request) else { continue };
             waiting.entry(*experiment_id).or_default().push(JobWaiting {
                 trial_id: *trial_id,
-                position: w.position,
+                position: Some(w.position),
                 reason: wait_reason(&w.reason, &inner),
             });
         }
@@ -25,11 +25,7 @@ impl Master {
             let Some(TaskOwner::Trial { experiment_id, trial_id }) = inner.requests.get(&r.id) else { continue };
             let list = waiting.entry(*experiment_id).or_default();
             if !list.iter().any(|w| w.trial_id == *trial_id) {
-                list.push(JobWaiting {
-                    trial_id: *trial_id,
-                    position: u32::MAX,
-                    reason: "submitted after the last scheduling pass".into(),
-                });
+                list.push(JobWaiting { trial_id: *trial_id, position: None, reason: "submitted after the last scheduling pass".into() });
             }
         }
         let mut ids: Vec<i64> = inner.experiments.keys().copied().collect();
@@ -40,7 +36,7 @@ impl Master {
                 let r = &exp.config.resources;
                 let running = exp.trials.values().filter(|t| t.allocation.is_some()).count();
                 let mut queued = waiting.remove(&id).unwrap_or_default();
-                queued.sort_by_key(|w| (w.position, w.trial_id));
+                queued.sort_by_key(|w| (w.position.unwrap_or(u32::MAX), w.trial_id));
                 Job {
                     id,
                     kind: "experiment".into(),
@@ -76,13 +72,13 @@ impl Master {
             if !(0..=max).contains(&config.resources.priority) {
                 return Err(Error::bad_field(
                     "priority",
-                    format!("{} is out of range 0..={max} (lower runs first)", config.resources.priority),
+                    format!("priority {} is out of range 0..={max} (lower runs first)", config.resources.priority),
                 ));
             }
             if !(drover_sched::MIN_WEIGHT..=drover_sched::MAX_WEIGHT).contains(&config.resources.weight) {
                 return Err(Error::bad_field(
                     "weight",
-                    format!("{} is not in [{}, {}]", config.resources.weight, drover_sched::MIN_WEIGHT, drover_sched::MAX_WEIGHT),
+                    format!("weight {} is not in [{}, {}]", config.resources.weight, drover_sched::MIN_WEIGHT, drover_sched::MAX_WEIGHT),
                 ));
             }
             let json = serde_json::to_string(&config).map_err(|e| Error::internal(e.to_string()))?;
