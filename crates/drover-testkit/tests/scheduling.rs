@@ -130,6 +130,44 @@ async fn higher_priority_work_preempts_through_should_stop_and_the_victim_resume
     cluster.stop().await;
 }
 
+/// A victim that ignores `should_stop` is killed once its preemption deadline has passed, and
+/// still goes back to the queue without costing a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_victim_that_ignores_the_stop_is_killed_at_the_deadline_and_requeued() {
+    let cluster = Cluster::start_with(1, |c| {
+        let mut pool = drover_sched::Pool::new("default");
+        pool.preemption = true;
+        pool.preemption_timeout_ms = 1_000;
+        c.pools = vec![pool];
+    })
+    .await;
+    // No SDK: it never looks at should_stop.
+    let stubborn =
+        config("{name: random, metric: validation_loss, max_trials: 1}", "  x: 0.5", "resources: {priority: 60}\nmax_restarts: 0\n")
+            .replace("entrypoint: [", "entrypoint: [\"/bin/sh\", \"-c\", \"sleep 30\", ");
+    let low = cluster.create(&stubborn).await;
+    wait_until(Duration::from_secs(20), "the stubborn trial runs", async || {
+        cluster.trials(low.id).await.first().is_some_and(|t| t.state == "RUNNING")
+    })
+    .await;
+    let high =
+        cluster.create(&config("{name: random, metric: validation_loss, max_trials: 1}", "  x: 0.3", "resources: {priority: 1}\n")).await;
+    assert_eq!(cluster.wait_terminal(high.id, Duration::from_secs(30)).await.state, "COMPLETED");
+    // Killed, requeued with no restart charged (it has none to spare), and running again.
+    wait_until(Duration::from_secs(20), "the stubborn trial runs again", async || {
+        cluster.trials(low.id).await.first().is_some_and(|t| t.state == "RUNNING")
+    })
+    .await;
+    let logs = cluster.all_logs(low.id).await;
+    let trial = &cluster.trials(low.id).await[0];
+    assert_eq!(trial.restarts, 0, "{logs}");
+    assert!(logs.contains("preempted for higher-priority work") && logs.contains("killed by signal"), "{logs}");
+    let (status, _) = cluster.post_raw(&format!("/api/v1/experiments/{}/kill", low.id), &json!({}), None).await;
+    assert_eq!(status, 200);
+    cluster.wait_terminal(low.id, Duration::from_secs(30)).await;
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarter_gpus_share_one_device() {
     let cluster = Cluster::start(1).await;
