@@ -247,6 +247,23 @@ struct Member {
 }
 
 impl LiveAllocation {
+    /// A gang just started (or taken back after a restart): nothing preempted, failed or
+    /// announced at the rendezvous yet.
+    fn new(trial_id: i64, experiment_id: i64, sched_id: drover_sched::AllocationId, request: TaskRequest, members: Vec<Member>) -> Self {
+        let world = members.len();
+        LiveAllocation {
+            trial_id,
+            experiment_id,
+            sched_id,
+            request,
+            members,
+            preempted: false,
+            first_failure: None,
+            rendezvous: vec![None; world],
+            rendezvous_watch: watch::channel(0).0,
+        }
+    }
+
     fn member(&self, task_id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.task_id == task_id)
     }

@@ -182,21 +182,7 @@ impl Master {
             });
         }
         inner.experiments.get_mut(&exp_id).unwrap().trials.get_mut(&trial_id).unwrap().allocation = Some(allocation_id.clone());
-        let (rendezvous_watch, _) = watch::channel(0);
-        inner.allocations.insert(
-            allocation_id.clone(),
-            LiveAllocation {
-                trial_id,
-                experiment_id: exp_id,
-                sched_id,
-                request,
-                members,
-                preempted: false,
-                first_failure: None,
-                rendezvous: vec![None; world],
-                rendezvous_watch,
-            },
-        );
+        inner.allocations.insert(allocation_id.clone(), LiveAllocation::new(trial_id, exp_id, sched_id, request, members));
         self.counters.trials_started.fetch_add(1, Ordering::Relaxed);
         let mut unsent = Vec::new();
         for (agent_id, spec) in specs {

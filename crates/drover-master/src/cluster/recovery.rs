@@ -67,22 +67,7 @@ impl Master {
                 reattach_deadline: Some(reattach_by),
             });
         }
-        let (rendezvous_watch, _) = watch::channel(0);
-        let world = members.len();
-        inner.allocations.insert(
-            allocation_id.clone(),
-            LiveAllocation {
-                trial_id,
-                experiment_id: exp_id,
-                sched_id,
-                request: id,
-                members,
-                preempted: false,
-                first_failure: None,
-                rendezvous: vec![None; world],
-                rendezvous_watch,
-            },
-        );
+        inner.allocations.insert(allocation_id.clone(), LiveAllocation::new(trial_id, exp_id, sched_id, id, members));
         Some((allocation_id, id))
     }
 
