@@ -12,7 +12,9 @@ impl Master {
     pub async fn jobs(&self) -> Vec<Job> {
         let inner = self.inner.lock().await;
         let mut waiting: HashMap<i64, Vec<JobWaiting>> = HashMap::new();
+        let mut considered = std::collections::HashSet::new();
         for w in inner.sched.queue() {
+            considered.insert(w.request);
             let Some(TaskOwner::Trial { experiment_id, trial_id }) = inner.requests.get(&w.request) else { continue };
             waiting.entry(*experiment_id).or_default().push(JobWaiting {
                 trial_id: *trial_id,
@@ -21,12 +23,10 @@ impl Master {
             });
         }
         // Submitted since the last pass: waiting too, not yet considered.
-        for r in inner.sched.pending() {
+        for r in inner.sched.pending().filter(|r| !considered.contains(&r.id)) {
             let Some(TaskOwner::Trial { experiment_id, trial_id }) = inner.requests.get(&r.id) else { continue };
             let list = waiting.entry(*experiment_id).or_default();
-            if !list.iter().any(|w| w.trial_id == *trial_id) {
-                list.push(JobWaiting { trial_id: *trial_id, position: None, reason: "submitted after the last scheduling pass".into() });
-            }
+            list.push(JobWaiting { trial_id: *trial_id, position: None, reason: "submitted after the last scheduling pass".into() });
         }
         let mut ids: Vec<i64> = inner.experiments.keys().copied().collect();
         ids.sort_unstable();
